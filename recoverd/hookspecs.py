@@ -1,0 +1,81 @@
+"""The plugin contract of recoverd: every hook a plugin may implement.
+
+Plugins are pluggy plugins of project ``recoverd``, found through the ``recoverd`` entry-point
+group (the built-ins in ``plugins/`` are registered the same way). Every hook is called with
+keyword arguments. The ``recoverd_add_*`` hooks hand the plugin a :class:`~recoverd.plugins.Kind`
+registry: the plugin calls ``register.add(name, obj)`` once per thing it provides; a name
+registered twice is an error, so a third-party plugin cannot silently shadow a built-in.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pluggy
+
+from recoverd import PROJECT
+
+if TYPE_CHECKING:
+    from recoverd.plugins import Kind
+
+hookspec = pluggy.HookspecMarker(PROJECT)
+
+
+@hookspec
+def recoverd_add_transports(register: Kind) -> None:
+    """Register transport classes, by the name a policy's ``transport`` key uses.
+
+    :param register: ``register.add("ssh", SSHTransport)``; the class is a subclass of
+        :class:`recoverd.transport.Transport`, built with ``(machine, secrets)``.
+    """
+
+
+@hookspec
+def recoverd_add_engines(register: Kind) -> None:
+    """Register engines: the code that builds a backup tool's commands and parses its output.
+
+    :param register: ``register.add("restic", ResticEngine)``; the class declares the level
+        ``kinds`` and ``os_families`` it serves and is built with ``(transport, secrets)``.
+    """
+
+
+@hookspec
+def recoverd_add_restore_targets(register: Kind) -> None:
+    """Register restore targets: where restored bytes go and how they are checked afterwards.
+
+    :param register: ``register.add("files-in-place", FilesInPlace)``; the name is what a
+        policy's ``restore`` key and the restore command's options select.
+    """
+
+
+@hookspec
+def recoverd_add_log_sinks(register: Kind) -> None:
+    """Register maintenance-log sinks.
+
+    :param register: ``register.add("sqlite", SQLiteStore)``; a sink class is built with the
+        state directory and receives every appended entry through ``append(entry)``. The sink
+        named ``sqlite`` is the store recoverd reads the log back from; every other registered
+        sink receives a copy of each entry.
+    """
+
+
+@hookspec
+def recoverd_add_notifiers(register: Kind) -> None:
+    """Register notifiers, told about every finished run.
+
+    :param register: ``register.add("mail", MailNotifier)``; the class is built with no
+        arguments and its ``run_finished(record)`` is called with the run's current view (a
+        dict as ``recoverd log --json`` prints it). A notifier decides itself what to act on;
+        its failure is logged and never fails the run.
+    """
+
+
+@hookspec
+def recoverd_add_secret_resolvers(register: Kind) -> None:
+    """Register secret resolvers by the scheme of the references they resolve.
+
+    :param register: ``register.add("env", resolve_env)``; the callable gets the part after
+        ``scheme:`` and returns the secret, or raises :class:`recoverd.errors.SecretError`
+        with a message that says what to fix (never the secret).
+    """
+

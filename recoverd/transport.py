@@ -1,0 +1,174 @@
+"""The transport contract: run an argv on a machine and stream its bytes.
+
+A transport knows how to reach a machine and how to quote for its shell; it knows nothing of
+restic. Engines receive a connected transport and call :meth:`Transport.run` with a
+:class:`CommandRequest`; they get a :class:`CommandOutcome` back or a typed
+:class:`~recoverd.errors.TransportError`.
+"""
+
+from __future__ import annotations
+
+import shlex
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from recoverd.policy.model import Machine
+    from recoverd.secrets import SecretResolver
+
+Chunk = Callable[[bytes], None]
+"""A consumer of one chunk of a command's output."""
+
+COLLECT_LIMIT = 4 * 1024 * 1024
+"""Bytes of stdout/stderr kept in a CommandOutcome when no consumer is given (the tail)."""
+
+
+@dataclass
+class CommandRequest:
+    """One command to run on a machine.
+
+    ``argv`` is a list of arguments, never a shell string: the transport quotes it for the
+    machine's shell. ``stdin`` is bytes or an iterable of byte chunks, sent then closed (EOF).
+    ``on_stdout`` / ``on_stderr`` receive output as it arrives; without them the output is
+    collected into the outcome (the last :data:`COLLECT_LIMIT` bytes). ``timeout`` is the
+    deadline for the whole command in seconds (None: no limit).
+    """
+
+    argv: list[str]
+    stdin: bytes | Iterable[bytes] | None = None
+    on_stdout: Chunk | None = None
+    on_stderr: Chunk | None = None
+    timeout: float | None = None
+
+
+@dataclass
+class CommandOutcome:
+    """How a command ended: its exit status (None when killed by a signal) and output."""
+
+    exit_status: int | None
+    stdout: bytes = b""
+    stderr: bytes = b""
+    signal: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_status == 0
+
+
+class Transport(ABC):
+    """A session with one machine, opened once per run and reused for all its commands.
+
+    Use as a context manager: ``with transport: transport.run(...)``.
+    """
+
+    name: str = ""
+    os_family: str = "posix"
+    """``posix`` or ``windows``: tells engines which path and quoting rules apply."""
+
+    def __init__(self, machine: Machine, secrets: SecretResolver) -> None:
+        self.machine = machine
+        self.secrets = secrets
+
+    @abstractmethod
+    def connect(self) -> None:
+        """Open the session. Raise Unreachable, HostKeyRejected or AuthenticationFailed."""
+
+    @abstractmethod
+    def run(self, request: CommandRequest) -> CommandOutcome:
+        """Run one command to its end and return how it ended.
+
+        Raise CommandTimeout past ``request.timeout``, ConnectionLost if the session drops.
+        """
+
+    @abstractmethod
+    def close(self) -> None:
+        """Close the session; safe to call more than once."""
+
+    def quote(self, argv: list[str]) -> str:
+        """Return ``argv`` as one command line for the machine's shell."""
+        return shlex.join(argv)
+
+    def describe(self) -> str:
+        """Return where this transport goes, for messages (``root@10.1.0.42:22``)."""
+        return self.machine.address or self.machine.name
+
+    def __enter__(self) -> Transport:
+        self.connect()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@dataclass
+class OutputBuffer:
+    """Collect the tail of a stream, or pass chunks on to a consumer."""
+
+    consumer: Chunk | None = None
+    limit: int = COLLECT_LIMIT
+    _parts: list[bytes] = field(default_factory=list)
+    _size: int = 0
+
+    def __call__(self, chunk: bytes) -> None:
+        if self.consumer is not None:
+            self.consumer(chunk)
+            return
+        self._parts.append(chunk)
+        self._size += len(chunk)
+        while self._size > self.limit and len(self._parts) > 1:
+            self._size -= len(self._parts.pop(0))
+
+    def value(self) -> bytes:
+        return b"".join(self._parts)[-self.limit :]
+
+
+def iter_stdin(stdin: bytes | Iterable[bytes] | None, size: int = 64 * 1024) -> Iterator[bytes]:
+    """Yield ``stdin`` in chunks of at most ``size`` bytes."""
+    if stdin is None:
+        return
+    if isinstance(stdin, bytes | bytearray | memoryview):
+        data = memoryview(stdin)
+        for start in range(0, len(data), size):
+            yield bytes(data[start : start + size])
+        return
+    for chunk in stdin:
+        if chunk:
+            yield chunk
+
+
+class StdinFeeder(threading.Thread):
+    """Write a request's stdin on a thread so that output is read at the same time.
+
+    ``write`` sends one chunk, ``close`` signals EOF. An exception is kept in ``error`` and
+    re-raised by :meth:`finish`.
+    """
+
+    def __init__(
+        self,
+        stdin: bytes | Iterable[bytes] | None,
+        write: Callable[[bytes], object],
+        close: Callable[[], object],
+    ) -> None:
+        super().__init__(daemon=True, name="stdin-feeder")
+        self._stdin, self._write, self._close = stdin, write, close
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            for chunk in iter_stdin(self._stdin):
+                self._write(chunk)
+        except BaseException as exc:  # handed to the caller in finish()
+            self.error = exc
+        finally:
+            try:
+                self._close()
+            except OSError:
+                pass
+
+    def finish(self, timeout: float | None = None) -> None:
+        self.join(timeout)
+        if self.error is not None and not isinstance(self.error, BrokenPipeError | OSError):
+            raise self.error
