@@ -1,0 +1,921 @@
+"""Load policy files (TOML, one per client) into :mod:`recoverd.policy.model`.
+
+Every problem of every file is collected and reported at once, one line each:
+``FILE: key.path: what is wrong (did you mean 'x'?)``. A file with any problem yields no
+client; the others are still checked. Secret values are never echoed: a policy holds only
+references, and a value that is not one may be a real password.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import math
+import re
+import tomllib
+import zoneinfo
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import date, datetime, time
+from difflib import get_close_matches
+from functools import cache, partial
+from pathlib import Path
+from typing import Any, NoReturn
+
+from recoverd.errors import PolicyError
+from recoverd.policy.every import parse_every
+from recoverd.policy.model import (
+    BACKUP_KINDS,
+    KEEP_KEYS,
+    LEVEL_KINDS,
+    TRANSPORTS,
+    Client,
+    Level,
+    Machine,
+    PolicySet,
+    Repository,
+)
+
+SECRET_SCHEMES = ("env", "file", "command", "vault")
+ROLES = ("workstation", "server")
+RESTORE_MODES = ("files-in-place", "image")
+IMAGE_VIA = ("machine", "controller")
+VERIFY_WHERE = ("machine", "controller")
+SNAPSHOT_METHODS = ("lvm",)
+WINRM_AUTHS = ("ntlm", "kerberos", "credssp", "certificate", "basic")
+ENCRYPTING_AUTHS = ("ntlm", "kerberos", "credssp")
+"""WinRM auths that encrypt messages themselves, so they may run over plain HTTP."""
+PASSWORDLESS_AUTHS = ("certificate", "kerberos")
+HOST_KEY_TYPES = (
+    "ssh-ed25519",
+    "ecdsa-sha2-nistp256",
+    "ecdsa-sha2-nistp384",
+    "ecdsa-sha2-nistp521",
+    "ssh-rsa",
+    "rsa-sha2-256",
+    "rsa-sha2-512",
+)
+RESTIC_BACKENDS = ("local", "sftp", "rest", "s3", "b2", "azure", "gs", "swift", "rclone")
+
+CLIENT_ID = re.compile(r"[a-z0-9][a-z0-9._-]*")
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+"""Machine and level names: safe on a command line and in file names."""
+
+_TOP_KEYS = ("client", "repositories", "templates", "machines")
+_LEVEL_COMMON_KEYS = ("name", "kind", "every", "keep")
+_LEVEL_KIND_KEYS = {
+    "files": ("repository", "paths", "exclude", "vss"),
+    "image": ("repository", "device", "via", "snapshot", "allow_mounted"),
+    "copy": ("of", "to"),
+    "verify": ("of", "sample", "where"),
+}
+_LEVEL_REQUIRED = {
+    "files": ("repository", "paths"),
+    "image": ("repository", "device"),
+    "copy": ("of", "to"),
+    "verify": ("of",),
+}
+# Machine keys that only mean something for some transports; the rest apply to all.
+_TRANSPORT_KEYS = {
+    "address": ("ssh", "winrm"),
+    "port": ("ssh", "winrm"),
+    "user": ("ssh", "winrm"),
+    "password": ("ssh", "winrm"),
+    "connect_timeout": ("ssh", "winrm"),
+    "identity": ("ssh",),
+    "host_key": ("ssh",),
+    "known_hosts": ("ssh",),
+    "https": ("winrm",),
+    "auth": ("winrm",),
+    "ca": ("winrm",),
+}
+_DURATION = re.compile(r"(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?")
+_RESTIC_DURATION = re.compile(r"(?:\d+[ymdh])+")
+_MAC = re.compile(r"[0-9a-f]{2}(?::[0-9a-f]{2}){5}")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_VAULT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]*")
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+_TOML_POSITION = re.compile(r"^(.*) \(at (?:line (\d+), column (\d+)|end of document)\)$", re.S)
+
+
+def load_policies(directory: Path, secret_schemes: Iterable[str] = SECRET_SCHEMES) -> PolicySet:
+    """Given a policy directory, return the clients of its ``*.toml`` files (sorted by name).
+
+    Hidden files (editor droppings like ``.#acme.toml``) are skipped. Raise PolicyError listing
+    every problem of every file, or saying what to do if the directory holds no policy file.
+    """
+    directory = Path(directory)
+    schemes = tuple(secret_schemes)
+    files = (
+        sorted(p for p in directory.glob("*.toml") if not p.name.startswith("."))
+        if directory.is_dir()
+        else []
+    )
+    if not files:
+        raise PolicyError(
+            [
+                f"no policy files in {directory}; create {directory}/<client>.toml, "
+                "see policies/ in the source for an example"
+            ]
+        )
+    problems: list[str] = []
+    clients: dict[str, Client] = {}
+    owners: dict[str, str] = {}
+    for path in files:
+        result = _check_file(path, schemes)
+        problems.extend(result.problems)
+        if result.client_id is None:
+            continue
+        if result.client_id in owners:
+            problems.append(
+                f"{path}: client.id: client id {result.client_id!r} is already used by "
+                f"{owners[result.client_id]}; set a different client.id"
+            )
+            continue
+        owners[result.client_id] = str(path)
+        if result.client is not None:
+            clients[result.client_id] = result.client
+    if problems:
+        raise PolicyError(problems)
+    return PolicySet(clients=clients)
+
+
+def load_policy_file(
+    path: Path, secret_schemes: Iterable[str] = SECRET_SCHEMES
+) -> tuple[Client | None, list[str]]:
+    """Given one policy file, return its client and no problems, or None and every problem.
+
+    Each problem is one line that starts with ``path`` as given.
+    """
+    result = _check_file(Path(path), tuple(secret_schemes))
+    return result.client, result.problems
+
+
+class _Invalid(Exception):
+    """A value is wrong: ``problems`` holds (key path suffix, message) pairs."""
+
+    def __init__(self, problems: list[tuple[str, str]]) -> None:
+        super().__init__(problems)
+        self.problems = problems
+
+
+def _fail(message: str) -> NoReturn:
+    raise _Invalid([("", message)])
+
+
+_Check = Callable[[Any], Any]
+"""Given a TOML value, return it converted for the model. Raise _Invalid if it is wrong."""
+
+
+@dataclass
+class _Table:
+    """One checked TOML table: its valid values, and the key path of every known key written.
+
+    A key in ``paths`` but not in ``values`` was written with a wrong value (already reported).
+    """
+
+    values: dict[str, Any] = field(default_factory=dict)
+    paths: dict[str, str] = field(default_factory=dict)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.values.get(key, default)
+
+
+@dataclass
+class _Result:
+    client: Client | None
+    client_id: str | None
+    problems: list[str]
+
+
+class _PolicyFile:
+    """Checks one policy file, collecting every problem with its key path."""
+
+    def __init__(self, path: Path, schemes: tuple[str, ...]) -> None:
+        self.path = path
+        self.schemes = schemes
+        self._problems: dict[str, None] = {}  # ordered set: a template's problem shows once
+
+    @property
+    def problems(self) -> list[str]:
+        return list(self._problems)
+
+    def problem(self, where: str, message: str) -> None:
+        self._problems[f"{self.path}: {where}: {message}"] = None
+
+    def table(
+        self,
+        raw: Any,
+        where: str,
+        checks: dict[str, _Check],
+        *,
+        required: Iterable[str] = (),
+        elsewhere: dict[str, str] | None = None,
+    ) -> _Table | None:
+        """Given a raw TOML table, check each key and return the valid values.
+
+        ``elsewhere`` maps keys that are wrong here but right in another context to a note
+        that says where they belong. Return None if ``raw`` is not a table at all.
+        """
+        if not isinstance(raw, dict):
+            self.problem(where, _expected("a table", raw))
+            return None
+        checked = _Table()
+        for key, value in raw.items():
+            path = _join(where, key)
+            if key in checks:
+                checked.paths[key] = path
+                try:
+                    checked.values[key] = checks[key](value)
+                except _Invalid as exc:
+                    for suffix, message in exc.problems:
+                        self.problem(path + suffix, message)
+            elif elsewhere and key in elsewhere:
+                self.problem(path, elsewhere[key])
+            else:
+                known = [*checks, *(elsewhere or ())]
+                self.problem(path, "unknown key" + (_hint(key, known) or _listing(known)))
+        for key in required:
+            if key not in raw:
+                self.problem(_join(where, key), "missing required key")
+        return checked
+
+    def check(self, raw: dict[str, Any]) -> _Result:
+        """Given the parsed TOML, return the client (if the file has no problem)."""
+        self.table(raw, "", dict.fromkeys(_TOP_KEYS, _any))
+        client, client_id = self._client(raw.get("client"))
+        repositories = self._repositories(raw.get("repositories", {}))
+        # Levels may name a repository whose own table is broken: that is reported once, there.
+        names = set(_keys(raw.get("repositories")))
+        templates = self._templates(raw.get("templates", {}), names)
+        machines = self._machines(raw.get("machines", {}), client_id or "", names, templates)
+        if self._problems or client is None or client_id is None:
+            return _Result(None, client_id, self.problems)
+        return _Result(
+            Client(
+                id=client_id,
+                name=client.values["name"],
+                source=self.path,
+                engineer=client.get("engineer"),
+                timezone=client.get("timezone", "UTC"),
+                restore_sla=client.get("restore_sla"),
+                repositories=repositories,
+                machines=machines,
+            ),
+            client_id,
+            self.problems,
+        )
+
+    def _client(self, raw: Any) -> tuple[_Table | None, str | None]:
+        """Check ``[client]``; return it and the client id (None if either is wrong)."""
+        if raw is None:
+            self.problem("client", "missing required table [client]")
+            return None, None
+        checks = {
+            "id": _string,
+            "name": _string,
+            "engineer": _string,
+            "timezone": _timezone,
+            "restore_sla": _sla,
+        }
+        table = self.table(raw, "client", checks, required=["name"])
+        if table is None:
+            return None, None
+        if "id" not in table.paths:
+            if CLIENT_ID.fullmatch(self.path.stem):
+                return table, self.path.stem
+            self.problem(
+                "client.id",
+                f"the file name {self.path.stem!r} is not a valid client id (lower-case "
+                "letters, digits, '.', '_', '-'); rename the file or set client.id",
+            )
+            return table, None
+        client_id = table.get("id")
+        if client_id is not None and not CLIENT_ID.fullmatch(client_id):
+            self.problem(
+                "client.id",
+                f"{client_id!r} is not a valid client id: use lower-case letters, digits, "
+                "'.', '_' and '-', starting with a letter or digit",
+            )
+            return table, None
+        return table, client_id
+
+    def _repositories(self, raw: Any) -> dict[str, Repository]:
+        repositories: dict[str, Repository] = {}
+        checks = {
+            "url": _repository_url,
+            "password": partial(_secret, schemes=self.schemes),
+            "max_parallel": _positive_int,
+        }
+        for name, value in self._named_tables(raw, "repositories").items():
+            table = self.table(
+                value, _join("repositories", name), checks, required=["url", "password"]
+            )
+            if table is not None and "url" in table.values and "password" in table.values:
+                repositories[name] = Repository(
+                    name=name,
+                    url=table.values["url"],
+                    password=table.values["password"],
+                    max_parallel=table.get("max_parallel"),
+                )
+        return repositories
+
+    def _named_tables(self, raw: Any, where: str) -> dict[str, Any]:
+        """Return ``[where.NAME]`` tables by name; report ``where`` if it is not a table."""
+        if isinstance(raw, dict):
+            return raw
+        self.problem(where, _expected("a table", raw))
+        return {}
+
+    def _machine_checks(self) -> dict[str, _Check]:
+        return {
+            "transport": partial(_choice, choices=TRANSPORTS),
+            "address": _address,
+            "port": _port,
+            "user": _string,
+            "identity": _string,
+            "host_key": _host_key,
+            "known_hosts": _string,
+            "connect_timeout": _positive_number,
+            "restic": _string,
+            "role": partial(_choice, choices=ROLES),
+            "asset_tag": _string,
+            "mac": _mac,
+            "restore": partial(_choice, choices=RESTORE_MODES),
+            "password": partial(_secret, schemes=self.schemes),
+            "https": _boolean,
+            "auth": partial(_choice, choices=WINRM_AUTHS),
+            "ca": _string,
+            "levels": _any,
+        }
+
+    def _templates(
+        self, raw: Any, repositories: set[str]
+    ) -> dict[str, tuple[_Table, list[_Table]]]:
+        templates: dict[str, tuple[_Table, list[_Table]]] = {}
+        checks = self._machine_checks()
+        elsewhere = {"template": "a template cannot use another template"}
+        for name, value in self._named_tables(raw, "templates").items():
+            where = _join("templates", name)
+            table = self.table(value, where, checks, elsewhere=elsewhere)
+            if table is not None:
+                levels = self._levels(table.get("levels", []), _join(where, "levels"), repositories)
+                templates[name] = (table, levels)
+        return templates
+
+    def _machines(
+        self,
+        raw: Any,
+        client_id: str,
+        repositories: set[str],
+        templates: dict[str, tuple[_Table, list[_Table]]],
+    ) -> dict[str, Machine]:
+        machines: dict[str, Machine] = {}
+        checks = self._machine_checks()
+        checks["template"] = partial(_defined, names=templates, what="template")
+        for name, value in self._named_tables(raw, "machines").items():
+            where = _join("machines", name)
+            if not NAME.fullmatch(name):
+                self.problem(
+                    where,
+                    f"{name!r} is not a valid machine name: use letters, digits, '.', '_' "
+                    "and '-', starting with a letter or digit",
+                )
+            own = self.table(value, where, checks)
+            if own is None:
+                continue
+            levels = self._levels(own.get("levels", []), _join(where, "levels"), repositories)
+            table, levels = _merge(templates.get(own.get("template", "")), own, levels)
+            machine = self._machine(name, where, client_id, table, levels)
+            if machine is not None:
+                machines[name] = machine
+        return machines
+
+    def _levels(self, raw: Any, where: str, repositories: set[str]) -> list[_Table]:
+        """Check a ``levels`` list; return the levels that have a valid, unique name."""
+        if not isinstance(raw, list):
+            self.problem(where, _expected("a list of tables ([[...levels]])", raw))
+            return []
+        defined = partial(_defined, names=repositories, what="repository")
+        checks: dict[str, _Check] = {
+            "name": _name,
+            "kind": partial(_choice, choices=LEVEL_KINDS),
+            "every": _every,
+            "keep": _keep,
+            "repository": defined,
+            "paths": partial(_strings, nonempty=True),
+            "exclude": _strings,
+            "vss": _boolean,
+            "device": _string,
+            "via": partial(_choice, choices=IMAGE_VIA),
+            "snapshot": partial(_choice, choices=SNAPSHOT_METHODS),
+            "allow_mounted": _boolean,
+            "of": _string,
+            "to": defined,
+            "sample": _sample,
+            "where": partial(_choice, choices=VERIFY_WHERE),
+        }
+        levels: list[_Table] = []
+        first_index: dict[str, int] = {}
+        for index, value in enumerate(raw):
+            at = f"{where}[{index}]"
+            table = self.table(value, at, checks, required=["name", "kind"])
+            if table is None:
+                continue
+            kind = table.get("kind")
+            if kind in _LEVEL_KIND_KEYS:
+                self._kind_keys(table, at, kind)
+            name = table.get("name")
+            if name in first_index:
+                self.problem(
+                    _join(at, "name"),
+                    f"duplicate level name {name!r} (also {where}[{first_index[name]}])",
+                )
+            elif name is not None:
+                first_index[name] = index
+                levels.append(table)
+        return levels
+
+    def _kind_keys(self, table: _Table, at: str, kind: str) -> None:
+        """Report keys of another kind and the missing keys this kind requires."""
+        for key, path in table.paths.items():
+            if key in _LEVEL_COMMON_KEYS or key in _LEVEL_KIND_KEYS[kind]:
+                continue
+            owners = [k for k, keys in _LEVEL_KIND_KEYS.items() if key in keys]
+            self.problem(
+                path, f"{key!r} is a key of {' and '.join(owners)} levels, not of {kind} levels"
+            )
+        for key in _LEVEL_REQUIRED[kind]:
+            if key not in table.paths:
+                self.problem(_join(at, key), f"missing; required for {kind} levels")
+
+    def _machine(
+        self,
+        name: str,
+        where: str,
+        client_id: str,
+        table: _Table,
+        levels: list[_Table],
+    ) -> Machine | None:
+        """Check the merged machine as a whole; return it, or None if something is wrong."""
+        # A key written with a wrong value is reported already; checks that depend on it
+        # would only add noise.
+        if all(k in table.values or k not in table.paths for k in ("transport", "https", "auth")):
+            self._transport_keys(where, table)
+        transport = table.get("transport", "ssh")
+        https = table.get("https", True)
+        auth = table.get("auth", "ntlm")
+        port = table.get("port")
+        if transport == "winrm":
+            port = port or (5986 if https else 5985)
+        elif transport == "ssh":
+            port = port or 22
+        self._level_references(name, levels)
+        if table.get("restore") == "image" and not any(d.get("kind") == "image" for d in levels):
+            self.problem(table.paths["restore"], "'image' needs an image level on this machine")
+        if self._problems:
+            return None
+        return Machine(
+            name=name,
+            client=client_id,
+            transport=transport,
+            address=table.get("address"),
+            port=port,
+            user=table.get("user", "root" if transport == "ssh" else None),
+            identity=table.get("identity"),
+            host_key=table.get("host_key"),
+            known_hosts=table.get("known_hosts"),
+            connect_timeout=table.get("connect_timeout", 10.0),
+            restic=table.get("restic", "restic"),
+            role=table.get("role", "workstation"),
+            asset_tag=table.get("asset_tag"),
+            mac=table.get("mac"),
+            restore=table.get("restore", "files-in-place"),
+            password=table.get("password"),
+            https=https,
+            auth=auth,
+            ca=table.get("ca"),
+            levels=tuple(_level(d) for d in levels),
+        )
+
+    def _transport_keys(self, where: str, table: _Table) -> None:
+        """Report keys the machine's transport does not use and what WinRM needs."""
+        transport = table.get("transport", "ssh")
+        for key, path in table.paths.items():
+            allowed = _TRANSPORT_KEYS.get(key)
+            if allowed and transport not in allowed:
+                self.problem(
+                    path,
+                    f"{key!r} applies to {' and '.join(allowed)} machines; "
+                    f"this machine's transport is {transport!r}",
+                )
+        if transport != "local" and "address" not in table.paths:
+            self.problem(_join(where, "address"), f"missing; required for transport {transport!r}")
+        if transport != "winrm":
+            return
+        https = table.get("https", True)
+        auth = table.get("auth", "ntlm")
+        auth_path = table.paths.get("auth", _join(where, "auth"))
+        if not https and auth == "basic":
+            self.problem(
+                auth_path,
+                "basic authentication over plain HTTP sends the password in clear; "
+                "set https = true or use ntlm, kerberos or credssp",
+            )
+        elif not https and auth not in ENCRYPTING_AUTHS:
+            self.problem(
+                auth_path,
+                f"{auth!r} authentication needs https (no message encryption over plain "
+                "HTTP); set https = true or use ntlm, kerberos or credssp",
+            )
+        if auth not in PASSWORDLESS_AUTHS:
+            for key in ("user", "password"):
+                if key not in table.paths:
+                    self.problem(_join(where, key), f"missing; required for winrm auth {auth!r}")
+
+    def _level_references(self, machine: str, levels: list[_Table]) -> None:
+        """Check that each ``of`` names another backup level of the merged machine."""
+        by_name = {d.values["name"]: d for d in levels}
+        for draft in levels:
+            of = draft.get("of")
+            if of is None or draft.get("kind") not in ("copy", "verify"):
+                continue
+            path = draft.paths["of"]
+            target = by_name.get(of)
+            if of == draft.values["name"]:
+                self.problem(path, "a level cannot refer to itself; name another level")
+            elif target is None:
+                known = sorted(by_name)
+                self.problem(
+                    path,
+                    f"machine {machine!r} has no level {of!r}"
+                    + (_hint(of, known) or f"; its levels: {', '.join(known) or 'none'}"),
+                )
+            elif target.get("kind", BACKUP_KINDS[0]) not in BACKUP_KINDS:
+                self.problem(
+                    path,
+                    f"{of!r} is a {target.values['kind']} level; name a "
+                    f"{', '.join(BACKUP_KINDS)} level",
+                )
+            elif draft.get("to") and draft.get("to") == (
+                target.get("repository") or target.get("to")
+            ):
+                self.problem(
+                    draft.paths["to"],
+                    f"{of!r} already writes to {draft.values['to']!r}; copy to another repository",
+                )
+
+
+def _check_file(path: Path, schemes: tuple[str, ...]) -> _Result:
+    """Given a policy file, return its client (if valid), its client id and its problems."""
+    try:
+        # utf-8-sig: Windows editors may save a byte-order mark the TOML parser rejects.
+        raw = tomllib.loads(path.read_bytes().decode("utf-8-sig"))
+    except OSError as exc:
+        return _Result(None, None, [f"{path}: cannot read: {exc.strerror or exc}"])
+    except UnicodeDecodeError as exc:
+        return _Result(None, None, [f"{path}: not UTF-8 text (byte {exc.start})"])
+    except tomllib.TOMLDecodeError as exc:
+        return _Result(None, None, [f"{path}: {_toml_error(str(exc))}"])
+    return _PolicyFile(path, schemes).check(raw)
+
+
+def _toml_error(message: str) -> str:
+    """Return tomllib's message as ``line N: what (column M)``."""
+    match = _TOML_POSITION.match(message)
+    if not match:
+        return message
+    what, line, column = match.groups()
+    if line is None:
+        return f"end of file: {what}"
+    return f"line {line}: {what} (column {column})"
+
+
+def _merge(
+    template: tuple[_Table, list[_Table]] | None,
+    own: _Table,
+    own_levels: list[_Table],
+) -> tuple[_Table, list[_Table]]:
+    """Return a machine's table and levels with its template's under them.
+
+    The machine's keys override the template's; its levels add to the template's, and one
+    with a template level's name replaces it in place.
+    """
+    if template is None:
+        return own, own_levels
+    base, base_levels = template
+    merged = _Table({**base.values, **own.values}, {**base.paths, **own.paths})
+    mine = {d.values["name"]: d for d in own_levels}
+    levels = [mine.pop(d.values["name"], d) for d in base_levels]
+    return merged, levels + list(mine.values())
+
+
+def _level(table: _Table) -> Level:
+    values = dict(table.values)
+    for key in ("paths", "exclude"):
+        if key in values:
+            values[key] = tuple(values[key])
+    return Level(**values)
+
+
+def _join(where: str, key: str) -> str:
+    """Return the key path of ``key`` inside ``where``, quoting keys TOML would quote."""
+    if not _BARE_KEY.fullmatch(key):
+        key = '"' + "".join(_escape(c) for c in key) + '"'
+    return f"{where}.{key}" if where else key
+
+
+def _escape(char: str) -> str:
+    """Return ``char`` as inside a TOML basic string: a problem stays on one line."""
+    if char in '"\\':
+        return "\\" + char
+    if ord(char) < 0x20 or ord(char) == 0x7F:
+        return f"\\u{ord(char):04x}"
+    return char
+
+
+def _keys(raw: Any) -> list[str]:
+    return list(raw) if isinstance(raw, dict) else []
+
+
+def _hint(word: str, choices: Iterable[str]) -> str:
+    """Return `` (did you mean 'x'?)`` for the choice closest to ``word``, or ""."""
+    close = get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _listing(known: Iterable[str]) -> str:
+    """Return ``; known keys: a, b`` to follow an unknown key that resembles none of them."""
+    return f"; known keys: {', '.join(known)}"
+
+
+def _type_name(value: Any) -> str:
+    """Return the TOML name of the type of ``value``."""
+    # Order matters: bool is an int, datetime is a date.
+    for kind, name in (
+        (bool, "boolean"),
+        (int, "integer"),
+        (float, "float"),
+        (str, "string"),
+        (list, "list"),
+        (dict, "table"),
+        (datetime, "date-time"),
+        (date, "date"),
+        (time, "time"),
+    ):
+        if isinstance(value, kind):
+            return name
+    return type(value).__name__
+
+
+def _describe(value: Any) -> str:
+    """Return the TOML type of ``value`` and a short repr of it."""
+    text = repr(value)
+    return f"{_type_name(value)} {text[:40] + '...' if len(text) > 40 else text}"
+
+
+def _expected(what: str, value: Any) -> str:
+    return f"expected {what}, found {_describe(value)}"
+
+
+def _any(value: Any) -> Any:
+    return value
+
+
+def _string(value: Any) -> str:
+    if not isinstance(value, str):
+        _fail(_expected("a string", value))
+    if not value.strip():
+        _fail("must not be empty")
+    return value
+
+
+def _boolean(value: Any) -> bool:
+    if not isinstance(value, bool):
+        _fail(_expected("a boolean (true or false)", value))
+    return value
+
+
+def _positive_int(value: Any) -> int:
+    # bool is an int in Python but not in TOML.
+    if not isinstance(value, int) or isinstance(value, bool):
+        _fail(_expected("an integer", value))
+    if value < 1:
+        _fail(f"must be a positive integer, not {value}")
+    return value
+
+
+def _positive_number(value: Any) -> float:
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        _fail(_expected("a number of seconds", value))
+    if not (math.isfinite(value) and value > 0):
+        _fail(f"must be a positive number of seconds, not {value}")
+    return float(value)
+
+
+def _port(value: Any) -> int:
+    port = _positive_int(value)
+    if port > 65535:
+        _fail(f"{port} is not a port (1..65535)")
+    return port
+
+
+def _choice(value: Any, choices: tuple[str, ...]) -> str:
+    text = _string(value)
+    if text not in choices:
+        options = ", ".join(repr(c) for c in choices)
+        _fail(f"unknown value {text!r}{_hint(text, choices)}; one of {options}")
+    return text
+
+
+def _defined(value: Any, names: Iterable[str], what: str) -> str:
+    """Check that ``value`` names one of ``names`` (repositories, templates)."""
+    text = _string(value)
+    known = sorted(names)
+    if text not in known:
+        listed = ", ".join(known) if known else "none"
+        _fail(f"no {what} {text!r} in this file{_hint(text, known)}; defined: {listed}")
+    return text
+
+
+def _strings(value: Any, nonempty: bool = False) -> list[str]:
+    if not isinstance(value, list):
+        _fail(_expected("a list of strings", value))
+    if nonempty and not value:
+        _fail("must list at least one path")
+    problems = [
+        (f"[{i}]", _expected("a string", item) if not isinstance(item, str) else "empty string")
+        for i, item in enumerate(value)
+        if not isinstance(item, str) or not item
+    ]
+    if problems:
+        raise _Invalid(problems)
+    return value
+
+
+def _name(value: Any) -> str:
+    text = _string(value)
+    if not NAME.fullmatch(text):
+        _fail(
+            f"{text!r} is not a valid name: use letters, digits, '.', '_' and '-', "
+            "starting with a letter or digit"
+        )
+    return text
+
+
+def _address(value: Any) -> str:
+    text = _string(value)
+    if any(c.isspace() for c in text):
+        _fail(f"{text!r} is not a host name or IP address (it contains spaces)")
+    return text
+
+
+def _mac(value: Any) -> str:
+    text = _string(value).lower()
+    if not _MAC.fullmatch(text):
+        _fail(f"{value!r} is not a MAC address like 'aa:bb:cc:dd:ee:ff'")
+    return text
+
+
+def _host_key(value: Any) -> str:
+    """Check a pinned host key ``<type> <base64> [comment]``; return ``<type> <base64>``."""
+    fields = _string(value).split()
+    shown = value if len(value) <= 40 else value[:37] + "..."
+    if len(fields) < 2:
+        _fail(
+            f"{shown!r} is not a host key: expected '<type> <base64>', e.g. 'ssh-ed25519 AAAA...'"
+        )
+    kind, blob = fields[0], fields[1]
+    if kind not in HOST_KEY_TYPES:
+        _fail(f"unknown host key type {kind!r}{_hint(kind, HOST_KEY_TYPES)}")
+    try:
+        data = base64.b64decode(blob, validate=True)
+    except binascii.Error:
+        _fail(f"the key data of {shown!r} is not base64")
+    # The key blob starts with its own type name (RFC 4253 6.6): a mismatch means a wrong paste.
+    size = int.from_bytes(data[:4], "big")
+    embedded = data[4 : 4 + size].decode("ascii", "replace")
+    wanted = "ssh-rsa" if kind.startswith("rsa-sha2") else kind
+    if embedded != wanted:
+        _fail(
+            f"the key data is for {embedded[:30]!r}, not {wanted!r}: a key pasted from elsewhere?"
+        )
+    return f"{kind} {blob}"
+
+
+def _secret(value: Any, schemes: tuple[str, ...]) -> str:
+    """Check a secret reference. Never echo the value: it may be a real password."""
+    if not isinstance(value, str):
+        _fail(f"expected a secret reference such as 'env:NAME', found {_type_name(value)}")
+    listed = ", ".join(f"{s}:" for s in schemes)
+    scheme, colon, rest = value.partition(":")
+    if not colon or not re.fullmatch(r"[a-z][a-z0-9_-]*", scheme):
+        _fail(
+            "not a secret reference; never write a password into a policy: use env:NAME or "
+            f"file:/path (schemes: {listed}; the value is not shown)"
+        )
+    if scheme not in schemes:
+        hint = get_close_matches(scheme, schemes, n=1, cutoff=0.6)
+        if not hint:
+            _fail(
+                "not a secret reference with a known scheme; never write a password into a "
+                f"policy: use env:NAME or file:/path (schemes: {listed}; the value is not shown)"
+            )
+        _fail(f"unknown secret scheme (did you mean '{hint[0]}:'?); use one of {listed}")
+    if scheme == "env" and not _ENV_NAME.fullmatch(rest):
+        _fail("env: needs an environment variable name (letters, digits and '_')")
+    if scheme == "file" and not rest.startswith("/"):
+        _fail("file: needs an absolute path (file:/path)")
+    if scheme == "vault" and not _VAULT_NAME.fullmatch(rest):
+        _fail("vault: needs a secret name (letters, digits, '.', '_', '-', '/')")
+    if not rest.strip():
+        _fail(f"{scheme}: needs a value after the colon")
+    return value
+
+
+def _repository_url(value: Any) -> str:
+    """Check a restic repository: an absolute path or ``backend:...``. Never echo it."""
+    text = _string(value)
+    if text.startswith("/") or re.match(r"[A-Za-z]:[\\/]", text):
+        return text
+    backend, colon, rest = text.partition(":")
+    if colon and backend in RESTIC_BACKENDS and rest:
+        return text
+    # The URL may carry credentials (rest:https://user:pass@...): name only its backend.
+    hint = _hint(backend, RESTIC_BACKENDS) if colon and backend.isalnum() else ""
+    _fail(
+        f"not a restic repository URL or absolute path{hint}; "
+        f"backends: {', '.join(RESTIC_BACKENDS)}"
+    )
+
+
+def _timezone(value: Any) -> str:
+    name = _string(value)
+    try:
+        zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):
+        _fail(f"unknown time zone {name!r}{_hint(name, _zones())}; use a name like 'Asia/Shanghai'")
+    return name
+
+
+@cache
+def _zones() -> frozenset[str]:
+    return frozenset(zoneinfo.available_timezones())
+
+
+def _sla(value: Any) -> str:
+    text = _string(value)
+    match = _DURATION.fullmatch(text)
+    if not match or not any(int(n or 0) for n in match.groups()):
+        _fail(f"{text!r} is not a duration like '4h', '30m', '1d' or '1d12h'")
+    return text
+
+
+def _every(value: Any) -> str:
+    text = _string(value)
+    try:
+        parse_every(text)
+    except ValueError as exc:
+        _fail(str(exc))
+    return text
+
+
+def _keep(value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        _fail(_expected("a table like { daily = 7, weekly = 4 }", value))
+    problems = [
+        ("." + _join("", key), message)
+        for key, amount in value.items()
+        if (message := _keep_problem(key, amount))
+    ]
+    if problems:
+        raise _Invalid(problems)
+    return dict(value)
+
+
+def _keep_problem(key: str, amount: Any) -> str | None:
+    """Return what is wrong with ``keep.<key> = amount``, or None."""
+    if key not in KEEP_KEYS:
+        return "unknown key" + (_hint(key, KEEP_KEYS) or _listing(KEEP_KEYS))
+    if key == "within":
+        # restic rejects a duration that adds up to nothing ("0d").
+        if (
+            isinstance(amount, str)
+            and _RESTIC_DURATION.fullmatch(amount)
+            and re.search("[1-9]", amount)
+        ):
+            return None
+        return f"expected a restic duration like '30d' or '1y2m', found {_describe(amount)}"
+    if not isinstance(amount, int) or isinstance(amount, bool) or amount < 1:
+        return f"expected a positive integer, found {_describe(amount)}"
+    return None
+
+
+def _sample(value: Any) -> str:
+    text = _string(value)
+    percent = re.fullmatch(r"(\d+)%", text)
+    if text == "all" or (percent and 1 <= int(percent[1]) <= 100):
+        return text
+    if re.fullmatch(r"\d+", text) and int(text) > 0:
+        return text
+    _fail(f"{text!r} is not a sample: use 'N%' (1..100), a number of files like '200', or 'all'")
