@@ -118,7 +118,9 @@ class OutputBuffer:
             return
         self._parts.append(chunk)
         self._size += len(chunk)
-        while self._size > self.limit and len(self._parts) > 1:
+        # Drop whole chunks only while the rest still holds ``limit`` bytes: value() cuts the
+        # exact tail.
+        while len(self._parts) > 1 and self._size - len(self._parts[0]) >= self.limit:
             self._size -= len(self._parts.pop(0))
 
     def value(self) -> bytes:
@@ -142,8 +144,10 @@ def iter_stdin(stdin: bytes | Iterable[bytes] | None, size: int = 64 * 1024) -> 
 class StdinFeeder(threading.Thread):
     """Write a request's stdin on a thread so that output is read at the same time.
 
-    ``write`` sends one chunk, ``close`` signals EOF. An exception is kept in ``error`` and
-    re-raised by :meth:`finish`.
+    ``write`` sends one chunk, ``close`` signals EOF. An OSError from ``write`` means the command
+    no longer reads and ends the feeding quietly. Any other exception (from ``write`` or from the
+    stdin iterable, its OSErrors included) is kept in ``error``, already set when ``close`` is
+    called, and re-raised by :meth:`finish`.
     """
 
     def __init__(
@@ -159,8 +163,13 @@ class StdinFeeder(threading.Thread):
     def run(self) -> None:
         try:
             for chunk in iter_stdin(self._stdin):
-                self._write(chunk)
-        except BaseException as exc:  # handed to the caller in finish()
+                try:
+                    self._write(chunk)
+                except OSError:
+                    # The command stopped reading (it exited or closed its stdin): its exit
+                    # status tells what that means.
+                    return
+        except BaseException as exc:  # the iterable or write failed: handed over in finish()
             self.error = exc
         finally:
             try:
@@ -170,5 +179,5 @@ class StdinFeeder(threading.Thread):
 
     def finish(self, timeout: float | None = None) -> None:
         self.join(timeout)
-        if self.error is not None and not isinstance(self.error, BrokenPipeError | OSError):
+        if self.error is not None:
             raise self.error

@@ -1,0 +1,1 @@
+"""Built-in recoverd plugins, registered through the ``recoverd`` entry-point group."""

@@ -1,0 +1,448 @@
+"""The ``ssh`` transport: run commands on Linux machines over SSH (paramiko).
+
+One SSH connection per transport, one session channel per command. The server's host key is
+always verified (the policy's pinned ``host_key``, else a known_hosts file); an unknown or
+changed key stops the run with a message that shows the fingerprint and says how to pin it.
+
+Commands are argv lists quoted for a POSIX shell. Nothing travels in SSH environment requests:
+OpenSSH drops what its AcceptEnv does not allow, and secrets must not go that way anyway.
+stdout and stderr are read together because they share one flow-control window: a command
+that fills it with stderr while the caller waits for stdout would block forever.
+"""
+
+from __future__ import annotations
+
+import base64
+import selectors
+import shlex
+import socket
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn
+
+import paramiko
+
+import recoverd
+from recoverd.errors import (
+    AuthenticationFailed,
+    CommandTimeout,
+    ConnectionLost,
+    HostKeyRejected,
+    TransportError,
+    Unreachable,
+)
+from recoverd.transport import (
+    CommandOutcome,
+    CommandRequest,
+    OutputBuffer,
+    StdinFeeder,
+    Transport,
+)
+
+if TYPE_CHECKING:
+    from recoverd.plugins import Kind
+    from recoverd.policy.model import Machine
+    from recoverd.secrets import SecretResolver
+
+CHUNK = 64 * 1024
+"""Bytes read from a stream at a time: output is passed on, never accumulated whole."""
+
+KEEPALIVE_S = 30
+"""Seconds of silence before a keepalive: keeps NAT and firewalls from dropping a quiet run."""
+
+POLL_S = 0.5
+"""Longest wait on the channel before checking the deadline and the stdin thread again."""
+
+STDIN_GRACE_S = 5.0
+"""How long to wait, after the command ended, for the stdin thread to notice and stop."""
+
+CHANNEL_ERRORS = (paramiko.SSHException, OSError, EOFError)
+"""What paramiko raises when a channel operation fails (EOFError: the socket closed)."""
+
+
+class SSHTransport(Transport):
+    """A connection to one machine over SSH, reused by every command of a run."""
+
+    name = "ssh"
+    os_family = "posix"
+
+    def __init__(self, machine: Machine, secrets: SecretResolver) -> None:
+        super().__init__(machine, secrets)
+        self.address: str = machine.address or machine.name
+        self.port: int = machine.port or 22
+        self.user: str = machine.user or "root"
+        self._client: paramiko.SSHClient | None = None
+
+    def describe(self) -> str:
+        """Return ``user@address:port``."""
+        host = f"[{self.address}]" if ":" in self.address else self.address
+        return f"{self.user}@{host}:{self.port}"
+
+    # -- connecting ------------------------------------------------------------------------
+
+    def connect(self) -> None:
+        """Open the SSH connection, verify the host key and log in.
+
+        Raise Unreachable if the machine does not answer, HostKeyRejected if its key is unknown,
+        changed or cannot be checked, AuthenticationFailed if it refuses the login.
+        """
+        if self._client is not None:
+            transport = self._client.get_transport()
+            if transport is not None and transport.is_active():
+                return
+            self.close()
+        credentials = self._credentials()
+        client = paramiko.SSHClient()
+        try:
+            self._trust_host_keys(client)
+            timeout = self.machine.connect_timeout
+            client.connect(
+                self.address,
+                port=self.port,
+                username=self.user,
+                timeout=timeout,
+                banner_timeout=timeout,
+                auth_timeout=timeout,
+                channel_timeout=timeout,
+                **credentials,
+            )
+            transport = client.get_transport()
+            assert transport is not None  # set by a successful connect()
+            transport.set_keepalive(KEEPALIVE_S)
+        except BaseException as exc:
+            # paramiko leaves its transport thread running when the host key is rejected.
+            client.close()
+            error = self._connect_error(exc)
+            if error is None:
+                raise
+            raise error from None
+        self._client = client
+
+    def close(self) -> None:
+        """Close the connection; safe to call more than once."""
+        client, self._client = self._client, None
+        if client is not None:
+            client.close()
+
+    def _trust_host_keys(self, client: paramiko.SSHClient) -> None:
+        """Load the keys this machine may present: the pinned one, else a known_hosts file.
+
+        Raise HostKeyRejected if the pinned key or the known_hosts file is unusable.
+        """
+        client.set_missing_host_key_policy(_RejectUnknownKey(self))
+        if self.machine.host_key:
+            key = self._pinned_key()
+            client.get_host_keys().add(self._host_key_name(), key.get_name(), key)
+            return
+        try:
+            if self.machine.known_hosts:
+                path = Path(self.machine.known_hosts).expanduser()
+                try:
+                    client.load_host_keys(str(path))
+                except OSError as exc:
+                    # An explicit file that is missing must not silently mean "trust nothing".
+                    raise HostKeyRejected(
+                        f"cannot check the host key of {self.machine.name}: known_hosts file "
+                        f"{path} cannot be read ({exc.strerror or exc})"
+                    ) from None
+            else:
+                # Ignores a missing ~/.ssh/known_hosts: the unknown key is then reported.
+                client.load_system_host_keys()
+        except paramiko.hostkeys.InvalidHostKey as exc:
+            raise HostKeyRejected(
+                f"cannot check the host key of {self.machine.name}: a known_hosts line is not "
+                f"a valid key: {exc.line!r}"
+            ) from None
+
+    def _pinned_key(self) -> paramiko.PKey:
+        """Return the policy's ``host_key`` as a key. Raise HostKeyRejected if it is not one."""
+        fields = (self.machine.host_key or "").split()
+        try:
+            key_type, data = fields[0], base64.b64decode(fields[1], validate=True)
+            return paramiko.PKey.from_type_string(key_type, data)
+        except (IndexError, ValueError, paramiko.UnknownKeyType, paramiko.SSHException):
+            # ValueError: bad base64 (binascii.Error) or key data the key class rejects.
+            raise HostKeyRejected(
+                f"host_key of {self.machine.name} is not a public key: expected "
+                '"TYPE BASE64" as in the machine\'s /etc/ssh/ssh_host_ed25519_key.pub, '
+                'e.g. host_key = "ssh-ed25519 AAAAC3Nz..."'
+            ) from None
+
+    def _host_key_name(self) -> str:
+        # The name known_hosts files use: OpenSSH writes non-default ports as [host]:port.
+        return self.address if self.port == 22 else f"[{self.address}]:{self.port}"
+
+    def _key_source(self) -> str:
+        if self.machine.host_key:
+            return "host_key in the policy"
+        known_hosts = self.machine.known_hosts or "~/.ssh/known_hosts"
+        return f"the {self._host_key_name()} entry in {known_hosts}"
+
+    def _unknown_key_error(self, key: paramiko.PKey) -> HostKeyRejected:
+        """Given the key the server offered, return the error that explains how to pin it."""
+        known_hosts = self.machine.known_hosts or "~/.ssh/known_hosts"
+        return HostKeyRejected(
+            f"host key of {self.machine.name} ({self.address}:{self.port}) is unknown: "
+            f"{key.get_name()} {key.fingerprint}. Verify it (on the machine: ssh-keygen -lf "
+            f"/etc/ssh/ssh_host_*_key.pub), then pin it in the policy: "
+            f'host_key = "{key.get_name()} {key.get_base64()}" '
+            f"(or add it to {known_hosts})"
+        )
+
+    def _changed_key_error(
+        self, offered: paramiko.PKey, expected: paramiko.PKey
+    ) -> HostKeyRejected:
+        return HostKeyRejected(
+            f"host key of {self.machine.name} ({self.address}:{self.port}) has CHANGED: "
+            f"expected {expected.get_name()} {expected.fingerprint}, offered "
+            f"{offered.get_name()} {offered.fingerprint}. This is a possible man-in-the-middle; "
+            f"if the machine was reinstalled, verify the new key and update {self._key_source()}"
+        )
+
+    def _credentials(self) -> dict[str, Any]:
+        """Return the login arguments for paramiko: the identity file, else agent and ~/.ssh.
+
+        Raise AuthenticationFailed if the identity file is missing or not a usable key.
+        """
+        if not self.machine.identity:
+            return {"allow_agent": True, "look_for_keys": True}
+        path = Path(self.machine.identity).expanduser()
+        problem = f"identity file {path} of {self.machine.name}"
+        try:
+            key = paramiko.PKey.from_path(path)
+        except FileNotFoundError:
+            raise AuthenticationFailed(f"{problem} does not exist") from None
+        except OSError as exc:
+            raise AuthenticationFailed(f"{problem} cannot be read: {exc.strerror}") from None
+        except (TypeError, ValueError, paramiko.SSHException, paramiko.UnknownKeyType) as exc:
+            # TypeError: cryptography's answer to an encrypted key without a passphrase.
+            raise AuthenticationFailed(
+                f"{problem} is not a usable private key ({exc}); it must be an unencrypted "
+                "OpenSSH or PEM key (load passphrase-protected keys into ssh-agent instead)"
+            ) from None
+        return {"pkey": key, "allow_agent": False, "look_for_keys": False}
+
+    def _connect_error(self, exc: BaseException) -> TransportError | None:
+        """Given what connecting raised, return the error to raise instead (None: re-raise)."""
+        where = f"{self.machine.name} at {self.address}:{self.port}"
+        if isinstance(exc, TransportError):
+            return exc
+        if isinstance(exc, paramiko.BadHostKeyException):
+            return self._changed_key_error(exc.key, exc.expected_key)
+        if isinstance(exc, paramiko.AuthenticationException):
+            if "timeout" in str(exc):
+                return Unreachable(f"cannot reach {where}: the login timed out")
+            return AuthenticationFailed(
+                f"user {self.user} was refused by {where}: {self._identity_hint()}"
+            )
+        if isinstance(exc, paramiko.ssh_exception.NoValidConnectionsError):
+            return Unreachable(f"cannot reach {where}: connection refused")
+        if isinstance(exc, TimeoutError):
+            return Unreachable(
+                f"cannot reach {where}: timed out after {self.machine.connect_timeout:g}s"
+            )
+        if isinstance(exc, socket.gaierror):
+            return Unreachable(f"cannot reach {where}: unknown host name ({exc.strerror})")
+        if isinstance(exc, OSError | EOFError):
+            return Unreachable(f"cannot reach {where}: {getattr(exc, 'strerror', None) or exc}")
+        if isinstance(exc, paramiko.SSHException):
+            message = str(exc)
+            if "No authentication methods" in message:
+                return AuthenticationFailed(
+                    f"user {self.user} cannot log in to {where}: no key to offer; "
+                    "set identity in the policy or load a key into ssh-agent"
+                )
+            # paramiko has no types for these: a silent or closing server, or a handshake that
+            # start_client() gave up on ("No existing session").
+            if "banner" in message or "No existing session" in message:
+                return Unreachable(
+                    f"cannot reach {where}: no SSH handshake within "
+                    f"{self.machine.connect_timeout:g}s"
+                )
+            return TransportError(f"SSH to {where} failed: {message}")
+        return None
+
+    def _identity_hint(self) -> str:
+        if self.machine.identity:
+            return (
+                f"check identity ({self.machine.identity}): its public key must be in "
+                f"~{self.user}/.ssh/authorized_keys on the machine"
+            )
+        return (
+            "check identity: no identity is set, so ssh-agent and ~/.ssh/id_* were tried; "
+            f"one of those keys must be in ~{self.user}/.ssh/authorized_keys on the machine"
+        )
+
+    # -- running ---------------------------------------------------------------------------
+
+    def run(self, request: CommandRequest) -> CommandOutcome:
+        """Given a request, run it on a new channel of the connection and return how it ended.
+
+        Raise CommandTimeout past ``request.timeout``, ConnectionLost if the connection drops,
+        TransportError if the machine refuses to start the command; an exception raised by the
+        request's stdin iterable or output consumers is raised as it is.
+        """
+        transport = self._active_transport(request)
+        deadline = None if request.timeout is None else time.monotonic() + request.timeout
+        stdout = OutputBuffer(request.on_stdout)
+        stderr = OutputBuffer(request.on_stderr)
+        try:
+            channel = transport.open_session(timeout=self.machine.connect_timeout)
+        except CHANNEL_ERRORS as exc:
+            raise self._refused(request, transport, exc) from None
+
+        def send_stdin(chunk: bytes) -> None:
+            try:
+                channel.sendall(chunk)
+            except (paramiko.SSHException, EOFError) as exc:
+                # Not an OSError, so the feeder keeps it and end_stdin() aborts the command.
+                raise self._lost(request, f"sending stdin failed: {exc}") from None
+
+        def end_stdin() -> None:
+            # No EOF after a failure: _pump() aborts the command instead, so that it cannot
+            # take the truncated input for a complete one.
+            if feeder.error is None:
+                channel.shutdown_write()
+
+        feeder = StdinFeeder(request.stdin, send_stdin, end_stdin)
+        try:
+            try:
+                channel.exec_command(self.quote(request.argv))
+            except CHANNEL_ERRORS as exc:
+                raise self._refused(request, transport, exc) from None
+            feeder.start()
+            self._pump(channel, request, feeder, stdout, stderr, deadline)
+            self._wait_for_status(channel, request, feeder, deadline)
+        finally:
+            # Also wakes a stdin thread that waits for window space.
+            channel.close()
+        feeder.finish(timeout=STDIN_GRACE_S)
+        status = channel.recv_exit_status()
+        if status != -1:
+            return CommandOutcome(status, stdout.value(), stderr.value())
+        # -1: no exit-status came. The server closes a finished command's channel cleanly, EOF
+        # first; a dropped connection closes it without EOF.
+        if not channel.eof_received or not transport.is_active():
+            raise self._lost(request, "the connection closed")
+        # OpenSSH reports a killed command with an exit-signal request, which paramiko 5.1
+        # ignores: the signal's name is not known here.
+        return CommandOutcome(None, stdout.value(), stderr.value(), signal="unknown")
+
+    def _active_transport(self, request: CommandRequest) -> paramiko.Transport:
+        if self._client is None:
+            raise RuntimeError(f"{type(self).__name__}.run() before connect()")
+        transport = self._client.get_transport()
+        if transport is None or not transport.is_active():
+            raise self._lost(request, "it was already closed; connect again")
+        return transport
+
+    def _pump(
+        self,
+        channel: paramiko.Channel,
+        request: CommandRequest,
+        feeder: StdinFeeder,
+        stdout: OutputBuffer,
+        stderr: OutputBuffer,
+        deadline: float | None,
+    ) -> None:
+        """Pass stdout and stderr chunks on as they arrive, until both streams end.
+
+        Raise CommandTimeout past ``deadline``, ConnectionLost if reading fails, the stdin
+        feeder's error if it failed.
+        """
+        streams = [
+            (channel.recv_ready, channel.recv, stdout),
+            (channel.recv_stderr_ready, channel.recv_stderr, stderr),
+        ]
+        # channel.fileno() is a pipe paramiko makes readable while either stream has data or
+        # has ended. A selector, not select(): a busy daemon may hold descriptors above 1023.
+        with selectors.DefaultSelector() as selector:
+            selector.register(channel.fileno(), selectors.EVENT_READ)
+            while streams:
+                selector.select(self._next_wait(request, feeder, deadline))
+                ended = channel.eof_received or channel.closed
+                for stream in list(streams):
+                    ready, recv, sink = stream
+                    if not (ready() or ended):
+                        continue
+                    try:
+                        chunk = recv(CHUNK)
+                    except CHANNEL_ERRORS as exc:
+                        raise self._lost(request, str(exc) or type(exc).__name__) from None
+                    if chunk:
+                        sink(chunk)
+                    else:
+                        streams.remove(stream)
+
+    def _wait_for_status(
+        self,
+        channel: paramiko.Channel,
+        request: CommandRequest,
+        feeder: StdinFeeder,
+        deadline: float | None,
+    ) -> None:
+        """Wait until the exit status came or the channel closed.
+
+        Raise CommandTimeout past ``deadline``, the stdin feeder's error if it failed.
+        """
+        while not channel.status_event.wait(self._next_wait(request, feeder, deadline)):
+            pass
+
+    def _next_wait(
+        self, request: CommandRequest, feeder: StdinFeeder, deadline: float | None
+    ) -> float:
+        """Return how long to wait for the channel before looking at the clock and the stdin
+        feeder again. Raise CommandTimeout past ``deadline``, the feeder's error if it failed.
+        """
+        if feeder.error is not None:
+            raise feeder.error
+        if deadline is None:
+            return POLL_S
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise CommandTimeout(
+                f"{_summary(request.argv)} on {self.machine.name} did not finish within "
+                f"{request.timeout:g}s; its channel was closed (the command may still be running "
+                "there)"
+            )
+        return min(left, POLL_S)
+
+    def _lost(self, request: CommandRequest, reason: str) -> ConnectionLost:
+        return ConnectionLost(
+            f"connection to {self.machine.name} ({self.describe()}) was lost while running "
+            f"{_summary(request.argv)}: {reason}"
+        )
+
+    def _refused(
+        self, request: CommandRequest, transport: paramiko.Transport, exc: BaseException
+    ) -> TransportError:
+        if not transport.is_active():
+            return self._lost(request, str(exc) or type(exc).__name__)
+        return TransportError(
+            f"{self.machine.name} ({self.describe()}) would not start {_summary(request.argv)}: "
+            f"{exc or type(exc).__name__}"
+        )
+
+
+class _RejectUnknownKey(paramiko.MissingHostKeyPolicy):
+    """Refuse a host key that is neither pinned nor known, with a message on how to pin it."""
+
+    def __init__(self, transport: SSHTransport) -> None:
+        self.transport = transport
+
+    def missing_host_key(
+        self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey
+    ) -> NoReturn:
+        raise self.transport._unknown_key_error(key)
+
+
+def _summary(argv: list[str], limit: int = 80) -> str:
+    """Return the command line for messages, shortened to ``limit`` characters."""
+    line = shlex.join(argv)
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+@recoverd.hookimpl
+def recoverd_add_transports(register: Kind) -> None:
+    """Register the ``ssh`` transport."""
+    register.add("ssh", SSHTransport)
