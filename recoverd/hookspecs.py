@@ -52,10 +52,12 @@ def recoverd_add_restore_targets(register: Kind) -> None:
 def recoverd_add_log_sinks(register: Kind) -> None:
     """Register maintenance-log sinks.
 
-    :param register: ``register.add("sqlite", SQLiteStore)``; a sink class is built with the
-        state directory and receives every appended entry through ``append(entry)``. The sink
-        named ``sqlite`` is the store recoverd reads the log back from; every other registered
-        sink receives a copy of each entry.
+    :param register: ``register.add("syslog", SyslogSink)``; a sink class is built with the
+        state directory and receives a copy of every entry, as stored and hash-chained, through
+        ``append(entry: recoverd.log.record.Entry)``. A failing sink is logged and never loses
+        the run. The sink named ``sqlite`` is the store itself: it writes and chains the
+        entries (``write``) and reads them back (``entries``, ``run_ids``, ``open_runs``,
+        ``transaction``), see ``plugins/sqlite_store.py``.
     """
 
 
@@ -78,4 +80,3 @@ def recoverd_add_secret_resolvers(register: Kind) -> None:
         ``scheme:`` and returns the secret, or raises :class:`recoverd.errors.SecretError`
         with a message that says what to fix (never the secret).
     """
-

@@ -27,6 +27,8 @@ KINDS = {
 }
 """Plugin kinds and the registry hook that fills each."""
 
+BUILTIN_PACKAGE = "recoverd_plugins"
+
 
 @dataclass
 class Kind:
@@ -84,7 +86,12 @@ class PluginHost:
         blocked = {n for n in os.environ.get("RECOVERD_DISABLE_PLUGINS", "").split(",") if n}
         for name in blocked:
             self.pm.set_blocked(name)
-        for ep in sorted(metadata.entry_points(group=PROJECT), key=lambda e: e.name):
+        # Built-ins first, so that a third-party plugin claiming a taken name is the one blamed.
+        entry_points = sorted(
+            metadata.entry_points(group=PROJECT),
+            key=lambda e: (not e.value.startswith(BUILTIN_PACKAGE), e.name),
+        )
+        for ep in entry_points:
             if self.pm.is_blocked(ep.name) or self.pm.has_plugin(ep.name):
                 continue
             try:
@@ -103,10 +110,9 @@ class PluginHost:
     def _collect(self, kind: str, hook_name: str) -> Kind:
         registry = Kind(kind)
         hook = getattr(self.pm.hook, hook_name)
-        # Each implementation is called alone so that an entry is credited to its plugin.
-        # Built-ins register first: pluggy's order would put them last.
-        impls = list(reversed(hook.get_hookimpls()))
-        for impl in impls:
+        # Each implementation is called alone, in registration order, so that an entry is
+        # credited to its plugin.
+        for impl in hook.get_hookimpls():
             registry._current_plugin = impl.plugin_name
             impl.function(register=registry)
         registry._current_plugin = ""
@@ -135,4 +141,3 @@ class PluginHost:
                 )
             )
         return sorted(infos, key=lambda i: i.name)
-

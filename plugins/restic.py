@@ -1,0 +1,359 @@
+"""The restic engine: file-level backups with restic 0.14 and later, run on the machine.
+
+restic gets its password and repository from the first two lines of its stdin, read by a tiny
+``sh`` wrapper that exports them and then ``exec``s restic, so neither shows in a process list,
+an argv, an SSH environment request or a log (see DESIGN.md). Everything else is argv.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Callable
+from typing import Any
+
+import recoverd
+from recoverd.engine import (
+    BackupRequest,
+    Engine,
+    Outcome,
+    Progress,
+    ProgressCallback,
+    Snapshot,
+)
+from recoverd.errors import (
+    EngineError,
+    Interrupted,
+    RepositoryLocked,
+    ToolMissing,
+    UsageError,
+    WrongPassword,
+)
+from recoverd.policy.model import Machine, Repository
+from recoverd.secrets import redact
+from recoverd.transport import CommandOutcome, CommandRequest
+
+# Reads the password and the repository from stdin, then becomes restic; anything after those
+# two lines (an image stream) reaches restic untouched because `read` on a pipe stops at "\n".
+WRAPPER = (
+    "IFS= read -r RESTIC_PASSWORD && IFS= read -r RESTIC_REPOSITORY && "
+    'export RESTIC_PASSWORD RESTIC_REPOSITORY RESTIC_PROGRESS_FPS=1 && exec "$@"'
+)
+MIN_VERSION = (0, 14, 0)
+MAX_LISTED = 100
+"""Unreadable files named in a record at most (the count is always exact)."""
+
+
+def tag_filter(client: str, machine: str, level: str | None = None) -> str:
+    """Return restic's ``--tag`` value that selects one machine's (or level's) snapshots."""
+    tags = [f"client={client}", f"machine={machine}"]
+    if level is not None:
+        tags.append(f"level={level}")
+    return ",".join(tags)
+
+
+def keep_args(keep: dict[str, Any]) -> list[str]:
+    """Given a level's ``keep`` table, return restic forget's ``--keep-*`` arguments."""
+    args = []
+    for key, value in keep.items():
+        args += [f"--keep-{key}", str(value)]
+    return args
+
+
+class LineSplitter:
+    """Feed byte chunks, get complete text lines passed to ``on_line``."""
+
+    def __init__(self, on_line: Callable[[str], None]) -> None:
+        self._on_line = on_line
+        self._rest = b""
+
+    def __call__(self, chunk: bytes) -> None:
+        *lines, self._rest = (self._rest + chunk).split(b"\n")
+        for line in lines:
+            self._on_line(line.decode("utf-8", "replace"))
+
+    def flush(self) -> None:
+        if self._rest:
+            self._on_line(self._rest.decode("utf-8", "replace"))
+            self._rest = b""
+
+
+class BackupOutput:
+    """Parse ``restic backup --json``: progress lines, the summary, errors and warnings."""
+
+    def __init__(self, progress: ProgressCallback | None) -> None:
+        self.progress = progress
+        self.summary: dict[str, Any] | None = None
+        self.unreadable: list[str] = []
+        self.missing: list[str] = []
+        self.messages: list[str] = []
+
+    def stdout_line(self, line: str) -> None:
+        message = _json(line)
+        if message is None:
+            return
+        if message.get("message_type") == "summary":
+            self.summary = message
+        elif message.get("message_type") == "status" and self.progress:
+            self.progress(
+                Progress(
+                    fraction=message.get("percent_done"),
+                    files_done=message.get("files_done"),
+                    files_total=message.get("total_files"),
+                    bytes_done=message.get("bytes_done"),
+                    bytes_total=message.get("total_bytes"),
+                    eta_s=message.get("seconds_remaining"),
+                )
+            )
+
+    def stderr_line(self, line: str) -> None:
+        message = _json(line)
+        if message and message.get("message_type") == "error":
+            self.unreadable.append(message.get("item") or _error_text(message.get("error")))
+            return
+        # restic 0.14 skips a missing top-level path with exit 0 and only this text.
+        skipped = re.match(r"^(?:Warning: )?(.*) does not exist, skipping$", line)
+        if skipped:
+            self.missing.append(skipped.group(1))
+        elif line.strip():
+            self.messages.append(line)
+
+
+def _json(line: str) -> dict[str, Any] | None:
+    if not line.startswith("{"):
+        return None
+    try:
+        value = json.loads(line)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _error_text(error: Any) -> str:
+    if isinstance(error, dict):
+        return str(error.get("message") or error.get("Path") or error)
+    return str(error)
+
+
+def classify_failure(outcome: CommandOutcome, what: str, program: str) -> Exception:
+    """Given a failed restic command, return the typed error that says what to fix."""
+    text = redact(outcome.stderr.decode("utf-8", "replace"))
+    lines = [ln for ln in text.splitlines() if ln.strip() and not ln.startswith("{")]
+    tail = " / ".join(lines[-3:]) or "no message"
+    status = outcome.exit_status
+    if status is None:
+        return EngineError(f"{what}: restic was killed by signal {outcome.signal}")
+    if status == 127 or re.search(r"(restic|exec).*not found", text):
+        return ToolMissing(
+            f"{what}: restic is not installed on the machine ({program!r} not found); "
+            "install restic 0.14 or later, or set the machine's `restic` key to its path"
+        )
+    if status == 130:
+        return Interrupted(f"{what}: restic was interrupted")
+    if status == 12 or "wrong password" in text:
+        return WrongPassword(
+            f"{what}: wrong repository password (the password reference of the repository "
+            "does not open it)"
+        )
+    if status == 11 or "repository is already locked" in text or "unable to create lock" in text:
+        return RepositoryLocked(f"{what}: the repository is locked by another process: {tail}")
+    if status == 10 or "Is there a repository at the following location?" in text:
+        return EngineError(f"{what}: the repository does not exist or cannot be opened: {tail}")
+    return EngineError(f"{what}: restic exited with status {status}: {tail}")
+
+
+class ResticEngine(Engine):
+    """restic on a POSIX machine."""
+
+    name = "restic"
+    kinds = ("files",)
+    os_families = ("posix",)
+
+    def __init__(self, transport: Any, secrets: Any) -> None:
+        super().__init__(transport, secrets)
+        self._version: tuple[int, int, int] | None = None
+
+    @property
+    def program(self) -> str:
+        return self.transport.machine.restic
+
+    # -- running restic ----------------------------------------------------------------------
+
+    def _credentials(self, repository: Repository) -> bytes:
+        password = self.secrets.resolve(
+            repository.password, what=f"password of repository {repository.name}"
+        )
+        if "\n" in password or "\r" in password:
+            raise UsageError(f"the password of repository {repository.name} contains a newline")
+        return f"{password}\n{repository.url}\n".encode()
+
+    def restic(
+        self,
+        repository: Repository,
+        args: list[str],
+        *,
+        on_stdout: Callable[[bytes], None] | None = None,
+        on_stderr: Callable[[bytes], None] | None = None,
+        timeout: float | None = None,
+    ) -> CommandOutcome:
+        """Run ``restic ARGS`` against ``repository`` on the machine and return how it ended."""
+        argv = ["sh", "-c", WRAPPER, "recoverd-restic", self.program, *args]
+        return self.transport.run(
+            CommandRequest(
+                argv,
+                stdin=self._credentials(repository),
+                on_stdout=on_stdout,
+                on_stderr=on_stderr,
+                timeout=timeout,
+            )
+        )
+
+    def version(self) -> tuple[int, int, int]:
+        """Return restic's version on the machine. Raise ToolMissing or EngineError."""
+        if self._version is None:
+            outcome = self.transport.run(CommandRequest([self.program, "version"], timeout=60))
+            if not outcome.ok:
+                raise classify_failure(outcome, "restic version", self.program)
+            found = re.search(rb"restic (\d+)\.(\d+)\.(\d+)", outcome.stdout)
+            if not found:
+                raise EngineError(f"cannot read restic's version from {outcome.stdout[:80]!r}")
+            self._version = (int(found[1]), int(found[2]), int(found[3]))
+            if self._version < MIN_VERSION:
+                raise ToolMissing(
+                    f"restic {'.'.join(map(str, self._version))} on the machine is too old; "
+                    "recoverd needs 0.14 or later"
+                )
+        return self._version
+
+    def ensure_repository(self, repository: Repository) -> bool:
+        """Initialise ``repository`` if it does not exist; return True if it was created."""
+        probe = self.restic(repository, ["cat", "config"], timeout=300)
+        if probe.ok:
+            return False
+        text = probe.stderr.decode("utf-8", "replace").lower()
+        # 0.17+ says so with exit 10; 0.14 only with its text ("unable to open config file:
+        # stat .../config: no such file or directory").
+        missing = probe.exit_status == 10 or (
+            "unable to open config file" in text and "no such file" in text
+        )
+        if not missing:
+            raise classify_failure(probe, f"open repository {repository.name}", self.program)
+        created = self.restic(repository, ["init"], timeout=300)
+        if created.ok:
+            return True
+        if b"already" in created.stderr:  # another machine initialised it a moment ago
+            return False
+        raise classify_failure(created, f"initialise repository {repository.name}", self.program)
+
+    # -- engine operations -------------------------------------------------------------------
+
+    def backup(self, request: BackupRequest, progress: ProgressCallback | None = None) -> Outcome:
+        """Back up the level's paths; ``partial`` lists the files restic could not read."""
+        version = self.version()
+        created = self.ensure_repository(request.repository)
+        level, machine = request.level, request.machine
+        args = [
+            "backup",
+            "--json",
+            "--host",
+            machine.name,
+            "--tag",
+            f"recoverd,{tag_filter(request.client, machine.name, level.name)}",
+        ]
+        for pattern in level.exclude:
+            args += ["--exclude", pattern]
+        args += ["--", *level.paths]
+        parsed = BackupOutput(progress)
+        out, err = LineSplitter(parsed.stdout_line), LineSplitter(parsed.stderr_line)
+        started = time.monotonic()
+        outcome = self.restic(request.repository, args, on_stdout=out, on_stderr=err)
+        out.flush()
+        err.flush()
+        duration = time.monotonic() - started
+        if outcome.exit_status not in (0, 3) or parsed.summary is None:
+            if parsed.messages:
+                outcome.stderr = "\n".join(parsed.messages).encode()
+            raise classify_failure(outcome, f"backup of {level.name}", self.program)
+        summary = parsed.summary
+        unreadable = parsed.unreadable + [f"{p} (does not exist)" for p in parsed.missing]
+        stats = {
+            "files_new": summary.get("files_new", 0),
+            "files_changed": summary.get("files_changed", 0),
+            "files_unmodified": summary.get("files_unmodified", 0),
+            "dirs_new": summary.get("dirs_new", 0),
+            "dirs_changed": summary.get("dirs_changed", 0),
+            "files_processed": summary.get("total_files_processed", 0),
+            "bytes_processed": summary.get("total_bytes_processed", 0),
+            "bytes_added": summary.get("data_added", 0),
+            "duration_s": round(duration, 3),
+            "restic_version": ".".join(map(str, version)),
+            "repository_created": created,
+        }
+        state, error = "succeeded", None
+        if unreadable:
+            state = "partial"
+            stats["unreadable_count"] = len(unreadable)
+            stats["unreadable"] = unreadable[:MAX_LISTED]
+            shown = ", ".join(unreadable[:5]) + (" ..." if len(unreadable) > 5 else "")
+            error = f"{len(unreadable)} item(s) could not be read: {shown}"
+        return Outcome(state, summary.get("snapshot_id"), stats, error)
+
+    def snapshots(
+        self, client: str, machine: Machine, repository: Repository, level: str | None = None
+    ) -> list[Snapshot]:
+        """Return the machine's snapshots in ``repository`` (of ``level`` if given)."""
+        args = ["snapshots", "--json", "--tag", tag_filter(client, machine.name, level)]
+        outcome = self.restic(repository, args, timeout=600)
+        if not outcome.ok:
+            raise classify_failure(outcome, f"list snapshots of {repository.name}", self.program)
+        found = []
+        for item in json.loads(outcome.stdout or b"[]") or []:
+            tags = tuple(item.get("tags") or ())
+            level_tag = next((t[6:] for t in tags if t.startswith("level=")), None)
+            summary = item.get("summary") or {}
+            found.append(
+                Snapshot(
+                    id=item["id"],
+                    short_id=item.get("short_id") or item["id"][:8],
+                    time=item["time"],
+                    level=level_tag,
+                    paths=tuple(item.get("paths") or ()),
+                    tags=tags,
+                    files=summary.get("total_files_processed"),
+                    size=summary.get("total_bytes_processed"),
+                )
+            )
+        return sorted(found, key=lambda s: s.time)
+
+    def forget(self, request: BackupRequest) -> Outcome:
+        """Apply ``keep`` to the level's snapshots (restic forget, without prune)."""
+        tags = tag_filter(request.client, request.machine.name, request.level.name)
+        args = ["forget", "--json", "--group-by", "host", "--tag", tags]
+        args += keep_args(request.level.keep)
+        started = time.monotonic()
+        outcome = self.restic(request.repository, args, timeout=3600)
+        if not outcome.ok:
+            raise classify_failure(outcome, f"forget in {request.repository.name}", self.program)
+        groups = json.loads(outcome.stdout or b"[]") or []
+        kept = sum(len(g.get("keep") or []) for g in groups)
+        removed = sum(len(g.get("remove") or []) for g in groups)
+        stats = {
+            "snapshots_kept": kept,
+            "snapshots_removed": removed,
+            "duration_s": round(time.monotonic() - started, 3),
+        }
+        return Outcome("succeeded", None, stats)
+
+    def prune(self, client: str, machine: Machine, repository: Repository) -> Outcome:
+        """Run restic prune on the repository."""
+        started = time.monotonic()
+        outcome = self.restic(repository, ["prune"], timeout=6 * 3600)
+        if not outcome.ok:
+            raise classify_failure(outcome, f"prune of {repository.name}", self.program)
+        return Outcome("succeeded", None, {"duration_s": round(time.monotonic() - started, 3)})
+
+
+@recoverd.hookimpl
+def recoverd_add_engines(register: Any) -> None:
+    register.add("restic", ResticEngine)

@@ -1,0 +1,152 @@
+"""The maintenance-log store: entries in an embedded SQLite database (WAL) in the state directory.
+
+Entries are only ever inserted. Each insert runs in an ``IMMEDIATE`` transaction that reads the
+last hash and writes the next entry, so concurrent recoverd processes extend one chain.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import recoverd
+from recoverd.errors import RecoverdError
+from recoverd.log.record import GENESIS, Entry, canonical, entry_hash
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS entries (
+    seq       INTEGER PRIMARY KEY,
+    run_id    TEXT NOT NULL,
+    type      TEXT NOT NULL,
+    at        TEXT NOT NULL,
+    client    TEXT,
+    machine   TEXT,
+    body      TEXT NOT NULL,
+    prev_hash TEXT NOT NULL,
+    hash      TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS entries_run ON entries (run_id, type);
+CREATE INDEX IF NOT EXISTS entries_machine ON entries (client, machine, seq);
+"""
+
+
+class SQLiteStore:
+    """The default store of the maintenance log (``maintenance.db`` in the state directory)."""
+
+    def __init__(self, state_dir: Path) -> None:
+        state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.path = state_dir / "maintenance.db"
+        if not self.path.exists():
+            # Create it 0600 before SQLite opens it: the log names clients and machines.
+            os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
+        try:
+            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("PRAGMA busy_timeout=30000")
+            self._db.executescript(SCHEMA)
+        except sqlite3.Error as exc:
+            raise RecoverdError(f"cannot open the maintenance log {self.path}: {exc}") from None
+        self._lock = threading.RLock()
+        self._depth = 0
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Hold the write lock of the database for the block (nested blocks join the outer)."""
+        with self._lock:
+            self._depth += 1
+            try:
+                if self._depth == 1:
+                    self._db.execute("BEGIN IMMEDIATE")
+                yield
+                if self._depth == 1:
+                    self._db.execute("COMMIT")
+            except BaseException:
+                if self._depth == 1:
+                    self._db.execute("ROLLBACK")
+                raise
+            finally:
+                self._depth -= 1
+
+    def write(self, run_id: str, type_: str, at: str, body: dict[str, Any]) -> Entry:
+        """Append one entry at the end of the chain and return it as stored."""
+        body = json.loads(canonical(body))  # what is hashed is exactly what is read back
+        with self.transaction():
+            row = self._db.execute("SELECT seq, hash FROM entries ORDER BY seq DESC LIMIT 1")
+            last = row.fetchone()
+            seq, prev = (last[0] + 1, last[1]) if last else (1, GENESIS)
+            digest = entry_hash(seq, run_id, type_, at, body, prev)
+            self._db.execute(
+                "INSERT INTO entries VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    seq,
+                    run_id,
+                    type_,
+                    at,
+                    body.get("client"),
+                    body.get("machine"),
+                    canonical(body),
+                    prev,
+                    digest,
+                ),
+            )
+        return Entry(seq, run_id, type_, at, body, prev, digest)
+
+    def entries(self, run_ids: list[str] | None = None) -> Iterator[Entry]:
+        """Yield every entry in log order, or only those of ``run_ids``."""
+        query = "SELECT seq, run_id, type, at, body, prev_hash, hash FROM entries"
+        params: list[Any] = []
+        if run_ids is not None:
+            if not run_ids:
+                return
+            query += f" WHERE run_id IN ({','.join('?' * len(run_ids))})"
+            params = list(run_ids)
+        with self._lock:
+            rows = self._db.execute(query + " ORDER BY seq", params).fetchall()
+        for seq, run_id, type_, at, body, prev, digest in rows:
+            yield Entry(seq, run_id, type_, at, json.loads(body), prev, digest)
+
+    def run_ids(
+        self,
+        client: str | None = None,
+        machine: str | None = None,
+        since: str | None = None,
+    ) -> list[str]:
+        """Return the ids of runs started by matching start entries, oldest first."""
+        query = "SELECT run_id FROM entries WHERE type = 'start'"
+        params: list[Any] = []
+        for column, value in (("client", client), ("machine", machine)):
+            if value is not None:
+                query += f" AND {column} = ?"
+                params.append(value)
+        if since is not None:
+            query += " AND at >= ?"
+            params.append(since)
+        with self._lock:
+            return [r[0] for r in self._db.execute(query + " ORDER BY seq", params)]
+
+    def open_runs(self) -> list[Entry]:
+        """Return the start entries of runs that have no end entry yet."""
+        query = (
+            "SELECT seq, run_id, type, at, body, prev_hash, hash FROM entries s "
+            "WHERE type = 'start' AND NOT EXISTS "
+            "(SELECT 1 FROM entries e WHERE e.run_id = s.run_id AND e.type = 'end') ORDER BY seq"
+        )
+        with self._lock:
+            rows = self._db.execute(query).fetchall()
+        return [Entry(r[0], r[1], r[2], r[3], json.loads(r[4]), r[5], r[6]) for r in rows]
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+@recoverd.hookimpl
+def recoverd_add_log_sinks(register: Any) -> None:
+    register.add("sqlite", SQLiteStore)

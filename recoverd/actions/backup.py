@@ -1,0 +1,138 @@
+"""Back up a machine's levels now: one recorded run per level, then its retention.
+
+Orchestration only: the transport reaches the machine, the engine runs the backup tool, the
+maintenance log records what happened.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+from recoverd.controller import Controller
+from recoverd.engine import BackupRequest, Engine, Progress
+from recoverd.errors import RecoverdError, UsageError
+from recoverd.log import RunFilter
+from recoverd.log.maintenance import utc_now
+from recoverd.policy.model import BACKUP_KINDS, Level, Machine
+from recoverd.runs import recorded_run
+
+PRUNE_INTERVAL = timedelta(days=7)
+"""A repository is pruned at most this often (prune rewrites packs: slow and heavy)."""
+
+ProgressFactory = Callable[[str], Callable[[Progress], None]]
+
+
+def backup_levels(machine: Machine, level_name: str | None = None) -> list[Level]:
+    """Return the levels ``recoverd backup`` runs: the one named, or every backup level.
+
+    Raise UsageError if the named level does not exist or is not a backup level.
+    """
+    if level_name is None:
+        levels = [lv for lv in machine.levels if lv.kind in BACKUP_KINDS]
+        if not levels:
+            raise UsageError(f"{machine.qualified_name} has no backup levels")
+        return levels
+    level = machine.level(level_name)
+    if level is None:
+        names = ", ".join(lv.name for lv in machine.levels) or "none"
+        raise UsageError(f"{machine.qualified_name} has no level {level_name!r} (levels: {names})")
+    if level.kind not in BACKUP_KINDS:
+        raise UsageError(
+            f"level {level_name!r} is a {level.kind} level; "
+            f"use `recoverd {'verify' if level.kind == 'verify' else 'backup'}`"
+        )
+    return [level]
+
+
+def backup_machine(
+    ctl: Controller,
+    machine: Machine,
+    levels: list[Level],
+    *,
+    trigger: str = "manual",
+    progress: ProgressFactory | None = None,
+) -> list[dict[str, Any]]:
+    """Back up ``levels`` of ``machine`` over one connection; return the runs' views.
+
+    A machine that cannot be reached still gets one failed run per level, with the reason.
+    """
+    client = ctl.policies.clients[machine.client]
+    common = {
+        "client": client.id,
+        "machine": machine.name,
+        "trigger": trigger,
+        "engineer": client.engineer,
+    }
+
+    def start(level: Level) -> dict[str, Any]:
+        return {
+            **common,
+            "level": level.name,
+            "kind": level.kind,
+            "action": "backup",
+            "repository": level.repository,
+        }
+
+    views = []
+    transport = ctl.transport(machine)
+    try:
+        transport.connect()
+    except RecoverdError as exc:
+        for level in levels:
+            with recorded_run(ctl.log, **start(level)) as run:
+                raise exc
+            views.append(run.view)
+        return views
+    try:
+        for level in levels:
+            request = BackupRequest(
+                client.id, machine, level, ctl.policies.repository_for(machine, level)
+            )
+            with recorded_run(ctl.log, **start(level)) as run:
+                engine = ctl.engine(transport, level.kind)
+                report = progress(f"{machine.name} {level.name}") if progress else None
+                try:
+                    run.outcome = engine.backup(request, report)
+                finally:
+                    if report is not None and hasattr(report, "done"):
+                        report.done()
+            views.append(run.view)
+            if level.keep and run.view["state"] in ("succeeded", "partial"):
+                views.append(apply_retention(ctl, engine, request, start(level)))
+    finally:
+        transport.close()
+    return views
+
+
+def apply_retention(
+    ctl: Controller, engine: Engine, request: BackupRequest, start: dict[str, Any]
+) -> dict[str, Any]:
+    """Forget the level's snapshots beyond ``keep``; prune the repository if a week is up.
+
+    Recorded as its own run (action ``prune``) so that a failed retention never hides a
+    good backup, nor a good backup a failed retention.
+    """
+    repository = request.repository
+    last_prune = [
+        v
+        for v in ctl.log.runs(
+            RunFilter(
+                client=request.client,
+                action="prune",
+                state="succeeded",
+                since=utc_now() - PRUNE_INTERVAL,
+            )
+        )
+        if v["repository"] == repository.name and (v["stats"] or {}).get("pruned")
+    ]
+    with recorded_run(ctl.log, **{**start, "action": "prune"}) as run:
+        outcome = engine.forget(request)
+        outcome.stats["pruned"] = False
+        if not last_prune:
+            pruned = engine.prune(request.client, request.machine, repository)
+            outcome.stats["pruned"] = True
+            outcome.stats["prune_duration_s"] = pruned.stats.get("duration_s")
+        run.outcome = outcome
+    return run.view

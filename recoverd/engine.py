@@ -1,0 +1,98 @@
+"""The engine contract: what a backup tool on a machine does for recoverd.
+
+An engine builds a tool's command lines (restic, partclone, wbadmin), runs them through the
+:class:`~recoverd.transport.Transport` it is given and parses their output into results. It never
+opens connections itself and never writes the maintenance log.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from recoverd.policy.model import Level, Machine, Repository
+    from recoverd.secrets import SecretResolver
+    from recoverd.transport import Transport
+
+
+@dataclass(frozen=True)
+class Progress:
+    """How far a long operation is; any figure may be unknown (None)."""
+
+    fraction: float | None = None
+    files_done: int | None = None
+    files_total: int | None = None
+    bytes_done: int | None = None
+    bytes_total: int | None = None
+    eta_s: float | None = None
+
+
+ProgressCallback = Callable[[Progress], None]
+
+
+@dataclass
+class Outcome:
+    """What an engine operation produced: a run state and what the log should keep."""
+
+    state: str
+    snapshot: str | None = None
+    stats: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """One restore point."""
+
+    id: str
+    short_id: str
+    time: str
+    level: str | None
+    paths: tuple[str, ...]
+    tags: tuple[str, ...]
+    files: int | None = None
+    size: int | None = None
+
+
+@dataclass(frozen=True)
+class BackupRequest:
+    """One level of one machine to back up into a repository."""
+
+    client: str
+    machine: Machine
+    level: Level
+    repository: Repository
+
+
+class Engine(ABC):
+    """A backup tool driven through a transport."""
+
+    name: str = ""
+    kinds: tuple[str, ...] = ()
+    """The level kinds (``files``, ``image``, ...) this engine serves."""
+    os_families: tuple[str, ...] = ("posix",)
+
+    def __init__(self, transport: Transport, secrets: SecretResolver) -> None:
+        self.transport = transport
+        self.secrets = secrets
+
+    @abstractmethod
+    def backup(self, request: BackupRequest, progress: ProgressCallback | None = None) -> Outcome:
+        """Back up one level; return the outcome. Raise EngineError/TransportError on failure."""
+
+    @abstractmethod
+    def snapshots(
+        self, client: str, machine: Machine, repository: Repository, level: str | None = None
+    ) -> list[Snapshot]:
+        """Return the machine's restore points in ``repository``, oldest first."""
+
+    @abstractmethod
+    def forget(self, request: BackupRequest) -> Outcome:
+        """Apply the level's ``keep`` retention to its snapshots."""
+
+    @abstractmethod
+    def prune(self, client: str, machine: Machine, repository: Repository) -> Outcome:
+        """Remove data no snapshot references any more."""

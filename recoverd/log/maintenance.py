@@ -1,0 +1,205 @@
+"""Write runs to the maintenance log and read their current views back.
+
+One :class:`MaintenanceLog` per process. Every entry goes to the store (the ``sqlite`` log sink)
+and then to every other registered log sink; finished runs are handed to the notifiers.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets as stdlib_secrets
+import socket
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from recoverd.log.record import STATES, Entry, current_view
+from recoverd.plugins import Kind
+from recoverd.secrets import redact
+
+log = logging.getLogger(__name__)
+
+STORE = "sqlite"
+
+
+def utc_now() -> datetime:
+    """Return the current time, timezone-aware in UTC."""
+    return datetime.now(UTC)
+
+
+def iso(moment: datetime) -> str:
+    """Return ``moment`` as ISO 8601 in UTC with offset, to the second."""
+    return moment.astimezone(UTC).isoformat(timespec="seconds")
+
+
+def _process_start(pid: int) -> str | None:
+    """Return the kernel's start time of process ``pid`` (to tell a reused pid), or None."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+            # The command name (field 2) may hold spaces: split after its closing parenthesis.
+            return f.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def this_process() -> dict[str, Any]:
+    """Return what identifies this controller process in a start entry."""
+    return {"host": socket.gethostname(), "pid": os.getpid(), "since": _process_start(os.getpid())}
+
+
+def process_alive(owner: dict[str, Any]) -> bool:
+    """Return False only when ``owner`` is surely gone (same host, pid dead or reused)."""
+    if owner.get("host") != socket.gethostname():
+        return True
+    pid = owner.get("pid")
+    return isinstance(pid, int) and _process_start(pid) == owner.get("since")
+
+
+@dataclass(frozen=True)
+class RunFilter:
+    """Which runs to show: every field that is set must match."""
+
+    client: str | None = None
+    machine: str | None = None
+    since: datetime | None = None
+    state: str | None = None
+    level: str | None = None
+    action: str | None = None
+
+
+class MaintenanceLog:
+    """The maintenance log of one state directory."""
+
+    def __init__(self, state_dir: Path, sinks: Kind, notifiers: Kind | None = None) -> None:
+        self.store = sinks.get(STORE)(state_dir)
+        self.mirrors = [cls(state_dir) for name, cls in sinks.entries.items() if name != STORE]
+        self.notifiers = [cls() for cls in (notifiers.entries.values() if notifiers else [])]
+        self.reap_orphans()
+
+    def _write(self, run_id: str, type_: str, body: dict[str, Any], at: datetime) -> Entry:
+        entry = self.store.write(run_id, type_, iso(at), body)
+        for mirror in self.mirrors:
+            try:
+                mirror.append(entry)
+            except Exception as exc:  # a mirror must never lose the run for the store
+                log.warning("log sink %s failed: %s", type(mirror).__name__, exc)
+        return entry
+
+    def start(
+        self,
+        *,
+        client: str,
+        machine: str,
+        level: str | None,
+        kind: str | None,
+        action: str,
+        trigger: str = "manual",
+        engineer: str | None = None,
+        reported_by: str | None = None,
+        symptom: str | None = None,
+        repository: str | None = None,
+        at: datetime | None = None,
+    ) -> str:
+        """Record that a run began (state ``running``) and return its id."""
+        at = at or utc_now()
+        run_id = f"{at.astimezone(UTC):%Y%m%d-%H%M%S}-{stdlib_secrets.token_hex(3)}"
+        body = {
+            "client": client,
+            "machine": machine,
+            "level": level,
+            "kind": kind,
+            "action": action,
+            "trigger": trigger,
+            "engineer": engineer,
+            "reported_by": reported_by,
+            "symptom": redact(symptom) if symptom else symptom,
+            "repository": repository,
+            "owner": this_process(),
+        }
+        self._write(run_id, "start", body, at)
+        return run_id
+
+    def finish(
+        self,
+        run_id: str,
+        state: str,
+        *,
+        snapshot: str | None = None,
+        stats: dict[str, Any] | None = None,
+        error: str | None = None,
+        at: datetime | None = None,
+    ) -> dict[str, Any]:
+        """Record how a run ended and return its current view. Tell the notifiers."""
+        if state not in STATES or state == "running":
+            raise ValueError(f"a run cannot end in state {state!r}")
+        body = {
+            "state": state,
+            "snapshot": snapshot,
+            "stats": stats or {},
+            "error": redact(error) if error else None,
+        }
+        self._write(run_id, "end", body, at or utc_now())
+        view = self.run(run_id)
+        for notifier in self.notifiers:
+            try:
+                notifier.run_finished(view)
+            except Exception as exc:  # a notifier's failure never fails the run
+                log.warning("notifier %s failed: %s", type(notifier).__name__, exc)
+        return view
+
+    def reap_orphans(self) -> list[str]:
+        """Mark runs whose controller process is gone ``interrupted``; return their ids."""
+        reaped = []
+        with self.store.transaction():
+            for start in self.store.open_runs():
+                owner = start.body.get("owner") or {}
+                if process_alive(owner):
+                    continue
+                error = (
+                    f"the controller process (pid {owner.get('pid')} on {owner.get('host')}) "
+                    "ended before the run finished"
+                )
+                body = {"state": "interrupted", "error": error, "stats": {}, "snapshot": None}
+                self._write(start.run_id, "end", body, utc_now())
+                reaped.append(start.run_id)
+        return reaped
+
+    def run(self, run_id: str) -> dict[str, Any]:
+        """Return the current view of one run. Raise KeyError if there is no such run."""
+        entries = list(self.store.entries([run_id]))
+        if not entries:
+            raise KeyError(run_id)
+        return current_view(entries)
+
+    def runs(self, where: RunFilter | None = None) -> list[dict[str, Any]]:
+        """Return the current views of the matching runs, oldest first."""
+        where = where or RunFilter()
+        ids = self.store.run_ids(
+            client=where.client,
+            machine=where.machine,
+            since=iso(where.since) if where.since else None,
+        )
+        grouped: dict[str, list[Entry]] = defaultdict(list)
+        for entry in self.store.entries(ids):
+            grouped[entry.run_id].append(entry)
+        views = [current_view(grouped[i]) for i in ids if i in grouped]
+        return [
+            v
+            for v in views
+            if (where.state is None or v["state"] == where.state)
+            and (where.level is None or v["level"] == where.level)
+            and (where.action is None or v["action"] == where.action)
+        ]
+
+    def last_run(
+        self, client: str, machine: str, level: str, state: str | None = None
+    ) -> dict[str, Any] | None:
+        """Return the newest run of a machine's level (in ``state`` if given), or None."""
+        runs = self.runs(RunFilter(client=client, machine=machine, level=level, state=state))
+        return runs[-1] if runs else None
+
+    def close(self) -> None:
+        self.store.close()

@@ -1,0 +1,101 @@
+"""Maintenance-log entries: their hash chain and the current view of a run.
+
+The log is append-only. A run is written as separate entries — ``start`` when it begins, ``end``
+when it ends, ``accept`` for a later sign-off — and each entry's ``hash`` covers its content and
+the previous entry's hash, so an edited, removed, inserted or reordered entry breaks the chain.
+What ``recoverd log`` shows for a run (its *current view*) is computed from its entries, never
+stored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+GENESIS = "0" * 64
+"""``prev_hash`` of the first entry."""
+
+ENTRY_TYPES = ("start", "end", "accept")
+
+STATES = ("running", "succeeded", "partial", "failed", "skipped", "interrupted")
+
+VIEW_FIELDS = (
+    "id",
+    "client",
+    "machine",
+    "level",
+    "kind",
+    "action",
+    "trigger",
+    "reported_by",
+    "engineer",
+    "symptom",
+    "started_at",
+    "finished_at",
+    "state",
+    "snapshot",
+    "repository",
+    "stats",
+    "error",
+    "accepted_by",
+    "accepted_at",
+    "acceptance_note",
+    "hash",
+    "prev_hash",
+)
+"""The fields of a run's current view, in the order ``recoverd log --json`` prints them."""
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One stored entry of the maintenance log."""
+
+    seq: int
+    run_id: str
+    type: str
+    at: str
+    body: dict[str, Any]
+    prev_hash: str
+    hash: str
+
+
+def canonical(obj: Any) -> str:
+    """Return ``obj`` as canonical JSON: sorted keys, no spaces, UTF-8 kept."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def entry_hash(seq: int, run_id: str, type_: str, at: str, body: dict, prev_hash: str) -> str:
+    """Return the chain hash of an entry with these fields."""
+    material = canonical(
+        {"seq": seq, "run_id": run_id, "type": type_, "at": at, "body": body, "prev": prev_hash}
+    )
+    return hashlib.sha256(material.encode()).hexdigest()
+
+
+def current_view(entries: Iterable[Entry]) -> dict[str, Any]:
+    """Given the entries of one run in log order, return the run's current view.
+
+    A run with a start and no end is ``running``; the store turns runs whose controller died
+    into ``interrupted`` by appending an end entry, never by editing.
+    """
+    view: dict[str, Any] = dict.fromkeys(VIEW_FIELDS)
+    view["stats"] = {}
+    for entry in entries:
+        view["id"] = entry.run_id
+        if entry.type == "start":
+            view.update({k: v for k, v in entry.body.items() if k in VIEW_FIELDS})
+            view["started_at"] = entry.at
+            view["state"] = "running"
+        elif entry.type == "end":
+            view.update({k: v for k, v in entry.body.items() if k in VIEW_FIELDS})
+            view["finished_at"] = entry.at
+        elif entry.type == "accept":
+            view["accepted_by"] = entry.body.get("by")
+            view["acceptance_note"] = entry.body.get("note")
+            view["accepted_at"] = entry.at
+        view["hash"] = entry.hash
+        view["prev_hash"] = entry.prev_hash
+    return view

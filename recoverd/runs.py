@@ -1,0 +1,66 @@
+"""A run's lifecycle: a start entry, the work, exactly one end entry.
+
+:func:`recorded_run` wraps the work of one run; whatever happens inside — a result, a
+foreseeable error, Ctrl-C, a bug — the run ends in exactly one state in the maintenance log.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from recoverd.engine import Outcome
+from recoverd.errors import Interrupted, RecoverdError
+from recoverd.log import MaintenanceLog
+
+EXIT_BY_STATE = {"succeeded": 0, "skipped": 0, "partial": 3, "failed": 1, "interrupted": 130}
+
+
+@dataclass
+class RunHandle:
+    """The run being recorded: set ``outcome`` inside the block; ``view`` is set after it."""
+
+    id: str
+    outcome: Outcome | None = None
+    view: dict[str, Any] = field(default_factory=dict)
+
+
+@contextmanager
+def recorded_run(log: MaintenanceLog, **start: Any) -> Iterator[RunHandle]:
+    """Record a run around the block; ``start`` holds the start entry's fields.
+
+    A RecoverdError inside the block ends the run ``failed`` with its message and is not
+    re-raised (the caller reads ``view``); Ctrl-C and Interrupted end it ``interrupted`` and
+    are re-raised; any other exception ends it ``failed`` and is re-raised.
+    """
+    handle = RunHandle(log.start(**start))
+    try:
+        yield handle
+    except (KeyboardInterrupt, Interrupted):
+        handle.view = log.finish(handle.id, "interrupted", error="stopped by the operator")
+        raise
+    except RecoverdError as exc:
+        handle.view = log.finish(handle.id, "failed", error=str(exc))
+    except BaseException as exc:
+        handle.view = log.finish(handle.id, "failed", error=f"internal error: {exc!r}")
+        raise
+    else:
+        outcome = handle.outcome or Outcome("failed", error="the run produced no result")
+        handle.view = log.finish(
+            handle.id,
+            outcome.state,
+            snapshot=outcome.snapshot,
+            stats=outcome.stats,
+            error=outcome.error,
+        )
+
+
+def exit_code(views: list[dict[str, Any]]) -> int:
+    """Return the command's exit code for the runs it did: the worst of their states."""
+    codes = [EXIT_BY_STATE.get(v.get("state") or "failed", 1) for v in views]
+    for code in (130, 1, 3):
+        if code in codes:
+            return code
+    return 0

@@ -1,0 +1,308 @@
+"""End to end over the real sshd: policy -> `recoverd backup` -> restic on the machine -> log."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from recoverd.cli import main
+from recoverd.testing import ThrowawaySSHD, make_key
+
+PASSWORD = "s3cret-Pa55word-for-tests"
+
+POLICY = """\
+[client]
+name = "Acme Trading Co."
+engineer = "Wang Lei"
+timezone = "Asia/Shanghai"
+
+[repositories.nas]
+url = "{repo}"
+password = "env:TEST_REPO_PASSWORD"
+
+[machines.ws-042]
+address = "127.0.0.1"
+port = {port}
+user = "root"
+identity = "{identity}"
+{host_key_line}
+connect_timeout = {timeout}
+asset_tag = "ACME-PC-042"
+
+[[machines.ws-042.levels]]
+name = "nightly"
+kind = "files"
+repository = "nas"
+paths = [{paths}]
+exclude = ["*.tmp"]
+every = "day at 01:30"
+keep = {{ last = 3 }}
+"""
+
+
+class Workplace:
+    """A policy directory, a state directory and a repository for one test."""
+
+    def __init__(self, root: Path, sshd: ThrowawaySSHD, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.root = root
+        self.sshd = sshd
+        self.policies = root / "policies"
+        self.state = root / "state"
+        self.repo = root / "repo"
+        self.policies.mkdir()
+        monkeypatch.setenv("TEST_REPO_PASSWORD", PASSWORD)
+        monkeypatch.setenv("RECOVERD_POLICIES", str(self.policies))
+        monkeypatch.setenv("RECOVERD_STATE", str(self.state))
+
+    def write_policy(
+        self,
+        paths: list[Path],
+        *,
+        port: int | None = None,
+        host_key: str | None = "pinned",
+        known_hosts: Path | None = None,
+        timeout: float = 5,
+    ) -> None:
+        if host_key == "pinned":
+            host_key = self.sshd.host_key_line
+        line = f'host_key = "{host_key}"' if host_key else ""
+        if known_hosts:
+            line += f'\nknown_hosts = "{known_hosts}"'
+        (self.policies / "acme.toml").write_text(
+            POLICY.format(
+                repo=self.repo,
+                port=port or self.sshd.port,
+                identity=self.sshd.client_key,
+                host_key_line=line,
+                timeout=timeout,
+                paths=", ".join(json.dumps(str(p)) for p in paths),
+            )
+        )
+
+    def log(self, capsys: pytest.CaptureFixture[str]) -> list[dict]:
+        capsys.readouterr()
+        assert main(["log", "--json"]) == 0
+        return [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+
+
+@pytest.fixture
+def place(tmp_path: Path, sshd: ThrowawaySSHD, monkeypatch: pytest.MonkeyPatch) -> Workplace:
+    return Workplace(tmp_path, sshd, monkeypatch)
+
+
+HOSTILE_NAMES = [
+    "with space.txt",
+    "it's quoted.txt",
+    'double "quoted".txt',
+    "$(touch PWNED-dollar).txt",
+    "`touch PWNED-backtick`.txt",
+    "semi;touch PWNED-semi.txt",
+    "new\nline.txt",
+    "中文文件名.txt",
+    "x" * 200,
+    "-dash-first.txt",
+]
+
+
+def make_hostile_tree(root: Path) -> Path:
+    """A tree whose names would run commands if anything passed them through a shell."""
+    tree = root / "tree with 'quotes' and $(spaces)"
+    (tree / "sub dir").mkdir(parents=True)
+    for i, name in enumerate(HOSTILE_NAMES):
+        (tree / name).write_bytes(f"content {i}\n".encode() + os.urandom(i * 100))
+    (tree / "sub dir" / "big.bin").write_bytes(os.urandom(2_000_000))
+    secret = tree / "private.key"
+    secret.write_text("only root may read this\n")
+    secret.chmod(0o600)
+    script = tree / "run.sh"
+    script.write_text("#!/bin/sh\necho hi\n")
+    script.chmod(0o755)
+    (tree / "link to big").symlink_to("sub dir/big.bin")
+    (tree / "skipped.tmp").write_text("excluded")
+    return tree
+
+
+def snapshot_of_tree(tree: Path) -> dict[str, tuple]:
+    """Map every path below ``tree`` to (kind, mode, content or link target)."""
+    found = {}
+    for path in sorted(tree.rglob("*")):
+        rel = str(path.relative_to(tree))
+        st = path.lstat()
+        if path.is_symlink():
+            found[rel] = ("link", os.readlink(path))
+        elif path.is_dir():
+            found[rel] = ("dir", st.st_mode & 0o7777)
+        else:
+            found[rel] = ("file", st.st_mode & 0o7777, path.read_bytes())
+    return found
+
+
+def restic_restore(repo: Path, snapshot: str, target: Path) -> None:
+    env = {**os.environ, "RESTIC_PASSWORD": PASSWORD, "RESTIC_REPOSITORY": str(repo)}
+    subprocess.run(
+        ["restic", "restore", snapshot, "--target", str(target)],
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+
+
+def test_backup_hostile_tree_over_ssh_restores_byte_identical(
+    place: Workplace, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tree = make_hostile_tree(place.root)
+    place.write_policy([tree])
+    cwd = Path.cwd()
+    os.chdir(place.root)  # where an injected `touch PWNED-*` would land
+    try:
+        assert main(["backup", "ws-042"]) == 0
+    finally:
+        os.chdir(cwd)
+    assert not list(place.root.glob("PWNED*")) and not list(Path("/root").glob("PWNED*"))
+    runs = place.log(capsys)
+    backup = next(r for r in runs if r["action"] == "backup")
+    assert backup["state"] == "succeeded"
+    assert backup["client"] == "acme" and backup["machine"] == "ws-042"
+    assert backup["engineer"] == "Wang Lei" and backup["trigger"] == "manual"
+    # Regular files: the hostile names, big.bin, private.key, run.sh (restic counts no links).
+    assert backup["stats"]["files_new"] == len(HOSTILE_NAMES) + 3
+    assert backup["snapshot"]
+
+    restored = place.root / "restored"
+    restic_restore(place.repo, backup["snapshot"], restored)
+    expected = snapshot_of_tree(tree)
+    del expected["skipped.tmp"]
+    assert snapshot_of_tree(restored / str(tree).lstrip("/")) == expected
+
+    # The second run finds nothing new, and retention ran after each backup.
+    assert main(["backup", "ws-042"]) == 0
+    runs = place.log(capsys)
+    backups = [r for r in runs if r["action"] == "backup"]
+    assert backups[-1]["stats"]["files_new"] == 0
+    prunes = [r for r in runs if r["action"] == "prune"]
+    assert [p["state"] for p in prunes] == ["succeeded", "succeeded"]
+    assert [p["stats"]["pruned"] for p in prunes] == [True, False]  # at most once a week
+
+
+def test_snapshots_lists_restore_points_with_level_and_size(
+    place: Workplace, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tree = place.root / "data"
+    tree.mkdir()
+    (tree / "a").write_bytes(os.urandom(5000))
+    place.write_policy([tree])
+    assert main(["backup", "ws-042"]) == 0
+    capsys.readouterr()
+    assert main(["snapshots", "ws-042", "--json"]) == 0
+    (snap,) = json.loads(capsys.readouterr().out)
+    assert snap["level"] == "nightly" and snap["repository"] == "nas"
+    assert snap["files"] == 1 and snap["size"] == 5000
+    assert main(["snapshots", "ws-042"]) == 0
+    table = capsys.readouterr().out
+    assert "nightly" in table and snap["short_id"] in table and "+0800" not in table
+
+
+def test_password_appears_nowhere_in_state_or_output(
+    place: Workplace, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tree = place.root / "data"
+    tree.mkdir()
+    (tree / "a").write_text("x")
+    place.write_policy([tree])
+    assert main(["backup", "ws-042"]) == 0
+    assert main(["log"]) == 0
+    assert main(["log", "--json"]) == 0
+    out = capsys.readouterr()
+    assert PASSWORD not in out.out + out.err
+    for path in place.state.rglob("*"):
+        if path.is_file():
+            assert PASSWORD.encode() not in path.read_bytes(), path
+    sshd_log = Path(place.sshd.log_path).read_bytes()
+    assert PASSWORD.encode() not in sshd_log
+
+
+def test_wrong_repository_password_is_recorded_as_such(
+    place: Workplace, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tree = place.root / "data"
+    tree.mkdir()
+    place.write_policy([tree])
+    assert main(["backup", "ws-042"]) == 0
+    monkeypatch.setenv("TEST_REPO_PASSWORD", "not-the-password")
+    assert main(["backup", "ws-042"]) == 1
+    failed = place.log(capsys)[-1]
+    assert failed["state"] == "failed"
+    assert "wrong repository password" in failed["error"]
+
+
+def test_unknown_host_key_is_refused_and_recorded(
+    place: Workplace, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tree = place.root / "data"
+    tree.mkdir()
+    empty = place.root / "known_hosts"
+    empty.write_text("")
+    place.write_policy([tree], host_key=None, known_hosts=empty)
+    assert main(["backup", "ws-042"]) == 1
+    err = capsys.readouterr()
+    (run,) = place.log(capsys)
+    assert run["state"] == "failed"
+    assert "unknown" in run["error"] and "host_key =" in run["error"]
+    assert not place.repo.exists()  # nothing was sent
+    assert "unknown" in err.out
+
+
+def test_changed_host_key_is_refused_and_recorded(
+    place: Workplace, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tree = place.root / "data"
+    tree.mkdir()
+    other = make_key(place.root / "other_host_key")
+    wrong = " ".join(Path(f"{other}.pub").read_text().split()[:2])
+    place.write_policy([tree], host_key=wrong)
+    assert main(["backup", "ws-042"]) == 1
+    (run,) = place.log(capsys)
+    assert run["state"] == "failed"
+    assert "changed" in run["error"].lower()
+    assert not place.repo.exists()
+
+
+def test_unreachable_machine_fails_within_timeout(
+    place: Workplace, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tree = place.root / "data"
+    tree.mkdir()
+    # A listener that never speaks SSH: the TCP connect succeeds, the banner never comes.
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(1)
+    try:
+        place.write_policy([tree], port=silent.getsockname()[1], timeout=2)
+        started = time.monotonic()
+        assert main(["backup", "ws-042"]) == 1
+        assert time.monotonic() - started < 10
+    finally:
+        silent.close()
+    (run,) = place.log(capsys)
+    assert run["state"] == "failed"
+    assert "ws-042" in run["error"]
+
+
+def test_policy_errors_exit_2_with_file_and_key_path(
+    place: Workplace, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (place.policies / "acme.toml").write_text(
+        '[client]\nname = "Acme"\n[repositories.nas]\nurl = "/r"\npassword = "hunter2hunter2"\n'
+        '[machines.ws-1]\nadress = "10.0.0.1"\n'
+    )
+    assert main(["check"]) == 2
+    err = capsys.readouterr().err
+    assert "acme.toml: machines.ws-1.adress" in err and "did you mean 'address'" in err
+    assert "repositories.nas.password" in err and "hunter2hunter2" not in err
+    assert main(["backup", "ws-1"]) == 2
