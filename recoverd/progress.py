@@ -10,7 +10,7 @@ import time
 from typing import TextIO
 
 from recoverd.engine import Progress
-from recoverd.table import human_bytes
+from recoverd.output import human_bytes
 
 
 def _clock(seconds: float) -> str:

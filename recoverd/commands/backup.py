@@ -1,0 +1,94 @@
+"""Commands that back up and list restore points: ``backup``, ``snapshots``."""
+
+from __future__ import annotations
+
+import argparse
+
+from recoverd.actions.backup import backup_levels, backup_machine
+from recoverd.commands import AddCommand
+from recoverd.controller import Controller
+from recoverd.log import RunFilter
+from recoverd.output import emit_json, format_table, human_bytes, local_time, run_result
+from recoverd.progress import ProgressLine
+from recoverd.runs import exit_code
+
+
+def cmd_backup(ctl: Controller, args: argparse.Namespace) -> int:
+    machine = ctl.policies.find_machine(args.machine)
+    levels = backup_levels(machine, args.level)
+    progress = None if args.json else ProgressLine
+    views = backup_machine(ctl, machine, levels, progress=progress)
+    zone = ctl.policies.clients[machine.client].timezone
+    for view in views:
+        if args.json:
+            emit_json(view)
+        else:
+            print(
+                f"{view['machine']} {view['level']} {view['action']}: {view['state']} "
+                f"{run_result(view)} (run {view['id']}, {local_time(view['finished_at'], zone)})"
+            )
+    return exit_code(views)
+
+
+def cmd_snapshots(ctl: Controller, args: argparse.Namespace) -> int:
+    machine = ctl.policies.find_machine(args.machine)
+    levels = backup_levels(machine, args.level)
+    client = ctl.policies.clients[machine.client]
+    backups = {
+        v["snapshot"]: v["stats"]
+        for v in ctl.log.runs(RunFilter(client=client.id, machine=machine.name, action="backup"))
+        if v["snapshot"]
+    }
+    rows = []
+    with ctl.transport(machine) as transport:
+        repositories = {lv.repository: lv for lv in levels}
+        for name in sorted(repositories):
+            level = repositories[name]
+            engine = ctl.engine(transport, level.kind)
+            only = args.level
+            repository = ctl.policies.repository_for(machine, level)
+            for snap in engine.snapshots(client.id, machine, repository, only):
+                stats = backups.get(snap.short_id) or backups.get(snap.id) or {}
+                files = snap.files if snap.files is not None else stats.get("files_processed")
+                size = snap.size if snap.size is not None else stats.get("bytes_processed")
+                record = {
+                    "id": snap.id,
+                    "short_id": snap.short_id,
+                    "time": snap.time,
+                    "level": snap.level,
+                    "repository": name,
+                    "paths": list(snap.paths),
+                    "files": files,
+                    "size": size,
+                }
+                rows.append(record)
+    rows.sort(key=lambda r: r["time"])
+    if args.json:
+        emit_json(rows)
+        return 0
+    print(
+        format_table(
+            ["TIME", "LEVEL", "SNAPSHOT", "FILES", "SIZE", "REPOSITORY"],
+            [
+                [
+                    local_time(r["time"], client.timezone),
+                    r["level"],
+                    r["short_id"],
+                    r["files"],
+                    human_bytes(r["size"]),
+                    r["repository"],
+                ]
+                for r in rows
+            ],
+        )
+    )
+    return 0
+
+
+def register(add: AddCommand) -> None:
+    p = add("backup", cmd_backup, "run a machine's backup levels now")
+    p.add_argument("machine", help="machine name, or client/machine")
+    p.add_argument("--level", help="only this level")
+    p = add("snapshots", cmd_snapshots, "list a machine's restore points")
+    p.add_argument("machine", help="machine name, or client/machine")
+    p.add_argument("--level", help="only this level")

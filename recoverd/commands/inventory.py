@@ -1,0 +1,113 @@
+"""Commands that read the policies and plugins: ``check``, ``machines``, ``plugins``."""
+
+from __future__ import annotations
+
+import argparse
+
+from recoverd.commands import AddCommand
+from recoverd.controller import Controller
+from recoverd.errors import UsageError
+from recoverd.output import emit_json, format_table, local_time
+
+
+def cmd_check(ctl: Controller, args: argparse.Namespace) -> int:
+    policies = ctl.policies  # raises PolicyError with every problem
+    machines = policies.machines()
+    levels = sum(len(m.levels) for m in machines)
+    if args.json:
+        emit_json({"clients": len(policies.clients), "machines": len(machines), "levels": levels})
+    else:
+        for cid, client in sorted(policies.clients.items()):
+            print(f"{client.source}: {cid} ({client.name}): {len(client.machines)} machine(s)")
+        print(
+            f"ok: {len(policies.clients)} client(s), {len(machines)} machine(s), {levels} level(s)"
+        )
+    return 0
+
+
+def cmd_machines(ctl: Controller, args: argparse.Namespace) -> int:
+    machines = ctl.policies.machines(args.client)
+    if args.client and args.client not in ctl.policies.clients:
+        raise UsageError(f"no client {args.client!r} in the policies")
+    rows = []
+    for m in machines:
+        zone = ctl.policies.clients[m.client].timezone
+        last_good = {}
+        for level in m.levels:
+            good = ctl.log.last_run(m.client, m.name, level.name, state="succeeded")
+            last_good[level.name] = good["finished_at"] if good else None
+        record = {
+            "client": m.client,
+            "machine": m.name,
+            "transport": m.transport,
+            "address": m.address,
+            "role": m.role,
+            "asset_tag": m.asset_tag,
+            "mac": m.mac,
+            "levels": [lv.name for lv in m.levels],
+            "last_good": last_good,
+        }
+        if args.json:
+            emit_json(record)
+            continue
+        lasts = ", ".join(f"{n} {local_time(t, zone)}" for n, t in last_good.items() if t)
+        rows.append(
+            [
+                m.client,
+                m.name,
+                m.transport,
+                m.address,
+                m.asset_tag,
+                m.mac,
+                ",".join(record["levels"]),
+                lasts or "never",
+            ]
+        )
+    if not args.json:
+        print(
+            format_table(
+                [
+                    "CLIENT",
+                    "MACHINE",
+                    "TRANSPORT",
+                    "ADDRESS",
+                    "ASSET",
+                    "MAC",
+                    "LEVELS",
+                    "LAST GOOD",
+                ],
+                rows,
+            )
+        )
+    return 0
+
+
+def cmd_plugins(ctl: Controller, args: argparse.Namespace) -> int:
+    infos = ctl.plugins.describe()
+    if args.json:
+        for info in infos:
+            emit_json(vars(info))
+        return 0
+    print(
+        format_table(
+            ["PLUGIN", "VERSION", "PROVIDES"],
+            [
+                [
+                    i.name,
+                    i.version,
+                    "; ".join(
+                        f"{k.replace('_', ' ')}: {', '.join(v)}" for k, v in i.provides.items()
+                    ),
+                ]
+                for i in infos
+            ],
+        )
+    )
+    return 0
+
+
+def register(add: AddCommand) -> None:
+    add("check", cmd_check, "validate every policy file")
+    p = add("machines", cmd_machines, "inventory of machines and their last good runs")
+    p.add_argument("--client", help="only this client")
+    add("plugins", cmd_plugins, "loaded plugins, their kinds and versions")

@@ -1,0 +1,62 @@
+"""What the CLI prints: JSON lines, tables, sizes, local times and one-line run summaries."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+
+def human_bytes(size: int | float | None) -> str:
+    """Return ``size`` in bytes as ``1.2 MiB``; ``-`` when unknown."""
+    if size is None:
+        return "-"
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(value) < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} TiB"
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """Return rows as left-aligned columns under a header line; None shows as ``-``."""
+    cells = [[("-" if c is None else str(c)).replace("\n", " ") for c in row] for row in rows]
+    widths = [len(h) for h in headers]
+    for row in cells:
+        widths = [max(w, len(c)) for w, c in zip(widths, row, strict=True)]
+    lines = [headers, *cells]
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in lines
+    )
+
+
+def emit_json(obj: Any) -> None:
+    """Print ``obj`` as one line of JSON."""
+    print(json.dumps(obj, ensure_ascii=False, sort_keys=False))
+
+
+def local_time(iso_text: str | None, zone: str) -> str:
+    """Return an ISO timestamp as ``YYYY-MM-DD HH:MM +08`` in the client's time zone."""
+    if not iso_text:
+        return "-"
+    moment = datetime.fromisoformat(iso_text).astimezone(ZoneInfo(zone))
+    return moment.strftime("%Y-%m-%d %H:%M %z")[:-2]
+
+
+def run_result(view: dict[str, Any]) -> str:
+    """Return a one-line summary of a run for tables."""
+    if view.get("error"):
+        return view["error"]
+    stats = view.get("stats") or {}
+    if view.get("action") == "backup" and "files_new" in stats:
+        return (
+            f"snapshot {view.get('snapshot')}: {stats['files_new']} new, "
+            f"{stats['files_changed']} changed, {human_bytes(stats.get('bytes_added'))} added"
+        )
+    if view.get("action") == "prune" and "snapshots_removed" in stats:
+        pruned = ", repository pruned" if stats.get("pruned") else ""
+        return f"{stats['snapshots_removed']} snapshot(s) forgotten{pruned}"
+    return ""
