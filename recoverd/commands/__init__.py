@@ -27,5 +27,6 @@ MODULES = (
     "recoverd.commands.backup",
     "recoverd.commands.log",
     "recoverd.commands.accept",
+    "recoverd.commands.report",
 )
 """The command modules, in the order their commands appear in ``recoverd --help``."""
