@@ -127,6 +127,7 @@ class SQLiteStore:
             last = row.fetchone()
             seq, prev = (last[0] + 1, last[1]) if last else (1, GENESIS)
             digest = entry_hash(seq, run_id, type_, at, body, prev)
+            self._refuse_new_key_for_signed_log()
             signature = self.key.sign_entry(digest)
             self._db.execute(
                 "INSERT INTO entries VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -146,6 +147,21 @@ class SQLiteStore:
             # Inside the transaction: heads are replaced in the order entries are committed.
             self.key.write_head(seq, digest)
         return Entry(seq, run_id, type_, at, body, prev, digest, signature)
+
+    def _refuse_new_key_for_signed_log(self) -> None:
+        """Raise RecoverdError if the key is gone but entries were signed with it.
+
+        A silently made new key would leave every earlier signature unverifiable.
+        """
+        if self.key.exists:
+            return
+        query = "SELECT 1 FROM entries WHERE signature IS NOT NULL LIMIT 1"
+        if self._db.execute(query).fetchone():
+            raise RecoverdError(
+                f"the log signing key {self.key.path} is missing, but the maintenance log has "
+                "entries signed with it: restore that file from your backup of the state "
+                "directory (nothing is written to the log until then)"
+            )
 
     def _rewrite_head(self) -> None:
         """Point the head back at the last committed entry (after a rolled-back write)."""

@@ -11,6 +11,10 @@ import io
 import json
 import shutil
 import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -317,3 +321,35 @@ def test_log_filters_keep_working_beside_actions(place, capsys) -> None:
     assert [json.loads(x)["id"] for x in capsys.readouterr().out.splitlines()] == ids[1::2]
     assert main(["log", "--client", "acme"]) == 0
     assert ids[3] in capsys.readouterr().out
+
+
+def test_missing_key_of_a_signed_log_stops_writes(place, capsys) -> None:
+    state, ids = place
+    (state / "log-signing.key").unlink()
+    assert main(["accept", ids[0], "--by", "Ms. Li"]) == 1
+    assert "log-signing.key is missing" in capsys.readouterr().err
+    assert not (state / "log-signing.key").exists()
+
+
+def test_concurrent_writers_share_one_new_key(tmp_path: Path) -> None:
+    """Three processes start on a fresh state directory at once: one key, one signed chain."""
+    state = tmp_path / "state"
+    script = textwrap.dedent(f"""
+        from pathlib import Path
+        from recoverd.log import MaintenanceLog
+        from recoverd.plugins import PluginHost
+        log = MaintenanceLog(Path({str(state)!r}), PluginHost()["log_sinks"])
+        for i in range(15):
+            log.finish(log.start(client="acme", machine="m", level="n", kind="files",
+                                 action="backup"), "succeeded")
+    """)
+    children = [subprocess.Popen([sys.executable, "-c", script]) for _ in range(3)]
+    deadline = time.monotonic() + 60
+    for child in children:
+        assert child.wait(timeout=max(1, deadline - time.monotonic())) == 0
+    verdict = MaintenanceLog(state, PluginHost()["log_sinks"]).verify()
+    assert verdict.intact and verdict.entries == 90 and verdict.head and verdict.head.seq == 90
+    assert sorted(p.name for p in state.iterdir() if not p.name.startswith("maintenance.db")) == [
+        "log-head.json",
+        "log-signing.key",
+    ]

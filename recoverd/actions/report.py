@@ -312,7 +312,7 @@ def _finished(view: dict[str, Any]) -> datetime:
 def _level_figures(
     level: Level, runs: list[dict[str, Any]], month: Month, as_of: datetime
 ) -> LevelFigures:
-    action = "verify" if level.kind == "verify" else "backup"
+    action = {"verify": "verify", "copy": "copy"}.get(level.kind, "backup")
     states = Counter(v["state"] for v in runs if v["level"] == level.name and v["action"] == action)
     return LevelFigures(
         name=level.name,
