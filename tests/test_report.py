@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 import re
 import shutil
@@ -438,3 +439,14 @@ def test_report_html_renders_in_headless_chromium(html_report: Path, tmp_path: P
     assert re.search(r'id="sla">3 of 4 within 4 h 00 min<', dom)
     assert re.search(r'id="devices">1 server\(s\), 2 workstation\(s\)<', dom)
     assert "OVER SLA" in dom
+
+
+def test_report_json_figures(env, capsys) -> None:
+    capsys.readouterr()
+    assert main(["report", "--client", "acme", "--month", "2026-10", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert (data["coverage_pct"], data["scheduled"], data["covered"]) == (85.6, 97, 83)
+    assert data["without_passed_drill"] == ["ws-2", "srv-1"]
+    ws2 = data["machines"][1]
+    assert ws2["failures"][0]["rpo_s"] == (5 * 24 + 7) * 3600 + 20 * 60
+    assert ws2["restores"][0]["within_sla"] is False

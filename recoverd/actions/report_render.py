@@ -12,6 +12,7 @@ import io
 from collections.abc import Callable
 from datetime import timedelta
 from html import escape
+from typing import Any
 
 from recoverd.actions.report import MachineReport, Report, Timed
 from recoverd.output import human_bytes, local_time
@@ -418,6 +419,71 @@ def render_csv(report: Report, integrity: str | None = None) -> str:
                 ]
             )
     return out.getvalue()
+
+
+def report_data(report: Report) -> dict[str, Any]:
+    """Return the report's figures as plain data (``recoverd report --json``)."""
+
+    def timed(t: Timed) -> dict[str, Any]:
+        return {
+            "run": t.view["id"],
+            "state": t.view["state"],
+            "seconds": t.seconds,
+            "within_sla": t.within_sla,
+        }
+
+    return {
+        "client": report.client.id,
+        "month": str(report.month),
+        "as_of": report.as_of.isoformat(),
+        "restore_sla_s": report.sla.total_seconds() if report.sla else None,
+        "coverage_pct": report.coverage_pct,
+        "scheduled": report.scheduled,
+        "covered": report.covered,
+        "without_passed_drill": report.without_passed_drill,
+        "devices": report.devices,
+        "machines": [
+            {
+                "machine": m.name,
+                "role": m.role,
+                "levels": [
+                    {
+                        "level": lv.name,
+                        "kind": lv.kind,
+                        "scheduled": lv.scheduled,
+                        "succeeded": lv.succeeded,
+                        "partial": lv.partial,
+                        "failed": lv.failed,
+                    }
+                    for lv in m.levels
+                ],
+                "last_good_run": m.last_good["id"] if m.last_good else None,
+                "last_good_age_s": m.last_good_age.total_seconds() if m.last_good_age else None,
+                "failures": [
+                    {
+                        "run": f.view["id"],
+                        "state": f.view["state"],
+                        "error": f.view["error"],
+                        "rpo_s": f.rpo.total_seconds() if f.rpo is not None else None,
+                    }
+                    for f in m.failures
+                ],
+                "drills": [timed(t) for t in m.drills],
+                "restores": [timed(t) for t in m.restores],
+            }
+            for m in report.machines
+        ],
+        "repositories": [
+            {
+                "repository": r.name,
+                "added_in_month": r.added_in_month,
+                "added_to_date": r.added_to_date,
+                "protected": r.protected,
+                "snapshots_in_month": r.snapshots_in_month,
+            }
+            for r in report.repositories
+        ],
+    }
 
 
 RENDERERS: dict[str, Callable[..., str]] = {

@@ -175,6 +175,11 @@ def cmd_log_export(ctl: Controller, args: argparse.Namespace) -> int:
 def register(add: AddCommand) -> None:
     # `log --state S` filters by run state (SPEC); the state directory goes before `log`.
     p = add("log", cmd_log, "the maintenance log, one line per run", state_option=False)
+    p.description = (
+        "The maintenance log, one line per run (filters below), or one of the actions "
+        "verify, pubkey, export. The state directory goes before `log`: "
+        "`recoverd --state DIR log verify`."
+    )
     p.add_argument("--client", help="only this client")
     p.add_argument("--machine", help="only this machine (name or client/machine)")
     p.add_argument("--since", help="from this date, time or age (2026-11-01, 7d)")
@@ -185,8 +190,12 @@ def register(add: AddCommand) -> None:
         sub = actions.add_parser(name, help=help_text, description=help_text)
         sub.set_defaults(handler=handler)
         # The global options are also accepted after the action, as after any command.
-        sub.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
-        sub.add_argument("--policies", type=Path, default=argparse.SUPPRESS)
+        sub.add_argument(
+            "--json", action="store_true", default=argparse.SUPPRESS, help="print data as JSON"
+        )
+        sub.add_argument(
+            "--policies", type=Path, default=argparse.SUPPRESS, help="policy directory"
+        )
         return sub
 
     verify = action(

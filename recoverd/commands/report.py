@@ -7,11 +7,12 @@ import sys
 from pathlib import Path
 
 from recoverd.actions.report import build_report
-from recoverd.actions.report_render import FORMATS, render
+from recoverd.actions.report_render import FORMATS, render, report_data
 from recoverd.commands import AddCommand
 from recoverd.controller import Controller
 from recoverd.errors import RecoverdError
 from recoverd.log.maintenance import utc_now
+from recoverd.output import emit_json
 
 
 def integrity_line(ctl: Controller) -> str:
@@ -36,6 +37,9 @@ def cmd_report(ctl: Controller, args: argparse.Namespace) -> int:
         fmt = {"htm": "html", "markdown": "md"}.get(suffix, suffix)
         fmt = fmt if fmt in FORMATS else "md"
     report = build_report(ctl.policies, ctl.log, args.client, args.month, utc_now())
+    if args.json:
+        emit_json(report_data(report))
+        return 0
     text = render(report, fmt, integrity_line(ctl))
     if args.output:
         args.output.write_text(text, encoding="utf-8")
@@ -47,6 +51,7 @@ def cmd_report(ctl: Controller, args: argparse.Namespace) -> int:
 
 def register(add: AddCommand) -> None:
     p = add("report", cmd_report, "the monthly report for a client")
+    p.description = "The monthly report for a client; with --json, its figures as one object."
     p.add_argument("--client", required=True, help="the client")
     p.add_argument("--month", required=True, help="YYYY-MM, in the client's time zone")
     p.add_argument(
