@@ -184,6 +184,13 @@ class SQLiteStore:
         for seq, run_id, type_, at, body, prev, digest, signature in rows:
             yield Entry(seq, run_id, type_, at, _body(body), prev, digest, signature)
 
+    def index_columns(self) -> dict[int, tuple[str | None, str | None]]:
+        """Return each entry's ``client`` and ``machine`` columns (copies of its body's
+        fields for queries; not hashed, so `log verify` compares them with the body)."""
+        with self._lock:
+            rows = self._db.execute("SELECT seq, client, machine FROM entries").fetchall()
+        return {seq: (client, machine) for seq, client, machine in rows}
+
     def run_ids(
         self,
         client: str | None = None,

@@ -254,9 +254,8 @@ def test_log_from_before_signing_is_upgraded_and_signed(tmp_path: Path, capsys) 
         body = {"client": "acme", "machine": "ws-1"} if type_ == "start" else {"state": "failed"}
         digest = entry_hash(seq, "r1", type_, "2026-11-01T00:00:00+00:00", body, prev)
         db.execute(
-            "INSERT INTO entries VALUES (?, 'r1', ?, '2026-11-01T00:00:00+00:00', 'acme', "
-            "'ws-1', ?, ?, ?)",
-            (seq, type_, canonical(body), prev, digest),
+            "INSERT INTO entries VALUES (?, 'r1', ?, '2026-11-01T00:00:00+00:00', ?, ?, ?, ?, ?)",
+            (seq, type_, body.get("client"), body.get("machine"), canonical(body), prev, digest),
         )
         prev = digest
     db.commit()
@@ -353,3 +352,13 @@ def test_concurrent_writers_share_one_new_key(tmp_path: Path) -> None:
         "log-head.json",
         "log-signing.key",
     ]
+
+
+def test_log_verify_edited_index_column_is_caught(place, capsys) -> None:
+    """The client column is not hashed; moving a run to another client must not go unseen."""
+    state, ids = place
+    sql(state, f"UPDATE entries SET client = 'other' WHERE run_id = '{ids[2]}'")
+    code, summary = verify(capsys)
+    assert code == 1
+    assert summary["problem"]["seq"] == 5 and summary["problem"]["kind"] == "edited"
+    assert "index columns were edited" in summary["problem"]["message"]

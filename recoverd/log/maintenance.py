@@ -196,9 +196,10 @@ class MaintenanceLog:
         with self.store.transaction():  # one consistent snapshot of entries and head
             entries = list(self.store.entries())
             head = self.store.key.read_head()
+            index = self.store.index_columns()
         if not entries and head is None and public_key is None and not self.store.key.exists:
             return Verdict(0, 0, None, None, None, None)  # a new, empty log: nothing to check
-        return verify_entries(entries, public_key or self.store.key.public(), head)
+        return verify_entries(entries, public_key or self.store.key.public(), head, index)
 
     def reap_orphans(self) -> list[str]:
         """Mark runs whose controller process is gone ``interrupted``; return their ids."""

@@ -13,7 +13,7 @@ what was written, saying which kind of tampering most likely explains it:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -118,6 +118,20 @@ def _check_entry(
     return None
 
 
+def _check_index(entry: Entry, columns: tuple[str | None, str | None] | None) -> Finding | None:
+    """Return a finding if the store's query columns do not say what the entry's body says."""
+    body = (entry.body.get("client"), entry.body.get("machine"))
+    if columns is None or columns == body:
+        return None
+    return Finding(
+        entry.seq,
+        "edited",
+        f"{_describe(entry)} is filed under client/machine {columns[0]}/{columns[1]} but its "
+        f"signed content says {body[0]}/{body[1]}: the store's index columns were edited "
+        "(this hides the run from per-client views, reports and exports)",
+    )
+
+
 def _check_head(
     entries: Sequence[Entry], head: Head | None, key: Ed25519PublicKey
 ) -> Finding | None:
@@ -158,8 +172,16 @@ def _check_head(
     return None
 
 
-def verify_entries(entries: Sequence[Entry], key: Ed25519PublicKey, head: Head | None) -> Verdict:
+def verify_entries(
+    entries: Sequence[Entry],
+    key: Ed25519PublicKey,
+    head: Head | None,
+    index: Mapping[int, tuple[str | None, str | None]] | None = None,
+) -> Verdict:
     """Given every entry in log order, the public key and the signed head, return the verdict.
+
+    ``index`` holds the store's query columns (client, machine) per seq, if it keeps any:
+    they are not hashed, so they are compared with each entry's body.
 
     The first problem found is reported; entries after it are not judged (one tampering
     breaks the links of everything after it).
@@ -170,6 +192,8 @@ def verify_entries(entries: Sequence[Entry], key: Ed25519PublicKey, head: Head |
     previous = None
     for entry in entries:
         problem = _check_entry(entry, previous, by_hash, key, head_seq)
+        if problem is None and index is not None:
+            problem = _check_index(entry, index.get(entry.seq))
         if problem:
             break
         previous = entry
