@@ -1,7 +1,12 @@
 """The maintenance-log store: entries in an embedded SQLite database (WAL) in the state directory.
 
 Entries are only ever inserted. Each insert runs in an ``IMMEDIATE`` transaction that reads the
-last hash and writes the next entry, so concurrent recoverd processes extend one chain.
+last hash, writes the next entry with the Ed25519 signature of its hash, and replaces the signed
+head file, so concurrent recoverd processes extend one signed chain.
+
+Schema versions: databases made before signing have no ``signature`` column; opening one adds
+it and, if the chain is intact at that moment, signs the existing entries (the signature then
+attests the log as found at the upgrade).
 """
 
 from __future__ import annotations
@@ -18,6 +23,9 @@ from typing import Any
 import recoverd
 from recoverd.errors import RecoverdError
 from recoverd.log.record import GENESIS, Entry, canonical, entry_hash
+from recoverd.log.signing import LogKey
+
+COLUMNS = "seq, run_id, type, at, body, prev_hash, hash, signature"
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS entries (
@@ -29,11 +37,21 @@ CREATE TABLE IF NOT EXISTS entries (
     machine   TEXT,
     body      TEXT NOT NULL,
     prev_hash TEXT NOT NULL,
-    hash      TEXT NOT NULL
+    hash      TEXT NOT NULL,
+    signature TEXT
 );
 CREATE INDEX IF NOT EXISTS entries_run ON entries (run_id, type);
 CREATE INDEX IF NOT EXISTS entries_machine ON entries (client, machine, seq);
 """
+
+
+def _body(text: str) -> dict[str, Any]:
+    """Return a stored body; one that is no JSON object (edited by hand) is kept as text."""
+    try:
+        body = json.loads(text)
+    except ValueError:
+        return {"unparseable": text}
+    return body if isinstance(body, dict) else {"unparseable": text}
 
 
 class SQLiteStore:
@@ -55,6 +73,32 @@ class SQLiteStore:
             raise RecoverdError(f"cannot open the maintenance log {self.path}: {exc}") from None
         self._lock = threading.RLock()
         self._depth = 0
+        self.key = LogKey(state_dir)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        """Add the ``signature`` column to a database from before signing, and sign it."""
+        with self.transaction():
+            columns = [r[1] for r in self._db.execute("PRAGMA table_info(entries)")]
+            if "signature" in columns:
+                return
+            self._db.execute("ALTER TABLE entries ADD COLUMN signature TEXT")
+            entries = list(self.entries())
+            prev = GENESIS
+            for e in entries:
+                if e.prev_hash != prev or e.hash != entry_hash(
+                    e.seq, e.run_id, e.type, e.at, e.body, e.prev_hash
+                ):
+                    # Never sign a broken chain: `log verify` shows these entries unsigned.
+                    return
+                prev = e.hash
+            for e in entries:
+                self._db.execute(
+                    "UPDATE entries SET signature = ? WHERE seq = ?",
+                    (self.key.sign_entry(e.hash), e.seq),
+                )
+            if entries:
+                self.key.write_head(entries[-1].seq, entries[-1].hash)
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
@@ -70,6 +114,7 @@ class SQLiteStore:
             except BaseException:
                 if self._depth == 1:
                     self._db.execute("ROLLBACK")
+                    self._rewrite_head()
                 raise
             finally:
                 self._depth -= 1
@@ -82,8 +127,10 @@ class SQLiteStore:
             last = row.fetchone()
             seq, prev = (last[0] + 1, last[1]) if last else (1, GENESIS)
             digest = entry_hash(seq, run_id, type_, at, body, prev)
+            self._refuse_new_key_for_signed_log()
+            signature = self.key.sign_entry(digest)
             self._db.execute(
-                "INSERT INTO entries VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO entries VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     seq,
                     run_id,
@@ -94,13 +141,38 @@ class SQLiteStore:
                     canonical(body),
                     prev,
                     digest,
+                    signature,
                 ),
             )
-        return Entry(seq, run_id, type_, at, body, prev, digest)
+            # Inside the transaction: heads are replaced in the order entries are committed.
+            self.key.write_head(seq, digest)
+        return Entry(seq, run_id, type_, at, body, prev, digest, signature)
+
+    def _refuse_new_key_for_signed_log(self) -> None:
+        """Raise RecoverdError if the key is gone but entries were signed with it.
+
+        A silently made new key would leave every earlier signature unverifiable.
+        """
+        if self.key.exists:
+            return
+        query = "SELECT 1 FROM entries WHERE signature IS NOT NULL LIMIT 1"
+        if self._db.execute(query).fetchone():
+            raise RecoverdError(
+                f"the log signing key {self.key.path} is missing, but the maintenance log has "
+                "entries signed with it: restore that file from your backup of the state "
+                "directory (nothing is written to the log until then)"
+            )
+
+    def _rewrite_head(self) -> None:
+        """Point the head back at the last committed entry (after a rolled-back write)."""
+        last = self._db.execute("SELECT seq, hash FROM entries ORDER BY seq DESC LIMIT 1")
+        row = last.fetchone()
+        if row and self.key.exists:
+            self.key.write_head(row[0], row[1])
 
     def entries(self, run_ids: list[str] | None = None) -> Iterator[Entry]:
         """Yield every entry in log order, or only those of ``run_ids``."""
-        query = "SELECT seq, run_id, type, at, body, prev_hash, hash FROM entries"
+        query = f"SELECT {COLUMNS} FROM entries"
         params: list[Any] = []
         if run_ids is not None:
             if not run_ids:
@@ -109,8 +181,15 @@ class SQLiteStore:
             params = list(run_ids)
         with self._lock:
             rows = self._db.execute(query + " ORDER BY seq", params).fetchall()
-        for seq, run_id, type_, at, body, prev, digest in rows:
-            yield Entry(seq, run_id, type_, at, json.loads(body), prev, digest)
+        for seq, run_id, type_, at, body, prev, digest, signature in rows:
+            yield Entry(seq, run_id, type_, at, _body(body), prev, digest, signature)
+
+    def index_columns(self) -> dict[int, tuple[str | None, str | None]]:
+        """Return each entry's ``client`` and ``machine`` columns (copies of its body's
+        fields for queries; not hashed, so `log verify` compares them with the body)."""
+        with self._lock:
+            rows = self._db.execute("SELECT seq, client, machine FROM entries").fetchall()
+        return {seq: (client, machine) for seq, client, machine in rows}
 
     def run_ids(
         self,
@@ -134,13 +213,13 @@ class SQLiteStore:
     def open_runs(self) -> list[Entry]:
         """Return the start entries of runs that have no end entry yet."""
         query = (
-            "SELECT seq, run_id, type, at, body, prev_hash, hash FROM entries s "
+            f"SELECT {COLUMNS} FROM entries s "
             "WHERE type = 'start' AND NOT EXISTS "
             "(SELECT 1 FROM entries e WHERE e.run_id = s.run_id AND e.type = 'end') ORDER BY seq"
         )
         with self._lock:
             rows = self._db.execute(query).fetchall()
-        return [Entry(r[0], r[1], r[2], r[3], json.loads(r[4]), r[5], r[6]) for r in rows]
+        return [Entry(r[0], r[1], r[2], r[3], _body(r[4]), *r[5:]) for r in rows]
 
     def close(self) -> None:
         with self._lock:

@@ -26,5 +26,7 @@ MODULES = (
     "recoverd.commands.inventory",
     "recoverd.commands.backup",
     "recoverd.commands.log",
+    "recoverd.commands.accept",
+    "recoverd.commands.report",
 )
 """The command modules, in the order their commands appear in ``recoverd --help``."""

@@ -1,16 +1,23 @@
-"""The maintenance-log commands: ``log``."""
+"""The maintenance-log commands: ``log`` and its sub-actions ``verify``, ``pubkey``, ``export``."""
 
 from __future__ import annotations
 
 import argparse
+import csv
+import io
+import json
+import sys
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
+from recoverd.actions.report import Month
 from recoverd.commands import AddCommand
 from recoverd.controller import Controller
 from recoverd.errors import RecoverdError, UsageError
 from recoverd.log import RunFilter
-from recoverd.log.record import STATES
+from recoverd.log.record import STATES, VIEW_FIELDS
+from recoverd.log.signing import load_public_key, public_pem
 from recoverd.output import emit_json, format_table, local_time, run_result
 
 
@@ -78,10 +85,129 @@ def _clients_if_valid(ctl: Controller) -> dict[str, Any]:
         return {}
 
 
+def cmd_log_verify(ctl: Controller, args: argparse.Namespace) -> int:
+    key = None
+    if args.pubkey:
+        try:
+            key = load_public_key(args.pubkey.read_bytes(), str(args.pubkey))
+        except OSError as exc:
+            raise UsageError(f"--pubkey: {exc}") from None
+    verdict = ctl.log.verify(key)
+    summary = {
+        "intact": verdict.intact,
+        "entries": verdict.entries,
+        "runs": verdict.runs,
+        "first": verdict.first.at if verdict.first else None,
+        "last": verdict.last.at if verdict.last else None,
+        "head": {"seq": verdict.head.seq, "hash": verdict.head.hash} if verdict.head else None,
+        "problem": None,
+    }
+    if verdict.problem:
+        problem = verdict.problem
+        summary["problem"] = {"seq": problem.seq, "kind": problem.kind, "message": problem.message}
+    if args.json:
+        emit_json(summary)
+    elif verdict.problem:
+        print(f"recoverd: maintenance log NOT intact: {verdict.problem.message}", file=sys.stderr)
+    elif not verdict.entries:
+        print("maintenance log intact: it is empty")
+    else:
+        head = verdict.head
+        print(
+            f"maintenance log intact: {verdict.entries} entries, {verdict.runs} runs, "
+            f"{verdict.first.at if verdict.first else '-'} .. "
+            f"{verdict.last.at if verdict.last else '-'}; "
+            f"signed head: entry {head.seq if head else '-'} {head.hash if head else ''}".rstrip()
+        )
+    return 0 if verdict.intact else 1
+
+
+def cmd_log_pubkey(ctl: Controller, args: argparse.Namespace) -> int:
+    pem = public_pem(ctl.log.store.key.public())
+    if args.output:
+        args.output.write_text(pem, encoding="ascii")
+    else:
+        sys.stdout.write(pem)
+    return 0
+
+
+def export_runs(views: list[dict[str, Any]], fmt: str) -> str:
+    """Given run views, return them as JSON lines or CSV (``stats`` as a JSON cell)."""
+    if fmt == "jsonl":
+        return "".join(
+            json.dumps({f: v.get(f) for f in VIEW_FIELDS}, ensure_ascii=False) + "\n" for v in views
+        )
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(VIEW_FIELDS)
+    for view in views:
+        writer.writerow(
+            [
+                json.dumps(view.get(f), ensure_ascii=False, sort_keys=True)
+                if f == "stats"
+                else ("" if view.get(f) is None else view.get(f))
+                for f in VIEW_FIELDS
+            ]
+        )
+    return out.getvalue()
+
+
+def cmd_log_export(ctl: Controller, args: argparse.Namespace) -> int:
+    client = ctl.policies.clients.get(args.client)
+    if client is None:
+        known = ", ".join(sorted(ctl.policies.clients)) or "none"
+        raise UsageError(f"no client {args.client!r} in the policies (clients: {known})")
+    month = Month.parse(args.month, client.timezone)
+    views = [
+        v
+        for v in ctl.log.runs(RunFilter(client=client.id, since=month.start))
+        if month.contains(v["started_at"])
+    ]
+    text = export_runs(views, args.format)
+    if args.output:
+        args.output.write_text(text, encoding="utf-8")
+        print(f"{len(views)} run(s) of {client.id} in {month} written to {args.output}")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
 def register(add: AddCommand) -> None:
     # `log --state S` filters by run state (SPEC); the state directory goes before `log`.
     p = add("log", cmd_log, "the maintenance log, one line per run", state_option=False)
+    p.description = (
+        "The maintenance log, one line per run (filters below), or one of the actions "
+        "verify, pubkey, export. The state directory goes before `log`: "
+        "`recoverd --state DIR log verify`."
+    )
     p.add_argument("--client", help="only this client")
     p.add_argument("--machine", help="only this machine (name or client/machine)")
     p.add_argument("--since", help="from this date, time or age (2026-11-01, 7d)")
     p.add_argument("--state", dest="run_state", choices=STATES, help="only runs in this state")
+    actions = p.add_subparsers(dest="log_action", metavar="ACTION")
+
+    def action(name: str, handler: Any, help_text: str) -> argparse.ArgumentParser:
+        sub = actions.add_parser(name, help=help_text, description=help_text)
+        sub.set_defaults(handler=handler)
+        # The global options are also accepted after the action, as after any command.
+        sub.add_argument(
+            "--json", action="store_true", default=argparse.SUPPRESS, help="print data as JSON"
+        )
+        sub.add_argument(
+            "--policies", type=Path, default=argparse.SUPPRESS, help="policy directory"
+        )
+        return sub
+
+    verify = action(
+        "verify", cmd_log_verify, "check the hash chain, every signature and the signed head"
+    )
+    verify.add_argument(
+        "--pubkey", type=Path, help="the log's public key (PEM) as exported by `log pubkey`"
+    )
+    pubkey = action("pubkey", cmd_log_pubkey, "print the log's public key (PEM) for auditors")
+    pubkey.add_argument("-o", "--output", type=Path, help="write it to this file")
+    export = action("export", cmd_log_export, "the customer's copy of a month's runs")
+    export.add_argument("--client", required=True, help="the client")
+    export.add_argument("--month", required=True, help="YYYY-MM, in the client's time zone")
+    export.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
+    export.add_argument("-o", "--output", type=Path, help="write to this file")

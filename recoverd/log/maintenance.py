@@ -16,7 +16,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from recoverd.errors import UsageError
 from recoverd.log.record import STATES, Entry, current_view
+from recoverd.log.verify import Verdict, verify_entries
 from recoverd.plugins import Kind
 from recoverd.secrets import redact
 
@@ -149,6 +153,53 @@ class MaintenanceLog:
             except Exception as exc:  # a notifier's failure never fails the run
                 log.warning("notifier %s failed: %s", type(notifier).__name__, exc)
         return view
+
+    def accept(
+        self, run_id: str, by: str, note: str | None = None, *, at: datetime | None = None
+    ) -> dict[str, Any]:
+        """Append an acceptance (sign-off) of a finished run; return the run's current view.
+
+        A run may be accepted more than once (e.g. by the engineer's lead, then by the
+        customer): every acceptance is kept, the view shows the latest. Raise UsageError if
+        there is no such run or it is still running.
+        """
+        if not by.strip():
+            raise UsageError("say who accepts the run: --by NAME")
+        with self.store.transaction():
+            try:
+                view = self.run(run_id)
+            except KeyError:
+                raise UsageError(
+                    f"no run {run_id!r} in the maintenance log (see `recoverd log`)"
+                ) from None
+            if view["state"] == "running":
+                raise UsageError(f"run {run_id} is still running; accept it once it has ended")
+            body = {
+                "client": view["client"],
+                "machine": view["machine"],
+                "by": by.strip(),
+                "note": redact(note) if note else None,
+            }
+            self._write(run_id, "accept", body, at or utc_now())
+        return self.run(run_id)
+
+    def acceptances(self, run_id: str) -> list[Entry]:
+        """Return the acceptance entries of a run, oldest first."""
+        return [e for e in self.store.entries([run_id]) if e.type == "accept"]
+
+    def verify(self, public_key: Ed25519PublicKey | None = None) -> Verdict:
+        """Check the chain, every signature and the signed head; return the verdict.
+
+        Without ``public_key`` the state directory's own key is used. Raise RecoverdError if
+        there is neither a key given nor one in the state directory.
+        """
+        with self.store.transaction():  # one consistent snapshot of entries and head
+            entries = list(self.store.entries())
+            head = self.store.key.read_head()
+            index = self.store.index_columns()
+        if not entries and head is None and public_key is None and not self.store.key.exists:
+            return Verdict(0, 0, None, None, None, None)  # a new, empty log: nothing to check
+        return verify_entries(entries, public_key or self.store.key.public(), head, index)
 
     def reap_orphans(self) -> list[str]:
         """Mark runs whose controller process is gone ``interrupted``; return their ids."""

@@ -60,6 +60,8 @@ class Entry:
     body: dict[str, Any]
     prev_hash: str
     hash: str
+    signature: str | None = None
+    """Hex Ed25519 signature of ``hash`` (see :mod:`recoverd.log.signing`)."""
 
 
 def canonical(obj: Any) -> str:
