@@ -17,6 +17,7 @@ declare -A PACKAGES=(
     [mkfs.ext4]=e2fsprogs
     [debugfs]=e2fsprogs
     [python3]=python3
+    [chromium]=chromium  # the report test renders HTML in headless Chromium
 )
 missing=()
 for program in "${!PACKAGES[@]}"; do
