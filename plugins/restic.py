@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 import recoverd
+from recoverd import powershell
 from recoverd.engine import (
     BackupRequest,
     Engine,
@@ -40,6 +41,8 @@ WRAPPER = (
     "IFS= read -r RESTIC_PASSWORD && IFS= read -r RESTIC_REPOSITORY && "
     'export RESTIC_PASSWORD RESTIC_REPOSITORY RESTIC_PROGRESS_FPS=1 && exec "$@"'
 )
+CREDENTIAL_VARIABLES = ("RESTIC_PASSWORD", "RESTIC_REPOSITORY")
+"""What the first two lines of a restic command's stdin hold, in order."""
 MIN_VERSION = (0, 14, 0)
 MAX_LISTED = 100
 """Unreadable files named in a record at most (the count is always exact)."""
@@ -164,11 +167,11 @@ def classify_failure(outcome: CommandOutcome, what: str, program: str) -> Except
 
 
 class ResticEngine(Engine):
-    """restic on a POSIX machine."""
+    """restic on a POSIX or Windows machine."""
 
     name = "restic"
     kinds = ("files",)
-    os_families = ("posix",)
+    os_families = ("posix", "windows")
 
     def __init__(self, transport: Any, secrets: Any) -> None:
         super().__init__(transport, secrets)
@@ -198,16 +201,29 @@ class ResticEngine(Engine):
         timeout: float | None = None,
     ) -> CommandOutcome:
         """Run ``restic ARGS`` against ``repository`` on the machine and return how it ended."""
-        argv = ["sh", "-c", WRAPPER, "recoverd-restic", self.program, *args]
         return self.transport.run(
             CommandRequest(
-                argv,
+                self.command(args),
                 stdin=self._credentials(repository),
                 on_stdout=on_stdout,
                 on_stderr=on_stderr,
                 timeout=timeout,
             )
         )
+
+    def command(self, args: list[str]) -> list[str]:
+        """Return the argv that runs ``restic ARGS`` on the machine with the password and the
+        repository taken from the first two lines of stdin: through ``sh`` on POSIX, through
+        PowerShell on Windows."""
+        if self.transport.os_family == "windows":
+            script = powershell.start_process(
+                self.program,
+                args,
+                env_from_stdin=CREDENTIAL_VARIABLES,
+                env={"RESTIC_PROGRESS_FPS": "1"},
+            )
+            return powershell.encoded(script)
+        return ["sh", "-c", WRAPPER, "recoverd-restic", self.program, *args]
 
     def version(self) -> tuple[int, int, int]:
         """Return restic's version on the machine. Raise ToolMissing or EngineError."""
@@ -263,6 +279,8 @@ class ResticEngine(Engine):
         ]
         for pattern in level.exclude:
             args += ["--exclude", pattern]
+        if level.vss and self.transport.os_family == "windows":
+            args.append("--use-fs-snapshot")  # a VSS snapshot: open and locked files included
         args += ["--", *level.paths]
         parsed = BackupOutput(progress)
         out, err = LineSplitter(parsed.stdout_line), LineSplitter(parsed.stderr_line)
@@ -344,6 +362,28 @@ class ResticEngine(Engine):
             "duration_s": round(time.monotonic() - started, 3),
         }
         return Outcome("succeeded", None, stats)
+
+    def restore_snapshot(
+        self,
+        repository: Repository,
+        snapshot: str,
+        target: str,
+        include: tuple[str, ...] = (),
+    ) -> Outcome:
+        """Restore ``snapshot`` (only ``include`` paths, if given) below ``target`` on the machine.
+
+        restic recreates each file's full path under ``target`` (on Windows a snapshot's
+        ``C:\\Users`` comes back as ``TARGET\\C\\Users``). Raise EngineError if restic fails.
+        """
+        args = ["restore", snapshot, "--target", target]
+        for path in include:
+            args += ["--include", path]
+        started = time.monotonic()
+        outcome = self.restic(repository, args)
+        if not outcome.ok:
+            raise classify_failure(outcome, f"restore of {snapshot}", self.program)
+        stats = {"duration_s": round(time.monotonic() - started, 3), "target": target}
+        return Outcome("succeeded", snapshot, stats)
 
     def prune(self, client: str, machine: Machine, repository: Repository) -> Outcome:
         """Run restic prune on the repository."""
