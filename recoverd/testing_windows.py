@@ -217,7 +217,10 @@ class SimulatedWindows:
             "wbadmin": self._wbadmin,
             "powershell.exe": self._powershell,
             "powershell": self._powershell,
+            "hostname.exe": self._hostname,
+            "hostname": self._hostname,
         }
+        self.computer_name = "WIN-RECOVERD01"
         self._lock = threading.Lock()
 
     # -- paths ---------------------------------------------------------------------------
@@ -319,6 +322,10 @@ class SimulatedWindows:
         inv.env = {**inv.env, **env}
         return target(inv)
 
+    def _hostname(self, inv: Invocation) -> int:
+        inv.stdout(f"{self.computer_name}\r\n".encode())
+        return 0
+
     # -- Windows Server Backup ---------------------------------------------------------------
 
     def _wbadmin(self, inv: Invocation) -> int:
@@ -364,6 +371,14 @@ class SimulatedWindows:
                 inv.stdout(b"There are no backups available at this location.\r\n")
                 return 1
             inv.stdout("".join(blocks).encode())
+            return 0
+        if words == ["delete", "backup"]:
+            target = options.get("backuptarget", "").lower()
+            keep = int(options.get("keepversions", "0") or 0)
+            here = [v for v in state.versions if v[1].lower() == target]
+            doomed = here[: max(0, len(here) - keep)]
+            state.versions = [v for v in state.versions if v not in doomed]
+            inv.stdout(f"Deleted {len(doomed)} backup version(s).\r\n".encode())
             return 0
         if words == ["start", "recovery"]:
             version = options.get("version", "")

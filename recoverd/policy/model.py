@@ -145,5 +145,11 @@ class PolicySet:
         return found[0]
 
     def repository_for(self, machine: Machine, level: Level) -> Repository:
-        """Return the repository a backup level of ``machine`` writes to."""
+        """Return the repository a backup level of ``machine`` writes to.
+
+        A Windows image level writes to wbadmin's ``target`` instead: it is returned as a
+        repository with that name and URL and no password (wbadmin needs none).
+        """
+        if level.target is not None:
+            return Repository(name=level.target, url=level.target, password="")
         return self.clients[machine.client].repositories[level.repository or ""]
