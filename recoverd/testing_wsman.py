@@ -24,6 +24,7 @@ import os
 import queue
 import shutil
 import ssl
+import struct
 import tempfile
 import threading
 import uuid
@@ -48,6 +49,13 @@ NS = {
 SHELL = "http://schemas.microsoft.com/wbem/wsman/1/windows/shell"
 TRANSFER = "http://schemas.xmlsoap.org/ws/2004/09/transfer"
 OPERATION_TIMEOUT_FAULT = 2150858793
+NTLM_USER_FILE = "NTLM_USER_FILE"
+BOUNDARY = b"--Encrypted Boundary"
+ENCRYPTED_PROTOCOL = b"application/HTTP-SPNEGO-session-encrypted"
+ENCRYPTED_TYPE = (
+    'multipart/encrypted;protocol="application/HTTP-SPNEGO-session-encrypted";'
+    'boundary="Encrypted Boundary"'
+)
 RECEIVE_LIMIT = 256 * 1024
 """Output bytes sent in one Receive response at most; the rest waits for the next one."""
 
@@ -90,6 +98,7 @@ class WSManServer:
         root: Path,
         *,
         https: bool = True,
+        auth: str = "basic",
         user: str = "recoverd",
         password: str = "Winrm-Pa55word-for-tests",
         operation_timeout: float = 0.5,
@@ -97,6 +106,9 @@ class WSManServer:
     ) -> None:
         self.root = Path(root)
         self.https = https
+        if auth not in ("basic", "ntlm"):
+            raise ValueError(f"auth must be 'basic' or 'ntlm', not {auth!r}")
+        self.auth = auth
         self.user, self.password = user, password
         self.operation_timeout = operation_timeout
         """Seconds a Receive waits for output before the timeout fault (Windows: up to the
@@ -105,11 +117,14 @@ class WSManServer:
         self.workdir = Path(tempfile.mkdtemp(prefix="recoverd-wsman-"))
         self.ca_path = self.workdir / "ca.pem"
         self.requests: list[SeenRequest] = []
+        self.encrypted = 0
+        """SOAP messages that arrived encrypted (NTLM message encryption)."""
         self.tls_failures: list[str] = []
         self.faults: list[int] = []
         self.shells: set[str] = set()
         self.commands: dict[str, _Command] = {}
         self._lock = threading.Lock()
+        self._saved_user_file: str | None = None
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -123,8 +138,18 @@ class WSManServer:
         return f"{'https' if self.https else 'http'}://{LOOPBACK}:{self.port}/wsman"
 
     def start(self) -> WSManServer:
-        """Listen on a free port of 127.0.0.1 and serve on a thread; return self."""
+        """Listen on a free port of 127.0.0.1 and serve on a thread; return self.
+
+        With NTLM, pyspnego's acceptor reads the accounts from the file named by the environment
+        variable NTLM_USER_FILE: it is set for as long as the server runs.
+        """
         self.root.mkdir(parents=True, exist_ok=True)
+        if self.auth == "ntlm":
+            users = self.workdir / "ntlm-users"
+            users.write_text(f":{self.user}:{self.password}\n")
+            users.chmod(0o600)
+            self._saved_user_file = os.environ.get(NTLM_USER_FILE)
+            os.environ[NTLM_USER_FILE] = str(users)
         server = _HTTPServer((LOOPBACK, 0), _Handler)
         server.wsman = self
         if self.https:
@@ -142,6 +167,11 @@ class WSManServer:
             self._server = None
         for command in list(self.commands.values()):
             command.terminate()
+        if self.auth == "ntlm":
+            if self._saved_user_file is None:
+                os.environ.pop(NTLM_USER_FILE, None)
+            else:
+                os.environ[NTLM_USER_FILE] = self._saved_user_file
         shutil.rmtree(self.workdir, ignore_errors=True)
 
     def __enter__(self) -> WSManServer:
@@ -354,11 +384,15 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:  # quiet: tests read the records
         pass
 
+    ntlm: Any = None
+    """The NTLM security context of this connection (NTLM authenticates connections)."""
+
     def do_POST(self) -> None:
         wsman = self.server.wsman
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length)
         authorization = self.headers.get("Authorization")
+        encrypted = "multipart/encrypted" in (self.headers.get("Content-Type") or "")
         action = None
         with contextlib.suppress(ET.ParseError, AttributeError):
             action = _text(ET.fromstring(body).find("s:Header", NS), "a:Action")
@@ -366,13 +400,86 @@ class _Handler(BaseHTTPRequestHandler):
             wsman.requests.append(
                 SeenRequest(action, authorization.split()[0] if authorization else None)
             )
-        expected = "Basic " + base64.b64encode(f"{wsman.user}:{wsman.password}".encode()).decode()
-        if authorization != expected:
-            self._answer(401, b"", {"WWW-Authenticate": 'Basic realm="WSMAN"'})
-            return
+        if wsman.auth == "ntlm":
+            if not self._ntlm_authenticated(authorization):
+                return
+            if encrypted:
+                body = self._unseal(body)
+                with wsman._lock:
+                    wsman.encrypted += 1
+            elif body and not wsman.https:
+                # As Windows by default (AllowUnencrypted = false): no clear text over HTTP.
+                self._answer(400, b"unencrypted traffic is disabled", {})
+                return
+            if not body:  # pywinrm's empty request that sets up the security context
+                self._answer(200, b"", {})
+                return
+        else:
+            credentials = base64.b64encode(f"{wsman.user}:{wsman.password}".encode()).decode()
+            if authorization != f"Basic {credentials}":
+                self._answer(401, b"", {"WWW-Authenticate": 'Basic realm="WSMAN"'})
+                return
         status, text = wsman.handle(body)
-        self._answer(
-            status, text.encode("utf-8"), {"Content-Type": "application/soap+xml;charset=UTF-8"}
+        data = text.encode("utf-8")
+        if encrypted:
+            self._answer(status, self._seal(data), {"Content-Type": ENCRYPTED_TYPE})
+        else:
+            self._answer(status, data, {"Content-Type": "application/soap+xml;charset=UTF-8"})
+
+    def _ntlm_authenticated(self, authorization: str | None) -> bool:
+        """Take one step of the NTLM handshake if the request carries one; return True once
+        this connection is authenticated, after answering 401 otherwise."""
+        import spnego
+        import spnego.exceptions
+
+        if authorization is None:
+            if self.ntlm is not None and self.ntlm.complete:
+                return True
+            self._answer(401, b"", {"WWW-Authenticate": "Negotiate"})
+            return False
+        scheme, _, token = authorization.partition(" ")
+        if scheme not in ("Negotiate", "NTLM"):
+            self._answer(401, b"", {"WWW-Authenticate": "Negotiate"})
+            return False
+        if self.ntlm is None or self.ntlm.complete:
+            self.ntlm = spnego.server(protocol="ntlm")
+        try:
+            answer = self.ntlm.step(base64.b64decode(token))
+        except spnego.exceptions.SpnegoError:
+            self.ntlm = None
+            self._answer(401, b"", {"WWW-Authenticate": "Negotiate"})
+            return False
+        if not self.ntlm.complete:
+            challenge = f"{scheme} {base64.b64encode(answer or b'').decode()}"
+            self._answer(401, b"", {"WWW-Authenticate": challenge})
+            return False
+        return True
+
+    def _unseal(self, body: bytes) -> bytes:
+        """Given an encrypted MIME body as pywinrm builds it, return the SOAP message."""
+        payload = body.split(BOUNDARY + b"\r\n")[2]
+        payload = payload.removesuffix(BOUNDARY + b"--\r\n")
+        payload = payload.removeprefix(b"\tContent-Type: application/octet-stream\r\n")
+        size = struct.unpack("<i", payload[:4])[0]
+        signature, sealed = payload[4 : 4 + size], payload[4 + size :]
+        return self.ntlm.unwrap(signature + sealed).data
+
+    def _seal(self, message: bytes) -> bytes:
+        """Return ``message`` encrypted in the MIME form pywinrm reads."""
+        wrapped = self.ntlm.wrap(message, encrypt=True).data
+        signature, sealed = wrapped[:16], wrapped[16:]
+        return (
+            BOUNDARY + b"\r\n\tContent-Type: " + ENCRYPTED_PROTOCOL + b"\r\n"
+            b"\tOriginalContent: type=application/soap+xml;charset=UTF-8;Length="
+            + str(len(message)).encode()
+            + b"\r\n"
+            + BOUNDARY
+            + b"\r\n\tContent-Type: application/octet-stream\r\n"
+            + struct.pack("<i", len(signature))
+            + signature
+            + sealed
+            + BOUNDARY
+            + b"--\r\n"
         )
 
     def _answer(self, status: int, data: bytes, headers: dict[str, str]) -> None:

@@ -210,6 +210,27 @@ def test_winrm_basic_over_plain_http_sends_nothing(tmp_path: Path, secrets: Secr
         assert plain.requests == []
 
 
+def test_winrm_ntlm_over_plain_http_encrypts_every_message(tmp_path: Path) -> None:
+    with WSManServer(tmp_path / "drives", https=False, auth="ntlm", operation_timeout=0.3) as plain:
+        plain.host.programs.update({"slow.exe": slow_program, "cat.exe": cat_program})
+        secrets = SecretResolver({"env": lambda name: plain.password})
+        machine = windows_machine(plain, https=False, ca=None, auth="ntlm")
+        data = os.urandom(300_000)
+        with WinRMTransport(machine, secrets) as transport:
+            slow = transport.run(CommandRequest(["slow.exe"]))
+            echoed = transport.run(CommandRequest(["cat.exe"], stdin=data))
+        assert (slow.exit_status, slow.stdout) == (7, b"done waiting\r\n")
+        assert 2150858793 in plain.faults  # the timeout faults travelled encrypted too
+        assert echoed.stdout == data
+        # The handshake carried no SOAP; every SOAP message after it was sealed.
+        assert [r.action for r in plain.requests] == [None] * len(plain.requests)
+        assert plain.encrypted >= 10 and plain.shells == set()
+
+        secrets = SecretResolver({"env": lambda name: "wrong password"})
+        with pytest.raises(AuthenticationFailed, match="wrong credentials for fin-pc"):
+            WinRMTransport(machine, secrets).connect()
+
+
 def test_winrm_unreachable_machine(server: WSManServer, secrets: SecretResolver) -> None:
     closed = socket.socket()
     closed.bind(("127.0.0.1", 0))
