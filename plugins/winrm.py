@@ -14,10 +14,12 @@ output yet) is simply repeated.
 
 from __future__ import annotations
 
+import re
 import time
 from typing import TYPE_CHECKING
 
 import requests
+import winrm.transport
 from winrm.exceptions import (
     InvalidCredentialsError,
     WinRMError,
@@ -73,6 +75,9 @@ NOT_FOUND_CODES = (2, 3)
 """Windows errors ERROR_FILE_NOT_FOUND and ERROR_PATH_NOT_FOUND: WinRS could not start the
 program of a command."""
 
+OPTIONAL_AUTHS = {"kerberos": "HAVE_KERBEROS", "credssp": "HAVE_CREDSSP"}
+"""Auths whose libraries are pywinrm extras, and the flag pywinrm sets when they load."""
+
 HTTP_ERRORS = (requests.exceptions.RequestException, WinRMError, WinRMTransportError)
 """What a pywinrm call raises when the exchange with the machine fails."""
 
@@ -127,6 +132,11 @@ class WinRMTransport(Transport):
         """Return a pywinrm Protocol for the machine. Raise TransportError if it cannot be made."""
         machine = self.machine
         auth = machine.auth
+        if auth in OPTIONAL_AUTHS and not getattr(winrm.transport, OPTIONAL_AUTHS[auth]):
+            raise TransportError(
+                f"WinRM auth {auth!r} of {machine.name} needs pywinrm's {auth} extra on the "
+                f"controller: pip install 'pywinrm[{auth}]'"
+            )
         password = None
         if machine.password is not None:
             password = self.secrets.resolve(
@@ -293,12 +303,22 @@ class WinRMTransport(Transport):
                 + (" and that the machine allows this auth" if self.machine.auth != "ntlm" else "")
             )
         if isinstance(exc, requests.exceptions.SSLError):
-            trust = f"the CA bundle {self.machine.ca}" if self.machine.ca else "the system's CAs"
-            return CertificateRejected(
-                f"the TLS certificate of {where} does not validate against {trust}; nothing was "
-                f'sent. Set ca = "/path/to/ca.pem" to the CA that issued it '
-                f"({_ssl_reason(exc)})"
-            )
+            verify_failed = re.search(r"certificate verify failed: ([^(']+)", str(exc))
+            if verify_failed:
+                trust = f"the CA bundle {self.machine.ca}" if self.machine.ca else "the system CAs"
+                return CertificateRejected(
+                    f"the TLS certificate of {where} does not validate against {trust} "
+                    f"({verify_failed[1].strip()}); nothing was sent. Set ca = "
+                    '"/path/to/ca.pem" to the CA that issued it'
+                )
+            if self.machine.auth == "certificate":
+                return AuthenticationFailed(
+                    f"wrong credentials for {self.machine.name}: {where} refused the client "
+                    f"certificate {self.machine.cert} during the TLS handshake; it must be "
+                    "issued by a CA the machine trusts and mapped to a user (winrm create "
+                    "winrm/config/service/certmapping)"
+                )
+            return TransportError(f"TLS with {where} failed: {exc}")
         if isinstance(exc, requests.exceptions.ConnectTimeout):
             return Unreachable(
                 f"cannot reach {where}: timed out after {self.machine.connect_timeout:g}s"
@@ -325,14 +345,6 @@ def _summary(argv: list[str], limit: int = 80) -> str:
     """Return the command line for messages, shortened to ``limit`` characters."""
     line = command_line(argv)
     return line if len(line) <= limit else line[: limit - 3] + "..."
-
-
-def _ssl_reason(exc: BaseException) -> str:
-    text = str(exc)
-    for marker in ("certificate verify failed: ", "SSLError("):
-        if marker in text:
-            return text.split(marker, 1)[1].split("'")[0].split(" (_ssl")[0].strip("( )")
-    return text
 
 
 def _connection_reason(exc: BaseException) -> str:

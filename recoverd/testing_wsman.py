@@ -49,6 +49,8 @@ NS = {
 SHELL = "http://schemas.microsoft.com/wbem/wsman/1/windows/shell"
 TRANSFER = "http://schemas.xmlsoap.org/ws/2004/09/transfer"
 OPERATION_TIMEOUT_FAULT = 2150858793
+MUTUAL_TLS = "http://schemas.dmtf.org/wbem/wsman/1/wsman/secprofile/https/mutual"
+"""The Authorization value of WinRM certificate auth (the certificate is in the TLS layer)."""
 NTLM_USER_FILE = "NTLM_USER_FILE"
 BOUNDARY = b"--Encrypted Boundary"
 ENCRYPTED_PROTOCOL = b"application/HTTP-SPNEGO-session-encrypted"
@@ -106,8 +108,8 @@ class WSManServer:
     ) -> None:
         self.root = Path(root)
         self.https = https
-        if auth not in ("basic", "ntlm"):
-            raise ValueError(f"auth must be 'basic' or 'ntlm', not {auth!r}")
+        if auth not in ("basic", "ntlm", "certificate"):
+            raise ValueError(f"auth must be 'basic', 'ntlm' or 'certificate', not {auth!r}")
         self.auth = auth
         self.user, self.password = user, password
         self.operation_timeout = operation_timeout
@@ -116,6 +118,9 @@ class WSManServer:
         self.host = SimulatedWindows(self.root, restic=restic)
         self.workdir = Path(tempfile.mkdtemp(prefix="recoverd-wsman-"))
         self.ca_path = self.workdir / "ca.pem"
+        self.client_cert = self.workdir / "client.pem"
+        self.client_key = self.workdir / "client.key"
+        """A client certificate for ``user`` signed by the CA (``certificate`` auth)."""
         self.requests: list[SeenRequest] = []
         self.encrypted = 0
         """SOAP messages that arrived encrypted (NTLM message encryption)."""
@@ -184,6 +189,9 @@ class WSManServer:
         cert, key = make_certificate_chain(self.workdir)
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(cert, key)
+        if self.auth == "certificate":
+            context.verify_mode = ssl.CERT_OPTIONAL  # a missing certificate gets a 401 below
+            context.load_verify_locations(self.ca_path)
         return context
 
     # -- the shell protocol ------------------------------------------------------------------
@@ -414,6 +422,12 @@ class _Handler(BaseHTTPRequestHandler):
             if not body:  # pywinrm's empty request that sets up the security context
                 self._answer(200, b"", {})
                 return
+        elif wsman.auth == "certificate":
+            peer = self.connection.getpeercert() or {}  # type: ignore[attr-defined]
+            subject = dict(item for part in peer.get("subject", ()) for item in part)
+            if authorization != MUTUAL_TLS or subject.get("commonName") != wsman.user:
+                self._answer(401, b"", {"WWW-Authenticate": "Basic"})
+                return
         else:
             credentials = base64.b64encode(f"{wsman.user}:{wsman.password}".encode()).decode()
             if authorization != f"Basic {credentials}":
@@ -513,59 +527,88 @@ def _first_word(line: str) -> str:
     return line.split(None, 1)[0] if line.strip() else ""
 
 
-def make_certificate_chain(directory: Path, host: str = LOOPBACK) -> tuple[Path, Path]:
-    """Create a throwaway CA (``ca.pem``) and a server certificate it signed for ``host``.
+def make_certificate_chain(
+    directory: Path, host: str = LOOPBACK, client: str = "recoverd"
+) -> tuple[Path, Path]:
+    """Create a throwaway CA and certificates it signed, as PEM files in ``directory``.
 
-    Return the paths of the server's certificate and key; ``directory/ca.pem`` is what a
-    client must trust.
+    ``ca.pem`` is what a client must trust; ``client.pem`` / ``client.key`` are a client
+    certificate for the user ``client`` (WinRM ``certificate`` auth). Return the paths of the
+    server's certificate and key (for ``host``).
     """
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
     now = datetime.datetime.now(datetime.UTC)
+
+    def issue(
+        subject: x509.Name,
+        key: ec.EllipticCurvePrivateKey,
+        issuer: tuple[x509.Name, ec.EllipticCurvePrivateKey] | None,
+        extensions: list[tuple[x509.ExtensionType, bool]],
+    ) -> x509.Certificate:
+        issuer_name, issuer_key = issuer or (subject, key)
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(issuer_name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+        )
+        for extension, critical in extensions:
+            builder = builder.add_extension(extension, critical=critical)
+        return builder.sign(issuer_key, hashes.SHA256())
+
+    def save(name: str, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey) -> Path:
+        pem = serialization.Encoding.PEM
+        (directory / f"{name}.pem").write_bytes(cert.public_bytes(pem))
+        key_path = directory / f"{name}.key"
+        key_path.write_bytes(
+            key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+        )
+        key_path.chmod(0o600)
+        return key_path
+
+    def name(common_name: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+
     ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "recoverd test CA")])
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(False, False, False, False, False, True, True, False, False),
-            critical=True,
-        )
-        .sign(ca_key, hashes.SHA256())
+    ca = issue(
+        name("recoverd test CA"),
+        ca_key,
+        None,
+        [
+            (x509.BasicConstraints(ca=True, path_length=0), True),
+            (x509.KeyUsage(False, False, False, False, False, True, True, False, False), True),
+        ],
     )
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)]))
-        .issuer_name(ca_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.IPAddress(ipaddress.ip_address(host)), x509.DNSName("localhost")]
+    (directory / "ca.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    signer = (ca.subject, ca_key)
+    server_key = ec.generate_private_key(ec.SECP256R1())
+    server = issue(
+        name(host),
+        server_key,
+        signer,
+        [
+            (
+                x509.SubjectAlternativeName(
+                    [x509.IPAddress(ipaddress.ip_address(host)), x509.DNSName("localhost")]
+                ),
+                False,
             ),
-            critical=False,
-        )
-        .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), False)
-        .sign(ca_key, hashes.SHA256())
+            (x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), False),
+        ],
     )
-    pem = serialization.Encoding.PEM
-    (directory / "ca.pem").write_bytes(ca.public_bytes(pem))
-    cert_path, key_path = directory / "server.pem", directory / "server.key"
-    cert_path.write_bytes(cert.public_bytes(pem))
-    key_path.write_bytes(
-        key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    client_key = ec.generate_private_key(ec.SECP256R1())
+    user = issue(
+        name(client),
+        client_key,
+        signer,
+        [(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), False)],
     )
-    key_path.chmod(0o600)
-    return cert_path, key_path
+    save("client", user, client_key)
+    return directory / "server.pem", save("server", server, server_key)

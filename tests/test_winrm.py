@@ -231,6 +231,44 @@ def test_winrm_ntlm_over_plain_http_encrypts_every_message(tmp_path: Path) -> No
             WinRMTransport(machine, secrets).connect()
 
 
+def test_winrm_certificate_auth_presents_the_client_certificate(tmp_path: Path) -> None:
+    with WSManServer(tmp_path / "drives", auth="certificate") as server:
+        server.host.programs["argv.exe"] = argv_program
+        secrets = SecretResolver({})
+        machine = windows_machine(
+            server,
+            auth="certificate",
+            user=None,
+            password=None,
+            cert=str(server.client_cert),
+            cert_key=str(server.client_key),
+        )
+        with WinRMTransport(machine, secrets) as transport:
+            assert transport.run(CommandRequest(["argv.exe", "x"])).stdout == b'["x"]'
+        # Another CA's certificate is not accepted.
+        other = secrets_ca(tmp_path).parent
+        stranger = windows_machine(
+            server,
+            auth="certificate",
+            user=None,
+            password=None,
+            cert=str(other / "client.pem"),
+            cert_key=str(other / "client.key"),
+        )
+        with pytest.raises(AuthenticationFailed, match="refused the client certificate"):
+            WinRMTransport(stranger, secrets).connect()
+
+
+def test_winrm_auth_without_its_library_says_what_to_install(
+    server: WSManServer, secrets: SecretResolver
+) -> None:
+    requests_before = len(server.requests)
+    for auth in ("kerberos", "credssp"):
+        with pytest.raises(TransportError, match=rf"pip install 'pywinrm\[{auth}\]'"):
+            WinRMTransport(windows_machine(server, auth=auth), secrets).connect()
+    assert len(server.requests) == requests_before
+
+
 def test_winrm_unreachable_machine(server: WSManServer, secrets: SecretResolver) -> None:
     closed = socket.socket()
     closed.bind(("127.0.0.1", 0))
