@@ -106,6 +106,10 @@ def test_windows_image_backup_records_wbadmin_version(
     assert "wbadmin start backup -backupTarget:E: -allCritical -quiet" in sent
     retention = next(r for r in runs if r["action"] == "prune")
     assert retention["state"] == "succeeded" and retention["stats"]["versions_kept"] == 2
+    capsys.readouterr()
+    assert main(["snapshots", "srv-win", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert listed[-1]["short_id"] == backup["snapshot"] and listed[-1]["repository"] == "E:"
 
 
 def _versions_text(server: WSManServer) -> str:

@@ -399,3 +399,25 @@ def test_windows_files_backup_and_restore_end_to_end(
             assert not copy.exists()
         elif path.is_file():
             assert copy.read_bytes() == path.read_bytes(), path.name
+
+
+def test_windows_backup_with_untrusted_certificate_is_recorded_failed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with WSManServer(tmp_path / "drives") as other:
+        monkeypatch.setenv("TEST_WINRM_PASSWORD", other.password)
+        monkeypatch.setenv("TEST_REPO_PASSWORD", REPO_PASSWORD)
+        policies = tmp_path / "policies"
+        policies.mkdir()
+        text = POLICY.format(
+            port=other.port, user=other.user, ca="", restic=RESTIC_EXE, paths="'C:\\Users'"
+        ).replace('ca = ""\n', "")  # no ca: the system's CAs, which do not know this one
+        (policies / "acme.toml").write_text(text)
+        monkeypatch.setenv("RECOVERD_POLICIES", str(policies))
+        monkeypatch.setenv("RECOVERD_STATE", str(tmp_path / "state"))
+        assert main(["backup", "fin-pc"]) == 1
+        capsys.readouterr()
+        assert main(["log", "--json"]) == 0
+        (run,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+        assert run["state"] == "failed" and "does not validate" in run["error"]
+        assert other.requests == []
