@@ -211,8 +211,8 @@ class WinRMTransport(Transport):
         except BaseException as exc:
             raise self._error(exc, f"start {_summary(request.argv)}") or exc from None
         try:
-            if request.stdin is not None:
-                self._send_stdin(protocol, shell, command, request)
+            # Even without stdin its end is sent: a program that reads stdin must not wait.
+            self._send_stdin(protocol, shell, command, request)
             status = self._receive(protocol, shell, command, request, stdout, stderr, deadline)
         except BaseException as exc:
             error = self._error(exc, f"run {_summary(request.argv)}")

@@ -148,6 +148,8 @@ def test_winrm_streams_5mb_of_output_and_chunked_stdin(
     with WinRMTransport(windows_machine(server), secrets) as transport:
         outcome = transport.run(CommandRequest(["big.exe"], on_stdout=chunks.append))
         echoed = transport.run(CommandRequest(["cat.exe"], stdin=data))
+        nothing = transport.run(CommandRequest(["cat.exe"], timeout=10))  # stdin ends at once
+    assert nothing.ok and nothing.stdout == b""
     assert outcome.ok and b"".join(chunks) == expected and len(expected) == 5 * 1024 * 1024
     assert len(chunks) > 10  # passed on as each Receive returned, not collected at the end
     assert echoed.stdout == data
