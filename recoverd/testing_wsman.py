@@ -128,6 +128,7 @@ class WSManServer:
         self.tls_failures: list[str] = []
         self.faults: list[int] = []
         self.shells: set[str] = set()
+        self.connections: set[socket.socket] = set()
         self.commands: dict[str, _Command] = {}
         self._lock = threading.Lock()
         self._saved_user_file: str | None = None
@@ -179,6 +180,18 @@ class WSManServer:
             else:
                 os.environ[NTLM_USER_FILE] = self._saved_user_file
         shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def cut_connections(self) -> int:
+        """Cut every open connection, as a pulled cable would; return how many there were.
+
+        The server keeps listening and the commands keep running.
+        """
+        with self._lock:
+            connections, self.connections = self.connections, set()
+        for connection in connections:
+            with contextlib.suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
+        return len(connections)
 
     def __enter__(self) -> WSManServer:
         return self.start()
@@ -386,7 +399,13 @@ class _HTTPServer(ThreadingHTTPServer):
                 with self.wsman._lock:
                     self.wsman.tls_failures.append(str(exc))
                 return
-        super().finish_request(request, client_address)
+        with self.wsman._lock:  # the TLS socket: wrapping detached the plain one
+            self.wsman.connections.add(request)
+        try:
+            super().finish_request(request, client_address)
+        finally:
+            with self.wsman._lock:
+                self.wsman.connections.discard(request)
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +23,7 @@ from recoverd.errors import (
     AuthenticationFailed,
     CertificateRejected,
     CommandTimeout,
+    ConnectionLost,
     ToolMissing,
     TransportError,
     Unreachable,
@@ -164,6 +166,19 @@ def test_winrm_timeout_terminates_command_and_session_stays_usable(
         with pytest.raises(CommandTimeout, match=r"did not finish within 0\.5s"):
             transport.run(CommandRequest(["slow.exe"], timeout=0.5))
         assert transport.run(CommandRequest(["argv.exe", "again"])).stdout == b'["again"]'
+    assert server.shells == set()
+
+
+def test_winrm_cut_connection_is_connection_lost_and_shell_still_closed(
+    server: WSManServer, secrets: SecretResolver
+) -> None:
+    cutter = threading.Timer(0.5, server.cut_connections)
+    with WinRMTransport(windows_machine(server), secrets) as transport:
+        cutter.start()
+        with pytest.raises(ConnectionLost, match=r"was lost while trying to run slow\.exe"):
+            transport.run(CommandRequest(["slow.exe"]))
+    cutter.join()
+    # close() reconnected to delete the shell; the interrupted command was terminated.
     assert server.shells == set()
 
 
