@@ -44,6 +44,8 @@ WRAPPER = (
 CREDENTIAL_VARIABLES = ("RESTIC_PASSWORD", "RESTIC_REPOSITORY")
 """What the first two lines of a restic command's stdin hold, in order."""
 MIN_VERSION = (0, 14, 0)
+SUBFOLDER_VERSION = (0, 16, 0)
+"""restic understands ``SNAPSHOT:/sub/folder`` from this version on."""
 MAX_LISTED = 100
 """Unreadable files named in a record at most (the count is always exact)."""
 
@@ -62,6 +64,31 @@ def keep_args(keep: dict[str, Any]) -> list[str]:
     for key, value in keep.items():
         args += [f"--keep-{key}", str(value)]
     return args
+
+
+def windows_in_place_args(snapshot: str, paths: list[str]) -> list[list[str]]:
+    """Given Windows paths in a snapshot, return the ``restic restore`` arguments that put them
+    back where they were: one restore per drive.
+
+    restic keeps ``C:\\Users\\x`` as ``/C/Users/x``; restoring ``SNAPSHOT:/C`` into ``C:\\``
+    maps it back, with ``--include`` paths relative to the drive. Raise UsageError for a path
+    that is not an absolute Windows path.
+    """
+    by_drive: dict[str, list[str]] = {}
+    for path in paths:
+        match = re.fullmatch(r"([A-Za-z]):[\\/]*(.*)", path, re.S)
+        if not match:
+            raise UsageError(f"{path!r} is not an absolute Windows path like C:\\Users")
+        inside = "/" + match[2].replace("\\", "/").strip("/")
+        by_drive.setdefault(match[1].upper(), []).append(inside)
+    commands = []
+    for drive, includes in sorted(by_drive.items()):
+        command = ["restore", f"{snapshot}:/{drive}", "--target", f"{drive}:\\"]
+        if "/" not in includes:  # else the whole drive is wanted
+            for include in includes:
+                command += ["--include", include]
+        commands.append(command)
+    return commands
 
 
 class LineSplitter:
@@ -383,6 +410,29 @@ class ResticEngine(Engine):
         if not outcome.ok:
             raise classify_failure(outcome, f"restore of {snapshot}", self.program)
         stats = {"duration_s": round(time.monotonic() - started, 3), "target": target}
+        return Outcome("succeeded", snapshot, stats)
+
+    def restore_windows_in_place(
+        self, repository: Repository, snapshot: str, paths: list[str]
+    ) -> Outcome:
+        """Put ``paths`` of ``snapshot`` back where they were on a Windows machine, overwriting.
+
+        Raise ToolMissing if the machine's restic is older than 0.16 (it cannot restore a
+        snapshot's subfolder), UsageError for a path that is not absolute, EngineError if
+        restic fails.
+        """
+        if self.version() < SUBFOLDER_VERSION:
+            found = ".".join(map(str, self.version()))
+            raise ToolMissing(
+                f"restoring in place on Windows needs restic 0.16 or later on the machine (it "
+                f"has {found}); restore to a folder instead"
+            )
+        started = time.monotonic()
+        for args in windows_in_place_args(snapshot, paths):
+            outcome = self.restic(repository, args)
+            if not outcome.ok:
+                raise classify_failure(outcome, f"restore of {snapshot}", self.program)
+        stats = {"duration_s": round(time.monotonic() - started, 3), "in_place": True}
         return Outcome("succeeded", snapshot, stats)
 
     def prune(self, client: str, machine: Machine, repository: Repository) -> Outcome:

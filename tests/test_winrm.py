@@ -27,13 +27,14 @@ from recoverd.errors import (
     ToolMissing,
     TransportError,
     Unreachable,
+    UsageError,
 )
 from recoverd.policy.model import Machine, Repository
 from recoverd.secrets import SecretResolver
 from recoverd.testing_windows import Invocation
 from recoverd.testing_wsman import WSManServer
 from recoverd.transport import CommandRequest
-from recoverd_plugins.restic import ResticEngine
+from recoverd_plugins.restic import ResticEngine, windows_in_place_args
 from recoverd_plugins.winrm import WinRMTransport
 
 REPO_PASSWORD = "Repo-s3cret-for-windows-tests"
@@ -438,3 +439,26 @@ def test_windows_backup_with_untrusted_certificate_is_recorded_failed(
         (run,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
         assert run["state"] == "failed" and "does not validate" in run["error"]
         assert other.requests == []
+
+
+def test_windows_in_place_restore_is_one_restic_restore_per_drive() -> None:
+    paths = ["C:\\Users\\Alice Smith\\", "d:\\Finance", "C:\\Data"]
+    drive_c = ["restore", "3f2a9c1b:/C", "--target", "C:\\"]
+    assert windows_in_place_args("3f2a9c1b", paths) == [
+        [*drive_c, "--include", "/Users/Alice Smith", "--include", "/Data"],
+        ["restore", "3f2a9c1b:/D", "--target", "D:\\", "--include", "/Finance"],
+    ]
+    whole_drive = windows_in_place_args("s", ["C:\\", "C:\\x"])
+    assert whole_drive == [["restore", "s:/C", "--target", "C:\\"]]
+    with pytest.raises(UsageError, match="not an absolute Windows path"):
+        windows_in_place_args("s", ["Users\\x"])
+
+
+def test_windows_in_place_restore_needs_restic_0_16(
+    server: WSManServer, secrets: SecretResolver
+) -> None:
+    repository = Repository("nas", "D:\\Backups\\restic", "env:TEST_REPO_PASSWORD")
+    with WinRMTransport(windows_machine(server), secrets) as transport:
+        engine = ResticEngine(transport, secrets)
+        with pytest.raises(ToolMissing, match=r"needs restic 0\.16 or later .* has 0\.14"):
+            engine.restore_windows_in_place(repository, "latest", ["C:\\Users"])
