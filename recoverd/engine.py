@@ -82,7 +82,7 @@ class Engine(ABC):
     @classmethod
     def policy_warnings(cls, machine: Machine, level: Level) -> list[str]:
         """Return what ``recoverd check`` should point out about a level this engine would run:
-        valid, but likely not what the user wants. None by default."""
+        valid, but likely not what the user wants (by default, nothing)."""
         return []
 
     @abstractmethod
