@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 import recoverd
+from recoverd import powershell
 from recoverd.engine import (
     BackupRequest,
     Engine,
@@ -40,7 +41,11 @@ WRAPPER = (
     "IFS= read -r RESTIC_PASSWORD && IFS= read -r RESTIC_REPOSITORY && "
     'export RESTIC_PASSWORD RESTIC_REPOSITORY RESTIC_PROGRESS_FPS=1 && exec "$@"'
 )
+CREDENTIAL_VARIABLES = ("RESTIC_PASSWORD", "RESTIC_REPOSITORY")
+"""What the first two lines of a restic command's stdin hold, in order."""
 MIN_VERSION = (0, 14, 0)
+SUBFOLDER_VERSION = (0, 16, 0)
+"""restic understands ``SNAPSHOT:/sub/folder`` from this version on."""
 MAX_LISTED = 100
 """Unreadable files named in a record at most (the count is always exact)."""
 
@@ -59,6 +64,31 @@ def keep_args(keep: dict[str, Any]) -> list[str]:
     for key, value in keep.items():
         args += [f"--keep-{key}", str(value)]
     return args
+
+
+def windows_in_place_args(snapshot: str, paths: list[str]) -> list[list[str]]:
+    """Given Windows paths in a snapshot, return the ``restic restore`` arguments that put them
+    back where they were: one restore per drive.
+
+    restic keeps ``C:\\Users\\x`` as ``/C/Users/x``; restoring ``SNAPSHOT:/C`` into ``C:\\``
+    maps it back, with ``--include`` paths relative to the drive. Raise UsageError for a path
+    that is not an absolute Windows path.
+    """
+    by_drive: dict[str, list[str]] = {}
+    for path in paths:
+        match = re.fullmatch(r"([A-Za-z]):[\\/]*(.*)", path, re.S)
+        if not match:
+            raise UsageError(f"{path!r} is not an absolute Windows path like C:\\Users")
+        inside = "/" + match[2].replace("\\", "/").strip("/")
+        by_drive.setdefault(match[1].upper(), []).append(inside)
+    commands = []
+    for drive, includes in sorted(by_drive.items()):
+        command = ["restore", f"{snapshot}:/{drive}", "--target", f"{drive}:\\"]
+        if "/" not in includes:  # else the whole drive is wanted
+            for include in includes:
+                command += ["--include", include]
+        commands.append(command)
+    return commands
 
 
 class LineSplitter:
@@ -164,11 +194,11 @@ def classify_failure(outcome: CommandOutcome, what: str, program: str) -> Except
 
 
 class ResticEngine(Engine):
-    """restic on a POSIX machine."""
+    """restic on a POSIX or Windows machine."""
 
     name = "restic"
     kinds = ("files",)
-    os_families = ("posix",)
+    os_families = ("posix", "windows")
 
     def __init__(self, transport: Any, secrets: Any) -> None:
         super().__init__(transport, secrets)
@@ -198,16 +228,29 @@ class ResticEngine(Engine):
         timeout: float | None = None,
     ) -> CommandOutcome:
         """Run ``restic ARGS`` against ``repository`` on the machine and return how it ended."""
-        argv = ["sh", "-c", WRAPPER, "recoverd-restic", self.program, *args]
         return self.transport.run(
             CommandRequest(
-                argv,
+                self.command(args),
                 stdin=self._credentials(repository),
                 on_stdout=on_stdout,
                 on_stderr=on_stderr,
                 timeout=timeout,
             )
         )
+
+    def command(self, args: list[str]) -> list[str]:
+        """Return the argv that runs ``restic ARGS`` on the machine with the password and the
+        repository taken from the first two lines of stdin: through ``sh`` on POSIX, through
+        PowerShell on Windows."""
+        if self.transport.os_family == "windows":
+            script = powershell.start_process(
+                self.program,
+                args,
+                env_from_stdin=CREDENTIAL_VARIABLES,
+                env={"RESTIC_PROGRESS_FPS": "1"},
+            )
+            return powershell.encoded(script)
+        return ["sh", "-c", WRAPPER, "recoverd-restic", self.program, *args]
 
     def version(self) -> tuple[int, int, int]:
         """Return restic's version on the machine. Raise ToolMissing or EngineError."""
@@ -263,6 +306,8 @@ class ResticEngine(Engine):
         ]
         for pattern in level.exclude:
             args += ["--exclude", pattern]
+        if level.vss and self.transport.os_family == "windows":
+            args.append("--use-fs-snapshot")  # a VSS snapshot: open and locked files included
         args += ["--", *level.paths]
         parsed = BackupOutput(progress)
         out, err = LineSplitter(parsed.stdout_line), LineSplitter(parsed.stderr_line)
@@ -344,6 +389,51 @@ class ResticEngine(Engine):
             "duration_s": round(time.monotonic() - started, 3),
         }
         return Outcome("succeeded", None, stats)
+
+    def restore_snapshot(
+        self,
+        repository: Repository,
+        snapshot: str,
+        target: str,
+        include: tuple[str, ...] = (),
+    ) -> Outcome:
+        """Restore ``snapshot`` (only ``include`` paths, if given) below ``target`` on the machine.
+
+        restic recreates each file's full path under ``target`` (on Windows a snapshot's
+        ``C:\\Users`` comes back as ``TARGET\\C\\Users``). Raise EngineError if restic fails.
+        """
+        args = ["restore", snapshot, "--target", target]
+        for path in include:
+            args += ["--include", path]
+        started = time.monotonic()
+        outcome = self.restic(repository, args)
+        if not outcome.ok:
+            raise classify_failure(outcome, f"restore of {snapshot}", self.program)
+        stats = {"duration_s": round(time.monotonic() - started, 3), "target": target}
+        return Outcome("succeeded", snapshot, stats)
+
+    def restore_windows_in_place(
+        self, repository: Repository, snapshot: str, paths: list[str]
+    ) -> Outcome:
+        """Put ``paths`` of ``snapshot`` back where they were on a Windows machine, overwriting.
+
+        Raise ToolMissing if the machine's restic is older than 0.16 (it cannot restore a
+        snapshot's subfolder), UsageError for a path that is not absolute, EngineError if
+        restic fails.
+        """
+        if self.version() < SUBFOLDER_VERSION:
+            found = ".".join(map(str, self.version()))
+            raise ToolMissing(
+                f"restoring in place on Windows needs restic 0.16 or later on the machine (it "
+                f"has {found}); restore to a folder instead"
+            )
+        started = time.monotonic()
+        for args in windows_in_place_args(snapshot, paths):
+            outcome = self.restic(repository, args)
+            if not outcome.ok:
+                raise classify_failure(outcome, f"restore of {snapshot}", self.program)
+        stats = {"duration_s": round(time.monotonic() - started, 3), "in_place": True}
+        return Outcome("succeeded", snapshot, stats)
 
     def prune(self, client: str, machine: Machine, repository: Repository) -> Outcome:
         """Run restic prune on the repository."""

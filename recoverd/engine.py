@@ -79,6 +79,12 @@ class Engine(ABC):
         self.transport = transport
         self.secrets = secrets
 
+    @classmethod
+    def policy_warnings(cls, machine: Machine, level: Level) -> list[str]:
+        """Return what ``recoverd check`` should point out about a level this engine would run:
+        valid, but likely not what the user wants (by default, nothing)."""
+        return []
+
     @abstractmethod
     def backup(self, request: BackupRequest, progress: ProgressCallback | None = None) -> Outcome:
         """Back up one level; return the outcome. Raise EngineError/TransportError on failure."""

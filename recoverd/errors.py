@@ -89,3 +89,7 @@ class Interrupted(RecoverdError):
     """The run was stopped by a signal (Ctrl-C, SIGTERM): exit 130."""
 
     exit_code = 130
+
+
+class CertificateRejected(HostKeyRejected):
+    """The machine's TLS certificate does not validate against the trusted CAs (WinRM)."""

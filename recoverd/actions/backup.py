@@ -72,7 +72,7 @@ def backup_machine(
             "level": level.name,
             "kind": level.kind,
             "action": "backup",
-            "repository": level.repository,
+            "repository": level.repository or level.target,  # wbadmin: its target
         }
 
     views = []

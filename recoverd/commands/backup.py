@@ -41,7 +41,8 @@ def cmd_snapshots(ctl: Controller, args: argparse.Namespace) -> int:
     }
     rows = []
     with ctl.transport(machine) as transport:
-        repositories = {lv.repository: lv for lv in levels}
+        # A Windows image level has no repository: it is listed by its target.
+        repositories = {lv.repository or lv.target: lv for lv in levels}
         for name in sorted(repositories):
             level = repositories[name]
             engine = ctl.engine(transport, level.kind)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
+from recoverd.actions.check import policy_warnings
 from recoverd.commands import AddCommand
 from recoverd.controller import Controller
 from recoverd.errors import UsageError
@@ -14,9 +16,19 @@ def cmd_check(ctl: Controller, args: argparse.Namespace) -> int:
     policies = ctl.policies  # raises PolicyError with every problem
     machines = policies.machines()
     levels = sum(len(m.levels) for m in machines)
+    warnings = policy_warnings(ctl)
     if args.json:
-        emit_json({"clients": len(policies.clients), "machines": len(machines), "levels": levels})
+        emit_json(
+            {
+                "clients": len(policies.clients),
+                "machines": len(machines),
+                "levels": levels,
+                "warnings": warnings,
+            }
+        )
     else:
+        for warning in warnings:
+            print(f"warning: {warning}", file=sys.stderr)
         for cid, client in sorted(policies.clients.items()):
             print(f"{client.source}: {cid} ({client.name}): {len(client.machines)} machine(s)")
         print(

@@ -65,13 +65,13 @@ _TOP_KEYS = ("client", "repositories", "templates", "machines")
 _LEVEL_COMMON_KEYS = ("name", "kind", "every", "keep")
 _LEVEL_KIND_KEYS = {
     "files": ("repository", "paths", "exclude", "vss"),
-    "image": ("repository", "device", "via", "snapshot", "allow_mounted"),
+    "image": ("repository", "device", "via", "snapshot", "allow_mounted", "target"),
     "copy": ("of", "to"),
     "verify": ("of", "sample", "where"),
 }
 _LEVEL_REQUIRED = {
     "files": ("repository", "paths"),
-    "image": ("repository", "device"),
+    "image": ("device",),  # and `repository`, or `target` on Windows: see _image_targets()
     "copy": ("of", "to"),
     "verify": ("of",),
 }
@@ -88,6 +88,8 @@ _TRANSPORT_KEYS = {
     "https": ("winrm",),
     "auth": ("winrm",),
     "ca": ("winrm",),
+    "cert": ("winrm",),
+    "cert_key": ("winrm",),
 }
 _DURATION = re.compile(r"(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?")
 _RESTIC_DURATION = re.compile(r"(?:\d+[ymdh])+")
@@ -346,6 +348,8 @@ class _PolicyFile:
             "https": _boolean,
             "auth": partial(_choice, choices=WINRM_AUTHS),
             "ca": _string,
+            "cert": _string,
+            "cert_key": _string,
             "levels": _any,
         }
 
@@ -407,6 +411,7 @@ class _PolicyFile:
             "exclude": _strings,
             "vss": _boolean,
             "device": _string,
+            "target": _string,
             "via": partial(_choice, choices=IMAGE_VIA),
             "snapshot": partial(_choice, choices=SNAPSHOT_METHODS),
             "allow_mounted": _boolean,
@@ -471,6 +476,7 @@ class _PolicyFile:
         elif transport == "ssh":
             port = port or 22
         self._level_references(name, levels)
+        self._image_targets(transport, levels)
         if table.get("restore") == "image" and not any(d.get("kind") == "image" for d in levels):
             self.problem(table.paths["restore"], "'image' needs an image level on this machine")
         if self._problems:
@@ -495,6 +501,8 @@ class _PolicyFile:
             https=https,
             auth=auth,
             ca=table.get("ca"),
+            cert=table.get("cert"),
+            cert_key=table.get("cert_key"),
             levels=tuple(_level(d) for d in levels),
         )
 
@@ -528,10 +536,40 @@ class _PolicyFile:
                 f"{auth!r} authentication needs https (no message encryption over plain "
                 "HTTP); set https = true or use ntlm, kerberos or credssp",
             )
+        if auth == "certificate" and https:  # over HTTP the auth itself is wrong (above)
+            for key in ("cert", "cert_key"):
+                if key not in table.paths:
+                    self.problem(
+                        _join(where, key), "missing; required for winrm auth 'certificate'"
+                    )
         if auth not in PASSWORDLESS_AUTHS:
             for key in ("user", "password"):
                 if key not in table.paths:
                     self.problem(_join(where, key), f"missing; required for winrm auth {auth!r}")
+
+    def _image_targets(self, transport: str, levels: list[_Table]) -> None:
+        """Check where image levels write: a restic repository, or on Windows wbadmin's target."""
+        windows = transport == "winrm"
+        wanted, unwanted = ("target", "repository") if windows else ("repository", "target")
+        for draft in levels:
+            if draft.get("kind") != "image":
+                continue
+            if unwanted in draft.paths:
+                self.problem(
+                    draft.paths[unwanted],
+                    f"image levels of {transport} machines write to a {wanted!r}, not a "
+                    f"{unwanted!r}"
+                    + (
+                        " (wbadmin's -backupTarget: a drive like 'E:' or a share)"
+                        if windows
+                        else ""
+                    ),
+                )
+            elif wanted not in draft.paths and "name" in draft.values:
+                at = draft.paths["name"].rpartition(".")[0]
+                self.problem(
+                    _join(at, wanted), f"missing; required for image levels on {transport}"
+                )
 
     def _level_references(self, machine: str, levels: list[_Table]) -> None:
         """Check that each ``of`` names another backup level of the merged machine."""

@@ -42,6 +42,8 @@ class Level:
     exclude: tuple[str, ...] = ()
     vss: bool = True
     device: str | None = None
+    target: str | None = None
+    """Windows image levels: wbadmin's backup target (a drive like ``E:`` or ``\\\\nas\\share``)."""
     via: str = "machine"
     snapshot: str | None = None
     allow_mounted: bool = False
@@ -75,6 +77,10 @@ class Machine:
     https: bool = True
     auth: str = "ntlm"
     ca: str | None = None
+    cert: str | None = None
+    """WinRM ``certificate`` auth: the client certificate (PEM file) on the controller."""
+    cert_key: str | None = None
+    """WinRM ``certificate`` auth: its private key (PEM file) on the controller."""
     levels: tuple[Level, ...] = ()
 
     @property
@@ -139,5 +145,11 @@ class PolicySet:
         return found[0]
 
     def repository_for(self, machine: Machine, level: Level) -> Repository:
-        """Return the repository a backup level of ``machine`` writes to."""
+        """Return the repository a backup level of ``machine`` writes to.
+
+        A Windows image level writes to wbadmin's ``target`` instead: it is returned as a
+        repository with that name and URL and no password (wbadmin needs none).
+        """
+        if level.target is not None:
+            return Repository(name=level.target, url=level.target, password="")
         return self.clients[machine.client].repositories[level.repository or ""]
