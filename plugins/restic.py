@@ -16,6 +16,7 @@ from typing import Any
 import recoverd
 from recoverd.engine import (
     BackupRequest,
+    CopyRequest,
     Engine,
     Outcome,
     Progress,
@@ -39,6 +40,14 @@ from recoverd.transport import CommandOutcome, CommandRequest
 WRAPPER = (
     "IFS= read -r RESTIC_PASSWORD && IFS= read -r RESTIC_REPOSITORY && "
     'export RESTIC_PASSWORD RESTIC_REPOSITORY RESTIC_PROGRESS_FPS=1 && exec "$@"'
+)
+# A copy reads the source repository's password and location as two more lines: restic
+# 0.14 takes them from RESTIC_FROM_PASSWORD / RESTIC_FROM_REPOSITORY.
+COPY_WRAPPER = (
+    "IFS= read -r RESTIC_PASSWORD && IFS= read -r RESTIC_REPOSITORY && "
+    "IFS= read -r RESTIC_FROM_PASSWORD && IFS= read -r RESTIC_FROM_REPOSITORY && "
+    "export RESTIC_PASSWORD RESTIC_REPOSITORY RESTIC_FROM_PASSWORD RESTIC_FROM_REPOSITORY "
+    'RESTIC_PROGRESS_FPS=1 && exec "$@"'
 )
 MIN_VERSION = (0, 14, 0)
 MAX_LISTED = 100
@@ -167,7 +176,7 @@ class ResticEngine(Engine):
     """restic on a POSIX machine."""
 
     name = "restic"
-    kinds = ("files",)
+    kinds = ("files", "copy")
     os_families = ("posix",)
 
     def __init__(self, transport: Any, secrets: Any) -> None:
@@ -196,13 +205,21 @@ class ResticEngine(Engine):
         on_stdout: Callable[[bytes], None] | None = None,
         on_stderr: Callable[[bytes], None] | None = None,
         timeout: float | None = None,
+        from_repository: Repository | None = None,
     ) -> CommandOutcome:
-        """Run ``restic ARGS`` against ``repository`` on the machine and return how it ended."""
-        argv = ["sh", "-c", WRAPPER, "recoverd-restic", self.program, *args]
+        """Run ``restic ARGS`` against ``repository`` on the machine and return how it ended.
+
+        ``from_repository`` is the source of a ``restic copy``; its credentials travel on
+        stdin too.
+        """
+        wrapper, stdin = WRAPPER, self._credentials(repository)
+        if from_repository is not None:
+            wrapper, stdin = COPY_WRAPPER, stdin + self._credentials(from_repository)
+        argv = ["sh", "-c", wrapper, "recoverd-restic", self.program, *args]
         return self.transport.run(
             CommandRequest(
                 argv,
-                stdin=self._credentials(repository),
+                stdin=stdin,
                 on_stdout=on_stdout,
                 on_stderr=on_stderr,
                 timeout=timeout,
@@ -352,6 +369,35 @@ class ResticEngine(Engine):
         if not outcome.ok:
             raise classify_failure(outcome, f"prune of {repository.name}", self.program)
         return Outcome("succeeded", None, {"duration_s": round(time.monotonic() - started, 3)})
+
+    def copy(self, request: CopyRequest) -> Outcome:
+        """Copy the ``of`` level's snapshots to the target repository (restic copy).
+
+        restic skips snapshots it copied before, so a repeated or caught-up copy sends only
+        what is new. The target repository is created if it does not exist.
+        """
+        self.version()
+        created = self.ensure_repository(request.target)
+        tags = tag_filter(request.client, request.machine.name, request.of.name)
+        started = time.monotonic()
+        outcome = self.restic(
+            request.target, ["copy", "--tag", tags], from_repository=request.source
+        )
+        if not outcome.ok:
+            raise classify_failure(
+                outcome,
+                f"copy of {request.of.name} from {request.source.name} to {request.target.name}",
+                self.program,
+            )
+        text = outcome.stdout.decode("utf-8", "replace")
+        saved = re.findall(r"^snapshot (\w+) saved$", text, re.MULTILINE)
+        stats = {
+            "snapshots_copied": len(saved),
+            "snapshots_already_copied": len(re.findall(r"was already copied", text)),
+            "duration_s": round(time.monotonic() - started, 3),
+            "repository_created": created,
+        }
+        return Outcome("succeeded", saved[-1] if saved else None, stats)
 
 
 @recoverd.hookimpl

@@ -89,3 +89,13 @@ class Interrupted(RecoverdError):
     """The run was stopped by a signal (Ctrl-C, SIGTERM): exit 130."""
 
     exit_code = 130
+
+
+class MachineBusy(RecoverdError):
+    """Another run (in this or another recoverd process) is working on the machine."""
+
+    transient = True
+
+
+class DaemonRunning(RecoverdError):
+    """Another ``recoverd daemon`` already serves this state directory: exit 1."""

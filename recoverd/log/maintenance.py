@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from recoverd import clock
 from recoverd.log.record import STATES, Entry, current_view
 from recoverd.plugins import Kind
 from recoverd.secrets import redact
@@ -26,8 +27,8 @@ STORE = "sqlite"
 
 
 def utc_now() -> datetime:
-    """Return the current time, timezone-aware in UTC."""
-    return datetime.now(UTC)
+    """Return the current time of the controller's clock, timezone-aware in UTC."""
+    return clock.now()
 
 
 def iso(moment: datetime) -> str:
