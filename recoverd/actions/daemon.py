@@ -151,6 +151,8 @@ class Daemon:
         self._pool = ThreadPoolExecutor(max_parallel, thread_name_prefix="recoverd-run")
         self._busy: dict[str, str] = {}
         """Machines with a run in progress (qualified name -> level)."""
+        self.started = 0
+        """Runs started so far (tests drive :meth:`tick` until it starts nothing more)."""
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -192,6 +194,7 @@ class Daemon:
                 if not self.gate.try_write(key, limit.max_parallel):
                     return False
             self._busy[machine.qualified_name] = level.name
+            self.started += 1
         log.info("starting %s %s (%s)", machine.qualified_name, level.name, duty.reason)
         self._pool.submit(self._run, machine, level, key)
         return True
