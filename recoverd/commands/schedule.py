@@ -21,22 +21,27 @@ from recoverd.output import emit_json, format_table, local_time
 
 
 def planned_runs(duty: Duty, end: datetime) -> list[tuple[datetime, str]]:
-    """Given a level's duty, return its coming runs up to ``end`` with a note on each."""
-    now, first = duty.now, duty.run_at
+    """Given a level's duty, return its coming runs up to ``end`` with a note on each.
+
+    A due level comes first (now, or at its retry time); then its calendar slots, or for an
+    interval form one run every interval after the previous one.
+    """
+    now = duty.now
     runs: list[tuple[datetime, str]] = []
     if duty.running:
         runs.append((now, "running now"))
-    elif first is not None and first <= now:
+    elif duty.runnable:
         runs.append((now, f"due now: {duty.reason}"))
-    elif first is not None and duty.due:
-        runs.append((first, duty.reason))
+    elif duty.due and duty.run_at is not None:
+        runs.append((duty.run_at, duty.reason))
     interval = duty.schedule.interval
     if interval is None:
-        runs += [(slot, "") for slot in duty.schedule.slots(now, end) if slot != first]
+        listed = {at for at, _ in runs}
+        runs += [(slot, "") for slot in duty.schedule.slots(now, end) if slot not in listed]
     else:
-        after = runs[-1][0] if runs else (first or now)
-        if not runs:
-            runs.append((after, ""))
+        if not runs and duty.run_at is not None:
+            runs.append((duty.run_at, ""))
+        after = runs[-1][0] if runs else now
         while (after := after + interval) <= end:
             runs.append((after, ""))
     return [(at, note) for at, note in runs if at <= end]
