@@ -33,8 +33,7 @@ import schedule
 
 from recoverd import clock
 from recoverd.actions.backup import backup_machine, level_action, written_repository
-from recoverd.actions.due import Duty
-from recoverd.actions.due import duties as due_duties
+from recoverd.actions.due import Duty, machine_duties
 from recoverd.controller import Controller
 from recoverd.engine import Outcome
 from recoverd.errors import MachineBusy, PolicyError
@@ -151,6 +150,11 @@ class Daemon:
         self._pool = ThreadPoolExecutor(max_parallel, thread_name_prefix="recoverd-run")
         self._busy: dict[str, str] = {}
         """Machines with a run in progress (qualified name -> level)."""
+        self._known: dict[str, list[Duty]] = {}
+        """Each machine's duties at the last look: reading the log again is only needed once
+        one falls due, a run of the machine ends, or the policies change."""
+        self._ended: set[str] = set()
+        """Machines whose run ended since the last look."""
         self.started = 0
         """Runs started so far (tests drive :meth:`tick` until it starts nothing more)."""
         self._lock = threading.Lock()
@@ -163,7 +167,9 @@ class Daemon:
     def tick(self) -> datetime:
         """Start every runnable level the rules allow; return when to look again."""
         now = clock.now()
-        duties = due_duties(self.ctl, now)
+        duties = [
+            duty for machine in self.ctl.policies.machines() for duty in self._look(machine, now)
+        ]
         pending = {
             (d.machine.qualified_name, d.level.name) for d in duties if d.runnable or d.running
         }
@@ -178,6 +184,18 @@ class Daemon:
             self._dispatch(duty, pending)
         upcoming = [d.run_at for d in duties if d.run_at is not None and d.run_at > now]
         return min([*upcoming, now + timedelta(seconds=self.tick_seconds)])
+
+    def _look(self, machine: Machine, now: datetime) -> list[Duty]:
+        """Return the machine's duties at ``now``, read from the log only when needed."""
+        name = machine.qualified_name
+        with self._lock:
+            ended = name in self._ended
+            self._ended.discard(name)
+        known = self._known.get(name)
+        if ended or known is None or any(d.run_at is None or d.run_at <= now for d in known):
+            timezone = self.ctl.policies.clients[machine.client].timezone
+            known = self._known[name] = machine_duties(self.ctl.log, machine, timezone, now)
+        return known
 
     def _dispatch(self, duty: Duty, pending: set[tuple[str, str]]) -> bool:
         machine, level = duty.machine, duty.level
@@ -225,6 +243,7 @@ class Daemon:
                 self.gate.end_write(key)
             with self._lock:
                 del self._busy[machine.qualified_name]
+                self._ended.add(machine.qualified_name)
             self._wake.set()
 
     # -- the loop and its signals -----------------------------------------------------------
@@ -254,6 +273,7 @@ class Daemon:
             )
             return False
         self.ctl.policies = policies  # type: ignore[misc]  # replaces the cached policies
+        self._known.clear()
         log.info(
             "policies reloaded: %d client(s), %d machine(s)",
             len(policies.clients),

@@ -29,6 +29,9 @@ MAX_ATTEMPTS = 4
 RETRY_BACKOFF = (timedelta(minutes=2), timedelta(minutes=10), timedelta(minutes=30))
 """Wait after the 1st, 2nd, 3rd failed attempt before the next one."""
 
+HISTORY = timedelta(days=40)
+"""How far back due-ness reads a machine's runs: longer than any calendar period."""
+
 OVERDUE_AFTER = timedelta(hours=1)
 """A due level that has not run this long after its slot is overdue (``recoverd status``)."""
 
@@ -85,19 +88,42 @@ class Duty:
         )
 
 
+def machine_duties(
+    log: MaintenanceLog, machine: Machine, timezone: str, now: datetime
+) -> list[Duty]:
+    """Return the duty of each scheduled level of ``machine`` (client zone ``timezone``).
+
+    One query reads the machine's recent history: everything due-ness needs lies within
+    HISTORY (or twice a long interval). Only a level with no good run in that window costs a
+    second look (one per machine), for its last good run however old.
+    """
+    levels = [lv for lv in machine.levels if lv.every]
+    schedules = {lv.name: Schedule.of(lv.every or "", timezone) for lv in levels}
+    horizon = max([HISTORY, *(2 * s.interval for s in schedules.values() if s.interval)])
+    who = {"client": machine.client, "machine": machine.name}
+    recent = log.runs(RunFilter(**who, since=now - horizon))
+    history: list[dict[str, Any]] | None = None
+    found = []
+    for level in levels:
+        runs = _runs_of(level, recent)
+        if not any(r["state"] in GOOD_STATES for r in runs):
+            history = log.runs(RunFilter(**who)) if history is None else history
+            good = [r for r in _runs_of(level, history) if r["state"] in GOOD_STATES]
+            runs = good[-1:] + runs
+        found.append(level_duty(machine, level, schedules[level.name], runs, now))
+    return found
+
+
+def _runs_of(level: Level, views: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Return the runs of ``level`` itself among a machine's ``views`` (not its retention)."""
+    action = level_action(level)
+    return [v for v in views if v["level"] == level.name and v["action"] == action]
+
+
 def level_duty(
-    log: MaintenanceLog, machine: Machine, level: Level, timezone: str, now: datetime
+    machine: Machine, level: Level, schedule: Schedule, runs: list[dict[str, Any]], now: datetime
 ) -> Duty:
-    """Given a machine's level and the client's zone, return its :class:`Duty` at ``now``."""
-    schedule = Schedule.of(level.every or "", timezone)
-    runs = log.runs(
-        RunFilter(
-            client=machine.client,
-            machine=machine.name,
-            level=level.name,
-            action=level_action(level),
-        )
-    )
+    """Given a level's runs (oldest first, the last good one included), return its duty."""
     good = [r for r in runs if r["state"] in GOOD_STATES]
     last_good = good[-1] if good else None
     last = runs[-1] if runs else None
@@ -108,21 +134,16 @@ def level_duty(
     if schedule.interval is None:
         latest = schedule.latest_slot(now)
         due = last_good is None or started(last_good) < latest
-        due_since: datetime | None = latest if last_good else None
-        # Attempts made for the slot that is due now (or, never good, for the latest slot).
-        since = latest
-        following = schedule.next_slot(now)
+        due_since = latest if last_good else None
+        since = latest  # attempts made for the slot that is due now
     else:
-        next_after_good = started(last_good) + schedule.interval if last_good else None
-        due = next_after_good is None or next_after_good <= now
-        due_since = next_after_good
-        since = max(next_after_good or now, now) - schedule.interval
-        following = now + schedule.interval
+        due_since = started(last_good) + schedule.interval if last_good else None
+        due = due_since is None or due_since <= now
+        since = now - schedule.interval
     if last is not None and last["state"] == "running":
         return duty(due, due_since, None, "running")
     if not due:
-        assert last_good is not None
-        at = following if schedule.interval is None else started(last_good) + schedule.interval
+        at = schedule.next_slot(now) if schedule.interval is None else due_since
         return duty(False, None, at, "scheduled")
     failed = [r for r in runs if r["state"] not in GOOD_STATES and started(r) >= since]
     if not failed:
@@ -136,17 +157,18 @@ def level_duty(
         return duty(
             True, due_since, ended(newest) + wait, f"retry {len(failed)}/{MAX_ATTEMPTS - 1}"
         )
-    if schedule.interval is not None:
-        following = started(newest) + schedule.interval
-    return duty(True, due_since, following, f"{newest['state']}; next try at the next slot")
+    if schedule.interval is None:
+        at = schedule.next_slot(now)
+    else:
+        at = started(newest) + schedule.interval
+    return duty(True, due_since, at, f"{newest['state']}; next try at the next slot")
 
 
 def duties(ctl: Controller, now: datetime) -> list[Duty]:
     """Return the duty of every scheduled level of every machine of ``ctl`` at ``now``."""
     policies = ctl.policies
     return [
-        level_duty(ctl.log, machine, level, policies.clients[machine.client].timezone, now)
+        duty
         for machine in policies.machines()
-        for level in machine.levels
-        if level.every
+        for duty in machine_duties(ctl.log, machine, policies.clients[machine.client].timezone, now)
     ]
