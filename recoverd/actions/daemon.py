@@ -285,6 +285,8 @@ class Daemon:
         """Run schedules until :meth:`request_stop`; running runs are left to :meth:`shutdown`."""
         loop = schedule.Scheduler()
         next_look = clock.now()
+        # A regular look even when nothing is due soon: a machine busy with a manual run, a
+        # clock that jumped. And the reaping of runs whose recoverd process died elsewhere.
         loop.every(self.tick_seconds).seconds.do(self._wake.set)
         loop.every(REAP_EVERY_MINUTES).minutes.do(self.ctl.log.reap_orphans)
         while not self._stop.is_set():
@@ -324,7 +326,7 @@ class Daemon:
         caller ends the process, which closes their connections).
         """
         self._stop.set()
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._pool.shutdown(wait=False)
         if self.wait_idle(grace):
             return []
         me = this_process()

@@ -183,7 +183,7 @@ def cmd_daemon(ctl: Controller, args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s recoverd %(levelname)s %(message)s", force=True
     )
-    ctl.policies  # noqa: B018  # a broken policy stops the start with exit 2, before the lock
+    machines = ctl.policies.machines()  # a broken policy stops the start with exit 2
     with daemon_lock(ctl.state_dir):
         daemon = Daemon(ctl, max_parallel=args.max_parallel, tick_seconds=args.tick)
         signal.signal(signal.SIGHUP, lambda *_: daemon.request_reload())
@@ -192,7 +192,7 @@ def cmd_daemon(ctl: Controller, args: argparse.Namespace) -> int:
         logging.info(
             "daemon started (pid %d): %d machine(s), max %d run(s) at once, state %s",
             os.getpid(),
-            len(ctl.policies.machines()),
+            len(machines),
             args.max_parallel,
             ctl.state_dir,
         )
