@@ -25,6 +25,7 @@ from recoverd.clock import FakeClock, SystemClock, use_clock
 from recoverd.controller import Controller
 from recoverd.engine import BackupRequest, CopyRequest, Engine, Outcome
 from recoverd.errors import Unreachable, WrongPassword
+from recoverd.locks import machine_lock
 from recoverd.log import RunFilter
 from recoverd.plugins import PluginHost
 
@@ -357,3 +358,22 @@ def test_reload_with_a_broken_policy_keeps_the_old_one(
     path.write_text(policy("acme", "UTC", level("nightly", "day at 04:00")))
     assert daemon.reload() is True
     assert ctl.policies.find_machine("srv").levels[0].every == "day at 04:00"
+
+
+def test_machine_busy_with_a_manual_run_is_tried_again_after_a_tick(sim: Path) -> None:
+    (sim / "policies" / "acme.toml").write_text(
+        policy("acme", "UTC", level("nightly", "day at 02:00"))
+    )
+    start = datetime(2026, 5, 1, 2, tzinfo=UTC)
+    with use_clock(FakeClock(start)) as clock:
+        ctl = controller(sim)
+        daemon = Daemon(ctl, tick_seconds=60)
+        with machine_lock(ctl.state_dir, ctl.policies.find_machine("srv")):
+            for _ in range(3):  # the wake-ups after each try: no busy loop
+                daemon.tick()
+                assert daemon.wait_idle(5)
+            assert daemon.started == 1 and ctl.log.runs() == []
+        clock.advance(timedelta(seconds=61))
+        daemon.tick()
+        assert daemon.wait_idle(5)
+    assert [(v["level"], v["state"]) for v in ctl.log.runs()] == [("nightly", "succeeded")]

@@ -155,6 +155,9 @@ class Daemon:
         one falls due, a run of the machine ends, or the policies change."""
         self._ended: set[str] = set()
         """Machines whose run ended since the last look."""
+        self._held: dict[str, datetime] = {}
+        """Machines not to try again before a time: busy elsewhere, or a run that broke
+        before the log could say when to retry."""
         self.started = 0
         """Runs started so far (tests drive :meth:`tick` until it starts nothing more)."""
         self._lock = threading.Lock()
@@ -206,6 +209,8 @@ class Daemon:
         with self._lock:
             if len(self._busy) >= self.max_parallel or machine.qualified_name in self._busy:
                 return False
+            if self._held.get(machine.qualified_name, duty.now) > duty.now:
+                return False
             if repository is not None:
                 key = f"{machine.client}/{repository}"
                 limit = self.ctl.policies.clients[machine.client].repositories[repository]
@@ -235,9 +240,11 @@ class Daemon:
                     view["error"] or "",
                 )
         except MachineBusy as exc:  # a manual run holds it: the level stays due
-            log.info("%s", exc)
+            log.info("%s; trying again in %gs", exc, self.tick_seconds)
+            self._hold(machine)
         except Exception:
             log.exception("run of %s %s failed", machine.qualified_name, level.name)
+            self._hold(machine)
         finally:
             if key is not None:
                 self.gate.end_write(key)
@@ -245,6 +252,10 @@ class Daemon:
                 del self._busy[machine.qualified_name]
                 self._ended.add(machine.qualified_name)
             self._wake.set()
+
+    def _hold(self, machine: Machine) -> None:
+        with self._lock:
+            self._held[machine.qualified_name] = clock.now() + timedelta(seconds=self.tick_seconds)
 
     # -- the loop and its signals -----------------------------------------------------------
 
