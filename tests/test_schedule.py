@@ -209,3 +209,12 @@ def test_backup_refuses_a_machine_another_run_holds(
             pass
     assert "acme/ws-1 is busy with another run" in capsys.readouterr().err
     assert acme.log.runs() == []
+
+
+def test_daemon_with_a_broken_policy_does_not_start(
+    acme: Controller, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (acme.policy_dir / "acme.toml").write_text(POLICY.replace("day at 01:30", "day at 25:00"))
+    assert main(["daemon"]) == 2
+    assert "'25:00' is not a time HH:MM" in capsys.readouterr().err
+    assert not (acme.state_dir / "daemon.lock").exists()

@@ -32,13 +32,16 @@ ExclusiveGate = Callable[[str], AbstractContextManager[object]]
 def backup_levels(machine: Machine, level_name: str | None = None) -> list[Level]:
     """Return the levels ``recoverd backup`` runs: the one named, or every backup level.
 
+    Copy levels come after the levels they copy.
+
     Raise UsageError if the named level does not exist or is not a backup level.
     """
     if level_name is None:
         levels = [lv for lv in machine.levels if lv.kind in BACKUP_KINDS]
         if not levels:
             raise UsageError(f"{machine.qualified_name} has no backup levels")
-        return levels
+        # Copies last, so that they take the snapshots this very command makes.
+        return sorted(levels, key=lambda lv: lv.kind == "copy")
     level = machine.level(level_name)
     if level is None:
         names = ", ".join(lv.name for lv in machine.levels) or "none"

@@ -283,7 +283,7 @@ class Daemon:
                 "\n".join(exc.problems),
             )
             return False
-        self.ctl.policies = policies  # type: ignore[misc]  # replaces the cached policies
+        self.ctl.policies = policies  # replaces the cached_property's value
         self._known.clear()
         log.info(
             "policies reloaded: %d client(s), %d machine(s)",
