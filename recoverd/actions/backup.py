@@ -92,8 +92,8 @@ def backup_machine(
 
     views = []
     with machine_lock(ctl.state_dir, machine):
-        transport = ctl.transport(machine)
         try:
+            transport = ctl.transport(machine)  # no such transport plugin: recorded too
             transport.connect()
         except RecoverdError as exc:
             for level in levels:

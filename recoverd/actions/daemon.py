@@ -36,7 +36,7 @@ from recoverd.actions.backup import backup_machine, level_action, written_reposi
 from recoverd.actions.due import Duty, machine_duties
 from recoverd.controller import Controller
 from recoverd.engine import Outcome
-from recoverd.errors import MachineBusy, PolicyError
+from recoverd.errors import MachineBusy, PolicyError, RecoverdError
 from recoverd.locks import machine_lock
 from recoverd.log.maintenance import this_process
 from recoverd.policy import load_policies
@@ -241,6 +241,9 @@ class Daemon:
                 )
         except MachineBusy as exc:  # a manual run holds it: the level stays due
             log.info("%s; trying again in %gs", exc, self.tick_seconds)
+            self._hold(machine)
+        except RecoverdError as exc:
+            log.error("run of %s %s failed: %s", machine.qualified_name, level.name, exc)
             self._hold(machine)
         except Exception:
             log.exception("run of %s %s failed", machine.qualified_name, level.name)
