@@ -15,14 +15,10 @@ from typing import Protocol
 
 
 class Clock(Protocol):
-    """A source of the current time and a way to wait for it to pass."""
+    """A source of the current time."""
 
     def now(self) -> datetime:
         """Return the current instant, timezone-aware in UTC."""
-        ...
-
-    def wait(self, event: threading.Event, seconds: float) -> bool:
-        """Wait until ``event`` is set or ``seconds`` have passed; return whether it is set."""
         ...
 
 
@@ -32,12 +28,9 @@ class SystemClock:
     def now(self) -> datetime:
         return datetime.now(UTC)
 
-    def wait(self, event: threading.Event, seconds: float) -> bool:
-        return event.wait(max(0.0, seconds))
-
 
 class FakeClock:
-    """A clock that only moves when told to; waiting moves it to the deadline at once."""
+    """A clock that only moves when told to."""
 
     def __init__(self, start: datetime) -> None:
         if start.tzinfo is None:
@@ -59,18 +52,8 @@ class FakeClock:
         with self._lock:
             self._now += delta
 
-    def wait(self, event: threading.Event, seconds: float) -> bool:
-        if not event.is_set():
-            self.advance(timedelta(seconds=max(0.0, seconds)))
-        return event.is_set()
-
 
 _current: Clock = SystemClock()
-
-
-def current() -> Clock:
-    """Return the process-wide clock."""
-    return _current
 
 
 def now() -> datetime:

@@ -318,9 +318,7 @@ class Daemon:
             loop.run_pending()
             idle = loop.idle_seconds
             until_due = (next_look - clock.now()).total_seconds()
-            clock.current().wait(
-                self._wake, min(until_due, idle if idle is not None else until_due)
-            )
+            self._wake.wait(max(0.0, min(until_due, idle if idle is not None else until_due)))
 
     def wait_idle(self, timeout: float | None = None) -> bool:
         """Wait (real time) until no run is in progress; return False on timeout."""
