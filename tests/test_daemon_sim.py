@@ -377,3 +377,22 @@ def test_machine_busy_with_a_manual_run_is_tried_again_after_a_tick(sim: Path) -
         daemon.tick()
         assert daemon.wait_idle(5)
     assert [(v["level"], v["state"]) for v in ctl.log.runs()] == [("nightly", "succeeded")]
+
+
+def test_retention_never_runs_beside_another_writer_of_its_repository(sim: Path) -> None:
+    SimEngine.duration = 0.15
+    levels = level("nightly", "day at 02:00") + "keep = { last = 7 }\n"
+    (sim / "policies" / "acme.toml").write_text(
+        policy("acme", "UTC", levels, machines=("ws-1", "ws-2", "ws-3", "ws-4"))
+    )
+    daemon = Daemon(controller(sim), max_parallel=4, tick_seconds=3600)
+    daemon.tick()
+    assert daemon.wait_idle(20)
+    spans = [(what, began, ended) for _, _, what, began, ended in SimEngine.calls]
+    assert sorted(what for what, *_ in spans) == ["backup"] * 4 + ["forget"] * 4
+    backups = [(b, e) for what, b, e in spans if what == "backup"]
+    assert max(b for b, _ in backups) < min(e for _, e in backups)  # the backups ran together
+    for what, began, ended in spans:
+        if what == "forget":
+            others = [(b, e) for w, b, e in spans if (w, b, e) != (what, began, ended)]
+            assert all(e <= began or b >= ended for b, e in others)
