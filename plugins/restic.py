@@ -17,6 +17,7 @@ import recoverd
 from recoverd import powershell
 from recoverd.engine import (
     BackupRequest,
+    CopyRequest,
     Engine,
     Outcome,
     Progress,
@@ -35,14 +36,24 @@ from recoverd.policy.model import Machine, Repository
 from recoverd.secrets import redact
 from recoverd.transport import CommandOutcome, CommandRequest
 
-# Reads the password and the repository from stdin, then becomes restic; anything after those
-# two lines (an image stream) reaches restic untouched because `read` on a pipe stops at "\n".
-WRAPPER = (
-    "IFS= read -r RESTIC_PASSWORD && IFS= read -r RESTIC_REPOSITORY && "
-    'export RESTIC_PASSWORD RESTIC_REPOSITORY RESTIC_PROGRESS_FPS=1 && exec "$@"'
-)
 CREDENTIAL_VARIABLES = ("RESTIC_PASSWORD", "RESTIC_REPOSITORY")
 """What the first two lines of a restic command's stdin hold, in order."""
+COPY_VARIABLES = (*CREDENTIAL_VARIABLES, "RESTIC_FROM_PASSWORD", "RESTIC_FROM_REPOSITORY")
+"""A copy's stdin holds the source repository's password and location as two more lines
+(restic 0.14 reads them from RESTIC_FROM_PASSWORD / RESTIC_FROM_REPOSITORY)."""
+
+
+def sh_wrapper(variables: tuple[str, ...]) -> str:
+    """Return a ``sh -c`` script that reads ``variables`` from stdin lines, then execs "$@".
+
+    Anything after those lines (an image stream) reaches the program untouched, because
+    ``read`` on a pipe stops at the newline.
+    """
+    reads = " && ".join(f"IFS= read -r {name}" for name in variables)
+    return f'{reads} && export {" ".join(variables)} RESTIC_PROGRESS_FPS=1 && exec "$@"'
+
+
+WRAPPER = sh_wrapper(CREDENTIAL_VARIABLES)
 MIN_VERSION = (0, 14, 0)
 SUBFOLDER_VERSION = (0, 16, 0)
 """restic understands ``SNAPSHOT:/sub/folder`` from this version on."""
@@ -197,7 +208,7 @@ class ResticEngine(Engine):
     """restic on a POSIX or Windows machine."""
 
     name = "restic"
-    kinds = ("files",)
+    kinds = ("files", "copy")
     os_families = ("posix", "windows")
 
     def __init__(self, transport: Any, secrets: Any) -> None:
@@ -226,31 +237,40 @@ class ResticEngine(Engine):
         on_stdout: Callable[[bytes], None] | None = None,
         on_stderr: Callable[[bytes], None] | None = None,
         timeout: float | None = None,
+        from_repository: Repository | None = None,
     ) -> CommandOutcome:
-        """Run ``restic ARGS`` against ``repository`` on the machine and return how it ended."""
+        """Run ``restic ARGS`` against ``repository`` on the machine and return how it ended.
+
+        ``from_repository`` is the source of a ``restic copy``; its credentials travel on
+        stdin too.
+        """
+        variables, stdin = CREDENTIAL_VARIABLES, self._credentials(repository)
+        if from_repository is not None:
+            variables, stdin = COPY_VARIABLES, stdin + self._credentials(from_repository)
         return self.transport.run(
             CommandRequest(
-                self.command(args),
-                stdin=self._credentials(repository),
+                self.command(args, variables),
+                stdin=stdin,
                 on_stdout=on_stdout,
                 on_stderr=on_stderr,
                 timeout=timeout,
             )
         )
 
-    def command(self, args: list[str]) -> list[str]:
-        """Return the argv that runs ``restic ARGS`` on the machine with the password and the
-        repository taken from the first two lines of stdin: through ``sh`` on POSIX, through
-        PowerShell on Windows."""
+    def command(
+        self, args: list[str], variables: tuple[str, ...] = CREDENTIAL_VARIABLES
+    ) -> list[str]:
+        """Return the argv that runs ``restic ARGS`` on the machine with ``variables`` taken
+        from the first lines of stdin: through ``sh`` on POSIX, through PowerShell on Windows."""
         if self.transport.os_family == "windows":
             script = powershell.start_process(
                 self.program,
                 args,
-                env_from_stdin=CREDENTIAL_VARIABLES,
+                env_from_stdin=variables,
                 env={"RESTIC_PROGRESS_FPS": "1"},
             )
             return powershell.encoded(script)
-        return ["sh", "-c", WRAPPER, "recoverd-restic", self.program, *args]
+        return ["sh", "-c", sh_wrapper(variables), "recoverd-restic", self.program, *args]
 
     def version(self) -> tuple[int, int, int]:
         """Return restic's version on the machine. Raise ToolMissing or EngineError."""
@@ -442,6 +462,35 @@ class ResticEngine(Engine):
         if not outcome.ok:
             raise classify_failure(outcome, f"prune of {repository.name}", self.program)
         return Outcome("succeeded", None, {"duration_s": round(time.monotonic() - started, 3)})
+
+    def copy(self, request: CopyRequest) -> Outcome:
+        """Copy the ``of`` level's snapshots to the target repository (restic copy).
+
+        restic skips snapshots it copied before, so a repeated or caught-up copy sends only
+        what is new. The target repository is created if it does not exist.
+        """
+        self.version()
+        created = self.ensure_repository(request.target)
+        tags = tag_filter(request.client, request.machine.name, request.of.name)
+        started = time.monotonic()
+        outcome = self.restic(
+            request.target, ["copy", "--tag", tags], from_repository=request.source
+        )
+        if not outcome.ok:
+            raise classify_failure(
+                outcome,
+                f"copy of {request.of.name} from {request.source.name} to {request.target.name}",
+                self.program,
+            )
+        text = outcome.stdout.decode("utf-8", "replace")
+        saved = re.findall(r"^snapshot (\w+) saved$", text, re.MULTILINE)
+        stats = {
+            "snapshots_copied": len(saved),
+            "snapshots_already_copied": len(re.findall(r"was already copied", text)),
+            "duration_s": round(time.monotonic() - started, 3),
+            "repository_created": created,
+        }
+        return Outcome("succeeded", saved[-1] if saved else None, stats)
 
 
 @recoverd.hookimpl

@@ -12,6 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from recoverd.errors import PluginError
+
 if TYPE_CHECKING:
     from recoverd.policy.model import Level, Machine, Repository
     from recoverd.secrets import SecretResolver
@@ -67,6 +69,18 @@ class BackupRequest:
     repository: Repository
 
 
+@dataclass(frozen=True)
+class CopyRequest:
+    """Copy one level's snapshots (``of``) from its repository to a second one (``target``)."""
+
+    client: str
+    machine: Machine
+    level: Level
+    of: Level
+    source: Repository
+    target: Repository
+
+
 class Engine(ABC):
     """A backup tool driven through a transport."""
 
@@ -102,3 +116,10 @@ class Engine(ABC):
     @abstractmethod
     def prune(self, client: str, machine: Machine, repository: Repository) -> Outcome:
         """Remove data no snapshot references any more."""
+
+    def copy(self, request: CopyRequest) -> Outcome:
+        """Copy the ``of`` level's snapshots to ``request.target``; skip those copied before.
+
+        Engines whose ``kinds`` include ``copy`` override this.
+        """
+        raise PluginError(f"the {self.name} engine cannot copy snapshots between repositories")

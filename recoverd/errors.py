@@ -93,3 +93,13 @@ class Interrupted(RecoverdError):
 
 class CertificateRejected(HostKeyRejected):
     """The machine's TLS certificate does not validate against the trusted CAs (WinRM)."""
+
+
+class MachineBusy(RecoverdError):
+    """Another run (in this or another recoverd process) is working on the machine."""
+
+    transient = True
+
+
+class DaemonRunning(RecoverdError):
+    """Another ``recoverd daemon`` already serves this state directory: exit 1."""

@@ -56,6 +56,11 @@ def run_result(view: dict[str, Any]) -> str:
             f"snapshot {view.get('snapshot')}: {stats['files_new']} new, "
             f"{stats['files_changed']} changed, {human_bytes(stats.get('bytes_added'))} added"
         )
+    if view.get("action") == "copy" and "snapshots_copied" in stats:
+        return (
+            f"{stats['snapshots_copied']} snapshot(s) copied to {view.get('repository')}, "
+            f"{stats.get('snapshots_already_copied', 0)} there already"
+        )
     if view.get("action") == "prune" and "snapshots_removed" in stats:
         pruned = ", repository pruned" if stats.get("pruned") else ""
         return f"{stats['snapshots_removed']} snapshot(s) forgotten{pruned}"

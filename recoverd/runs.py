@@ -42,7 +42,10 @@ def recorded_run(log: MaintenanceLog, **start: Any) -> Iterator[RunHandle]:
         handle.view = log.finish(handle.id, "interrupted", error="stopped by the operator")
         raise
     except RecoverdError as exc:
-        handle.view = log.finish(handle.id, "failed", error=str(exc))
+        # The daemon retries a transient failure (host down, lock held) and waits for the
+        # next slot after a permanent one: the log, not memory, tells which it was.
+        stats = {"transient": True} if exc.transient else {}
+        handle.view = log.finish(handle.id, "failed", error=str(exc), stats=stats)
     except BaseException as exc:
         handle.view = log.finish(handle.id, "failed", error=f"internal error: {exc!r}")
         raise

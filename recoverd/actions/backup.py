@@ -7,12 +7,15 @@ maintenance log records what happened.
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
 from recoverd.controller import Controller
-from recoverd.engine import BackupRequest, Engine, Progress
+from recoverd.engine import BackupRequest, CopyRequest, Engine, Progress
 from recoverd.errors import RecoverdError, UsageError
+from recoverd.locks import machine_lock
 from recoverd.log import RunFilter
 from recoverd.log.maintenance import utc_now
 from recoverd.policy.model import BACKUP_KINDS, Level, Machine
@@ -22,10 +25,14 @@ PRUNE_INTERVAL = timedelta(days=7)
 """A repository is pruned at most this often (prune rewrites packs: slow and heavy)."""
 
 ProgressFactory = Callable[[str], Callable[[Progress], None]]
+ExclusiveGate = Callable[[str], AbstractContextManager[object]]
+"""Given ``client/repository``, a context in which nothing else writes to that repository."""
 
 
 def backup_levels(machine: Machine, level_name: str | None = None) -> list[Level]:
     """Return the levels ``recoverd backup`` runs: the one named, or every backup level.
+
+    Copy levels come after the levels they copy.
 
     Raise UsageError if the named level does not exist or is not a backup level.
     """
@@ -33,7 +40,8 @@ def backup_levels(machine: Machine, level_name: str | None = None) -> list[Level
         levels = [lv for lv in machine.levels if lv.kind in BACKUP_KINDS]
         if not levels:
             raise UsageError(f"{machine.qualified_name} has no backup levels")
-        return levels
+        # Copies last, so that they take the snapshots this very command makes.
+        return sorted(levels, key=lambda lv: lv.kind == "copy")
     level = machine.level(level_name)
     if level is None:
         names = ", ".join(lv.name for lv in machine.levels) or "none"
@@ -53,10 +61,17 @@ def backup_machine(
     *,
     trigger: str = "manual",
     progress: ProgressFactory | None = None,
+    exclusive: ExclusiveGate | None = None,
 ) -> list[dict[str, Any]]:
-    """Back up ``levels`` of ``machine`` over one connection; return the runs' views.
+    """Back up (or copy) ``levels`` of ``machine`` over one connection; return the runs' views.
 
-    A machine that cannot be reached still gets one failed run per level, with the reason.
+    The machine's lock is held throughout, so no other run (of this or another recoverd
+    process) works on it at the same time. A machine that cannot be reached still gets one
+    failed run per level, with the reason. ``exclusive(repository_key)`` is entered around a
+    level's retention, which must not run beside another writer of the repository (the
+    daemon's gate; a manual backup relies on restic's own repository locks).
+
+    Raise MachineBusy if another run holds the machine's lock (nothing is recorded then).
     """
     client = ctl.policies.clients[machine.client]
     common = {
@@ -71,39 +86,88 @@ def backup_machine(
             **common,
             "level": level.name,
             "kind": level.kind,
-            "action": "backup",
-            "repository": level.repository or level.target,  # wbadmin: its target
+            "action": level_action(level),
+            "repository": written_repository(level),
         }
 
     views = []
-    transport = ctl.transport(machine)
-    try:
-        transport.connect()
-    except RecoverdError as exc:
-        for level in levels:
-            with recorded_run(ctl.log, **start(level)) as run:
-                raise exc
-            views.append(run.view)
-        return views
-    try:
-        for level in levels:
-            request = BackupRequest(
-                client.id, machine, level, ctl.policies.repository_for(machine, level)
-            )
-            with recorded_run(ctl.log, **start(level)) as run:
-                engine = ctl.engine(transport, level.kind)
-                report = progress(f"{machine.name} {level.name}") if progress else None
-                try:
-                    run.outcome = engine.backup(request, report)
-                finally:
-                    if report is not None and hasattr(report, "done"):
-                        report.done()
-            views.append(run.view)
-            if level.keep and run.view["state"] in ("succeeded", "partial"):
-                views.append(apply_retention(ctl, engine, request, start(level)))
-    finally:
-        transport.close()
+    with machine_lock(ctl.state_dir, machine):
+        try:
+            transport = ctl.transport(machine)  # no such transport plugin: recorded too
+            transport.connect()
+        except RecoverdError as exc:
+            for level in levels:
+                with recorded_run(ctl.log, **start(level)) as run:
+                    raise exc
+                views.append(run.view)
+            return views
+        try:
+            for level in levels:
+                with recorded_run(ctl.log, **start(level)) as run:
+                    engine = ctl.engine(transport, level.kind)
+                    report = progress(f"{machine.name} {level.name}") if progress else None
+                    try:
+                        if level.kind == "copy":
+                            run.outcome = engine.copy(copy_request(ctl, machine, level))
+                        else:
+                            run.outcome = engine.backup(backup_request(ctl, machine, level), report)
+                    finally:
+                        if report is not None and hasattr(report, "done"):
+                            report.done()
+                views.append(run.view)
+                if level.keep and run.view["state"] in ("succeeded", "partial"):
+                    request = retention_request(ctl, machine, level)
+                    key = f"{client.id}/{request.repository.name}"
+                    with exclusive(key) if exclusive else nullcontext():
+                        views.append(apply_retention(ctl, engine, request, start(level)))
+        finally:
+            transport.close()
     return views
+
+
+def level_action(level: Level) -> str:
+    """Return the log's ``action`` for a run of ``level``: backup, copy or verify."""
+    return {"copy": "copy", "verify": "verify"}.get(level.kind, "backup")
+
+
+def written_repository(level: Level) -> str | None:
+    """Return the name of the repository a run of ``level`` writes to (None for verify).
+
+    A wbadmin image level writes to its ``target`` (a drive or share), not a repository.
+    """
+    return level.to if level.kind == "copy" else level.repository or level.target
+
+
+def backup_request(ctl: Controller, machine: Machine, level: Level) -> BackupRequest:
+    """Return the request to back up a files or image ``level`` of ``machine``."""
+    repository = ctl.policies.repository_for(machine, level)
+    return BackupRequest(machine.client, machine, level, repository)
+
+
+def copy_request(ctl: Controller, machine: Machine, level: Level) -> CopyRequest:
+    """Return the request to copy the snapshots of a copy ``level``'s ``of`` level."""
+    of = machine.level(level.of or "")
+    if of is None:  # the policy loader rejects this; a guard for hand-built policies
+        raise UsageError(
+            f"copy level {level.name!r} of {machine.qualified_name}: no level {level.of!r}"
+        )
+    repositories = ctl.policies.clients[machine.client].repositories
+    source = ctl.policies.repository_for(machine, of)
+    return CopyRequest(machine.client, machine, level, of, source, repositories[level.to or ""])
+
+
+def retention_request(ctl: Controller, machine: Machine, level: Level) -> BackupRequest:
+    """Return the request whose ``keep`` retention follows a good run of ``level``.
+
+    A copy level's snapshots keep the tags of the level they copy, so its ``keep`` is applied
+    to those tags in the target repository.
+    """
+    if level.kind != "copy":
+        return backup_request(ctl, machine, level)
+    request = copy_request(ctl, machine, level)
+    return BackupRequest(
+        machine.client, machine, replace(request.of, keep=level.keep), request.target
+    )
 
 
 def apply_retention(

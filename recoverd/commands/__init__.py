@@ -26,6 +26,7 @@ MODULES = (
     "recoverd.commands.inventory",
     "recoverd.commands.backup",
     "recoverd.commands.log",
+    "recoverd.commands.schedule",
     "recoverd.commands.accept",
     "recoverd.commands.report",
 )

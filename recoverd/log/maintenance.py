@@ -18,6 +18,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from recoverd import clock
 from recoverd.errors import UsageError
 from recoverd.log.record import STATES, Entry, current_view
 from recoverd.log.verify import Verdict, verify_entries
@@ -30,8 +31,8 @@ STORE = "sqlite"
 
 
 def utc_now() -> datetime:
-    """Return the current time, timezone-aware in UTC."""
-    return datetime.now(UTC)
+    """Return the current time of the controller's clock, timezone-aware in UTC."""
+    return clock.now()
 
 
 def iso(moment: datetime) -> str:

@@ -1,0 +1,358 @@
+"""The daemon: run every machine's schedule, by itself, until stopped.
+
+Each tick reads every level's :class:`~recoverd.actions.due.Duty` from the maintenance log and
+starts the runnable ones on a bounded pool of threads, under these rules:
+
+- one run per machine at a time (in this process by the busy table, across processes by the
+  machine's lock file, which ``recoverd backup`` takes too);
+- at most ``max_parallel`` runs at once, and at most a repository's ``max_parallel`` writers;
+- retention (forget/prune) waits until no other run writes to its repository, and no new writer
+  starts meanwhile;
+- a ``copy`` or ``verify`` level waits while the level it reads (``of``) is due or running.
+
+The ``schedule`` library drives the loop (the regular tick and the hourly reaping of runs whose
+controller died); months, time zones and catch-up are the project's (see
+:mod:`recoverd.policy.schedule` and :mod:`recoverd.actions.due`). Time comes from
+:mod:`recoverd.clock`, so tests run months of schedules in seconds by calling :meth:`tick`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from datetime import datetime, timedelta
+from typing import Any
+
+import schedule
+
+from recoverd import clock
+from recoverd.actions.backup import backup_machine, level_action, written_repository
+from recoverd.actions.due import Duty, machine_duties
+from recoverd.controller import Controller
+from recoverd.engine import Outcome
+from recoverd.errors import MachineBusy, PolicyError, RecoverdError
+from recoverd.locks import machine_lock
+from recoverd.log.maintenance import this_process
+from recoverd.policy import load_policies
+from recoverd.policy.model import Level, Machine
+from recoverd.runs import recorded_run
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_PARALLEL = 4
+DEFAULT_GRACE = 60.0
+"""Seconds a stopping daemon lets running runs finish before it interrupts them."""
+DEFAULT_TICK = 60.0
+"""Seconds between two looks at the schedules when nothing else wakes the daemon."""
+REAP_EVERY_MINUTES = 60
+
+
+def run_verify_level(ctl: Controller, machine: Machine, level: Level) -> dict[str, Any]:
+    """Run a scheduled restore drill of ``level``; return the run's view.
+
+    NOT AVAILABLE YET: restore drills (``recoverd verify``) are being built separately. Until
+    they are wired in here, a due verify level is recorded ``skipped`` with that reason, so the
+    log shows that no drill ran. This is the daemon's single entry point for verify levels.
+    """
+    client = ctl.policies.clients[machine.client]
+    with (
+        machine_lock(ctl.state_dir, machine),
+        recorded_run(
+            ctl.log,
+            client=client.id,
+            machine=machine.name,
+            level=level.name,
+            kind=level.kind,
+            action=level_action(level),
+            trigger="schedule",
+            engineer=client.engineer,
+        ) as run,
+    ):
+        run.outcome = Outcome(
+            "skipped", error="restore drills are not available yet (recoverd verify)"
+        )
+    return run.view
+
+
+class RepositoryGate:
+    """Writers per repository (up to its ``max_parallel``) and exclusive access for retention.
+
+    Keys are ``client/repository``. A writer slot is taken without waiting
+    (:meth:`try_write`); :meth:`exclusive`, entered by a writer, waits until it is the only
+    one, and keeps new writers out while it waits and works.
+    """
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._writers: Counter[str] = Counter()
+        self._claimed: Counter[str] = Counter()
+        """Writers waiting for, or holding, exclusive access."""
+
+    def try_write(self, key: str, limit: int | None) -> bool:
+        """Take a writer slot of ``key`` and return True, or return False if none is free."""
+        with self._changed:
+            full = limit is not None and self._writers[key] >= limit
+            if full or self._claimed[key]:
+                return False
+            self._writers[key] += 1
+            return True
+
+    def end_write(self, key: str) -> None:
+        """Give back a writer slot of ``key``."""
+        with self._changed:
+            self._writers[key] -= 1
+            self._changed.notify_all()
+
+    @contextmanager
+    def exclusive(self, key: str) -> Iterator[None]:
+        """Hold ``key`` alone for the block; the caller holds one of its writer slots."""
+        with self._changed:
+            # Step out as a writer first: two writers waiting for each other would deadlock.
+            self._writers[key] -= 1
+            self._claimed[key] += 1
+            self._changed.notify_all()
+            self._changed.wait_for(lambda: self._writers[key] == 0)
+            self._writers[key] += 1  # the caller's slot, now the only one
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._claimed[key] -= 1
+                self._changed.notify_all()
+
+    def writers(self, key: str) -> int:
+        with self._changed:
+            return self._writers[key]
+
+
+class Daemon:
+    """Runs the due levels of every machine of ``ctl``'s policies."""
+
+    def __init__(
+        self,
+        ctl: Controller,
+        *,
+        max_parallel: int = DEFAULT_MAX_PARALLEL,
+        tick_seconds: float = DEFAULT_TICK,
+        verify: Callable[[Controller, Machine, Level], dict[str, Any]] = run_verify_level,
+    ) -> None:
+        self.ctl = ctl
+        self.max_parallel = max_parallel
+        self.tick_seconds = tick_seconds
+        self.verify = verify
+        self.gate = RepositoryGate()
+        self._pool = ThreadPoolExecutor(max_parallel, thread_name_prefix="recoverd-run")
+        self._busy: dict[str, str] = {}
+        """Machines with a run in progress (qualified name -> level)."""
+        self._known: dict[str, list[Duty]] = {}
+        """Each machine's duties at the last look: reading the log again is only needed once
+        one falls due, a run of the machine ends, or the policies change."""
+        self._ended: set[str] = set()
+        """Machines whose run ended since the last look."""
+        self._held: dict[str, datetime] = {}
+        """Machines not to try again before a time: busy elsewhere, or a run that broke
+        before the log could say when to retry."""
+        self.started = 0
+        """Runs started so far (tests drive :meth:`tick` until it starts nothing more)."""
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._reload = threading.Event()
+
+    # -- one look at the schedules ---------------------------------------------------------
+
+    def tick(self) -> datetime:
+        """Start every runnable level the rules allow; return when to look again."""
+        now = clock.now()
+        duties = [
+            duty for machine in self.ctl.policies.machines() for duty in self._look(machine, now)
+        ]
+        pending = {
+            (d.machine.qualified_name, d.level.name) for d in duties if d.runnable or d.running
+        }
+        # A level others read (``of``) goes first; among equals, the longest-waiting.
+        order = sorted(
+            (d for d in duties if d.runnable),
+            key=lambda d: (d.level.of is not None, d.run_at, d.machine.qualified_name),
+        )
+        for duty in order:
+            if self._stop.is_set():
+                break
+            self._dispatch(duty, pending)
+        upcoming = [d.run_at for d in duties if d.run_at is not None and d.run_at > now]
+        return min([*upcoming, now + timedelta(seconds=self.tick_seconds)])
+
+    def _look(self, machine: Machine, now: datetime) -> list[Duty]:
+        """Return the machine's duties at ``now``, read from the log only when needed."""
+        name = machine.qualified_name
+        with self._lock:
+            ended = name in self._ended
+            self._ended.discard(name)
+        known = self._known.get(name)
+        if ended or known is None or any(d.run_at is None or d.run_at <= now for d in known):
+            timezone = self.ctl.policies.clients[machine.client].timezone
+            known = self._known[name] = machine_duties(self.ctl.log, machine, timezone, now)
+        return known
+
+    def _dispatch(self, duty: Duty, pending: set[tuple[str, str]]) -> bool:
+        machine, level = duty.machine, duty.level
+        if level.of and (machine.qualified_name, level.of) in pending:
+            return False  # its source runs first; this one follows on a later tick
+        key = None
+        repository = written_repository(level)
+        with self._lock:
+            if len(self._busy) >= self.max_parallel or machine.qualified_name in self._busy:
+                return False
+            if self._held.get(machine.qualified_name, duty.now) > duty.now:
+                return False
+            if repository is not None:
+                key = f"{machine.client}/{repository}"
+                limit = self.ctl.policies.clients[machine.client].repositories[repository]
+                if not self.gate.try_write(key, limit.max_parallel):
+                    return False
+            self._busy[machine.qualified_name] = level.name
+            self.started += 1
+        log.info("starting %s %s (%s)", machine.qualified_name, level.name, duty.reason)
+        self._pool.submit(self._run, machine, level, key)
+        return True
+
+    def _run(self, machine: Machine, level: Level, key: str | None) -> None:
+        try:
+            if level.kind == "verify":
+                views = [self.verify(self.ctl, machine, level)]
+            else:
+                views = backup_machine(
+                    self.ctl, machine, [level], trigger="schedule", exclusive=self.gate.exclusive
+                )
+            for view in views:
+                log.info(
+                    "%s %s %s: %s %s",
+                    machine.qualified_name,
+                    view["level"],
+                    view["action"],
+                    view["state"],
+                    view["error"] or "",
+                )
+        except MachineBusy as exc:  # a manual run holds it: the level stays due
+            log.info("%s; trying again in %gs", exc, self.tick_seconds)
+            self._hold(machine)
+        except RecoverdError as exc:
+            log.error("run of %s %s failed: %s", machine.qualified_name, level.name, exc)
+            self._hold(machine)
+        except Exception:
+            log.exception("run of %s %s failed", machine.qualified_name, level.name)
+            self._hold(machine)
+        finally:
+            if key is not None:
+                self.gate.end_write(key)
+            with self._lock:
+                del self._busy[machine.qualified_name]
+                self._ended.add(machine.qualified_name)
+            self._wake.set()
+
+    def _hold(self, machine: Machine) -> None:
+        with self._lock:
+            self._held[machine.qualified_name] = clock.now() + timedelta(seconds=self.tick_seconds)
+
+    # -- the loop and its signals -----------------------------------------------------------
+
+    def request_reload(self) -> None:
+        """Ask the loop to reload the policies (SIGHUP); safe in a signal handler."""
+        self._reload.set()
+        self._wake.set()
+
+    def request_stop(self) -> None:
+        """Ask the loop to stop starting runs (SIGTERM/SIGINT); safe in a signal handler."""
+        self._stop.set()
+        self._wake.set()
+
+    def reload(self) -> bool:
+        """Load and check the policies again; keep the old ones if the new ones are broken.
+
+        Return True if the new policies are in use.
+        """
+        try:
+            policies = load_policies(self.ctl.policy_dir, secret_schemes=self.ctl.secrets.schemes)
+        except PolicyError as exc:
+            log.error(
+                "policy reload refused, the previous policies stay in force: %d problem(s):\n%s",
+                len(exc.problems),
+                "\n".join(exc.problems),
+            )
+            return False
+        self.ctl.policies = policies  # replaces the cached_property's value
+        self._known.clear()
+        log.info(
+            "policies reloaded: %d client(s), %d machine(s)",
+            len(policies.clients),
+            len(policies.machines()),
+        )
+        return True
+
+    def serve(self) -> None:
+        """Run schedules until :meth:`request_stop`; running runs are left to :meth:`shutdown`."""
+        loop = schedule.Scheduler()
+        next_look = clock.now()
+        # A regular look even when nothing is due soon: a machine busy with a manual run, a
+        # clock that jumped. And the reaping of runs whose recoverd process died elsewhere.
+        loop.every(self.tick_seconds).seconds.do(self._wake.set)
+        loop.every(REAP_EVERY_MINUTES).minutes.do(self.ctl.log.reap_orphans)
+        while not self._stop.is_set():
+            if self._reload.is_set():
+                self._reload.clear()
+                self.reload()
+            now = clock.now()
+            if self._wake.is_set() or now >= next_look:
+                self._wake.clear()
+                try:
+                    next_look = self.tick()
+                except Exception:  # a bad tick (disk full, ...) must not end the daemon
+                    log.exception("looking at the schedules failed; trying again later")
+                    next_look = now + timedelta(seconds=self.tick_seconds)
+            loop.run_pending()
+            idle = loop.idle_seconds
+            until_due = (next_look - clock.now()).total_seconds()
+            self._wake.wait(max(0.0, min(until_due, idle if idle is not None else until_due)))
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Wait (real time) until no run is in progress; return False on timeout."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            with self._lock:
+                if not self._busy:
+                    return True
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            time.sleep(0.01)
+
+    def shutdown(self, grace: float) -> list[str]:
+        """Stop: let running runs finish within ``grace`` seconds, then record them interrupted.
+
+        Return the ids of the runs recorded ``interrupted`` (their threads are abandoned: the
+        caller ends the process, which closes their connections).
+        """
+        self._stop.set()
+        self._pool.shutdown(wait=False)
+        if self.wait_idle(grace):
+            return []
+        me = this_process()
+        interrupted = []
+        store = self.ctl.log.store
+        with store.transaction():
+            for start in store.open_runs():
+                owner = start.body.get("owner") or {}
+                if owner.get("pid") != os.getpid() or owner.get("since") != me["since"]:
+                    continue
+                self.ctl.log.finish(
+                    start.run_id,
+                    "interrupted",
+                    error=f"the daemon was stopped and the run did not end within {grace:g}s",
+                )
+                interrupted.append(start.run_id)
+        return interrupted

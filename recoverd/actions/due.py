@@ -1,0 +1,174 @@
+"""Where each level stands against its schedule, read from the maintenance log.
+
+The log is the only memory: a level is due when its last good run started before the latest
+slot of its schedule (for ``N hours``: longer ago than N hours), and a level that never
+succeeded is due at once. However many slots passed meanwhile (daemon down, machine asleep,
+clock jump), a due level is one run. After a failed attempt the log also says when to try
+again: soon after a transient failure (with backoff, a few times), only at the next slot after
+a permanent one; an interrupted run is redone once at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from recoverd.actions.backup import level_action
+from recoverd.controller import Controller
+from recoverd.log import MaintenanceLog, RunFilter
+from recoverd.policy.model import Level, Machine
+from recoverd.policy.schedule import Schedule
+
+GOOD_STATES = ("succeeded", "partial")
+"""A partial backup still made a restore point: the level is served until its next slot."""
+
+MAX_ATTEMPTS = 4
+"""Attempts per slot for transient failures: the first run and three retries."""
+
+RETRY_BACKOFF = (timedelta(minutes=2), timedelta(minutes=10), timedelta(minutes=30))
+"""Wait after the 1st, 2nd, 3rd failed attempt before the next one."""
+
+HISTORY = timedelta(days=40)
+"""How far back due-ness reads a machine's runs: longer than any calendar period."""
+
+OVERDUE_AFTER = timedelta(hours=1)
+"""A due level that has not run this long after its slot is overdue (``recoverd status``)."""
+
+
+def started(view: dict[str, Any]) -> datetime:
+    return datetime.fromisoformat(view["started_at"])
+
+
+def ended(view: dict[str, Any]) -> datetime:
+    return datetime.fromisoformat(view["finished_at"] or view["started_at"])
+
+
+@dataclass(frozen=True)
+class Duty:
+    """One level of one machine against its schedule at one instant.
+
+    ``run_at`` is when the daemon should start it next: at or before ``now`` when it should
+    run now, None while a run of it is in progress.
+    """
+
+    machine: Machine
+    level: Level
+    schedule: Schedule
+    now: datetime
+    last_good: dict[str, Any] | None
+    last_attempt: dict[str, Any] | None
+    due: bool
+    due_since: datetime | None
+    run_at: datetime | None
+    reason: str
+
+    @property
+    def running(self) -> bool:
+        return self.last_attempt is not None and self.last_attempt["state"] == "running"
+
+    @property
+    def runnable(self) -> bool:
+        """True when the daemon should start a run of this level now."""
+        return self.run_at is not None and self.run_at <= self.now
+
+    @property
+    def overdue(self) -> bool:
+        """True when the level is due, not running, and has waited past OVERDUE_AFTER."""
+        if not self.due or self.running:
+            return False
+        return self.due_since is None or self.now - self.due_since > OVERDUE_AFTER
+
+    @property
+    def failing(self) -> bool:
+        """True when the newest finished attempt failed or was interrupted."""
+        return self.last_attempt is not None and self.last_attempt["state"] in (
+            "failed",
+            "interrupted",
+        )
+
+
+def machine_duties(
+    log: MaintenanceLog, machine: Machine, timezone: str, now: datetime
+) -> list[Duty]:
+    """Return the duty of each scheduled level of ``machine`` (client zone ``timezone``).
+
+    One query reads the machine's recent history: everything due-ness needs lies within
+    HISTORY (or twice a long interval). Only a level with no good run in that window costs a
+    second look (one per machine), for its last good run however old.
+    """
+    levels = [lv for lv in machine.levels if lv.every]
+    schedules = {lv.name: Schedule.of(lv.every or "", timezone) for lv in levels}
+    horizon = max([HISTORY, *(2 * s.interval for s in schedules.values() if s.interval)])
+    who = {"client": machine.client, "machine": machine.name}
+    recent = log.runs(RunFilter(**who, since=now - horizon))
+    history: list[dict[str, Any]] | None = None
+    found = []
+    for level in levels:
+        runs = _runs_of(level, recent)
+        if not any(r["state"] in GOOD_STATES for r in runs):
+            history = log.runs(RunFilter(**who)) if history is None else history
+            good = [r for r in _runs_of(level, history) if r["state"] in GOOD_STATES]
+            runs = good[-1:] + runs
+        found.append(level_duty(machine, level, schedules[level.name], runs, now))
+    return found
+
+
+def _runs_of(level: Level, views: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Return the runs of ``level`` itself among a machine's ``views`` (not its retention)."""
+    action = level_action(level)
+    return [v for v in views if v["level"] == level.name and v["action"] == action]
+
+
+def level_duty(
+    machine: Machine, level: Level, schedule: Schedule, runs: list[dict[str, Any]], now: datetime
+) -> Duty:
+    """Given a level's runs (oldest first, the last good one included), return its duty."""
+    good = [r for r in runs if r["state"] in GOOD_STATES]
+    last_good = good[-1] if good else None
+    last = runs[-1] if runs else None
+
+    def duty(due: bool, due_since: datetime | None, run_at: datetime | None, why: str) -> Duty:
+        return Duty(machine, level, schedule, now, last_good, last, due, due_since, run_at, why)
+
+    if schedule.interval is None:
+        latest = schedule.latest_slot(now)
+        due = last_good is None or started(last_good) < latest
+        due_since = latest if last_good else None
+        since = latest  # attempts made for the slot that is due now
+    else:
+        due_since = started(last_good) + schedule.interval if last_good else None
+        due = due_since is None or due_since <= now
+        since = now - schedule.interval
+    if last is not None and last["state"] == "running":
+        return duty(due, due_since, None, "running")
+    if not due:
+        at = schedule.next_slot(now) if schedule.interval is None else due_since
+        return duty(False, None, at, "scheduled")
+    failed = [r for r in runs if r["state"] not in GOOD_STATES and started(r) >= since]
+    if not failed:
+        return duty(True, due_since, now, "due" if last_good else "never succeeded")
+    newest = failed[-1]
+    if newest["state"] == "interrupted" and sum(r["state"] == "interrupted" for r in failed) == 1:
+        return duty(True, due_since, now, "redo after an interrupted run")
+    transient = newest["state"] == "failed" and (newest["stats"] or {}).get("transient")
+    if transient and len(failed) < MAX_ATTEMPTS:
+        wait = RETRY_BACKOFF[min(len(failed), len(RETRY_BACKOFF)) - 1]
+        return duty(
+            True, due_since, ended(newest) + wait, f"retry {len(failed)}/{MAX_ATTEMPTS - 1}"
+        )
+    if schedule.interval is None:
+        at = schedule.next_slot(now)
+    else:
+        at = started(newest) + schedule.interval
+    return duty(True, due_since, at, f"{newest['state']}; next try at the next slot")
+
+
+def duties(ctl: Controller, now: datetime) -> list[Duty]:
+    """Return the duty of every scheduled level of every machine of ``ctl`` at ``now``."""
+    policies = ctl.policies
+    return [
+        duty
+        for machine in policies.machines()
+        for duty in machine_duties(ctl.log, machine, policies.clients[machine.client].timezone, now)
+    ]
