@@ -7,10 +7,11 @@ an argv, an SSH environment request or a log (see DESIGN.md). Everything else is
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import recoverd
@@ -39,6 +40,14 @@ from recoverd.transport import CommandOutcome, CommandRequest
 WRAPPER = (
     "IFS= read -r RESTIC_PASSWORD && IFS= read -r RESTIC_REPOSITORY && "
     'export RESTIC_PASSWORD RESTIC_REPOSITORY RESTIC_PROGRESS_FPS=1 && exec "$@"'
+)
+# The same two lines for a shell script that runs restic inside a pipeline (an image stream
+# into `restic backup --stdin`, `restic dump` into partclone): the script calls the function
+# `restic_ ARGS`, and only restic's own environment holds the password.
+SCRIPT_HEAD = (
+    "IFS= read -r p && IFS= read -r r || "
+    "{ echo 'recoverd: no credentials on stdin' >&2; exit 97; }\n"
+    'restic_() { RESTIC_PASSWORD="$p" RESTIC_REPOSITORY="$r" RESTIC_PROGRESS_FPS=1 "$0" "$@"; }\n'
 )
 MIN_VERSION = (0, 14, 0)
 MAX_LISTED = 100
@@ -196,9 +205,40 @@ class ResticEngine(Engine):
         on_stdout: Callable[[bytes], None] | None = None,
         on_stderr: Callable[[bytes], None] | None = None,
         timeout: float | None = None,
+        data: Iterable[bytes] | None = None,
     ) -> CommandOutcome:
-        """Run ``restic ARGS`` against ``repository`` on the machine and return how it ended."""
+        """Run ``restic ARGS`` against ``repository`` on the machine and return how it ended.
+
+        ``data`` (byte chunks) follows the credentials on restic's stdin: the stream of
+        ``backup --stdin``.
+        """
         argv = ["sh", "-c", WRAPPER, "recoverd-restic", self.program, *args]
+        return self.transport.run(
+            CommandRequest(
+                argv,
+                stdin=self._stdin(repository, data),
+                on_stdout=on_stdout,
+                on_stderr=on_stderr,
+                timeout=timeout,
+            )
+        )
+
+    def run_script(
+        self,
+        repository: Repository,
+        script: str,
+        args: list[str],
+        *,
+        on_stdout: Callable[[bytes], None] | None = None,
+        on_stderr: Callable[[bytes], None] | None = None,
+        timeout: float | None = None,
+    ) -> CommandOutcome:
+        """Run a POSIX sh ``script`` with positional ``args`` on the machine; in it, the shell
+        function ``restic_ ARGS`` runs restic against ``repository``. Return how it ended.
+
+        The script's stdin is empty (the credentials were read before it starts).
+        """
+        argv = ["sh", "-c", SCRIPT_HEAD + script, self.program, *args]
         return self.transport.run(
             CommandRequest(
                 argv,
@@ -208,6 +248,10 @@ class ResticEngine(Engine):
                 timeout=timeout,
             )
         )
+
+    def _stdin(self, repository: Repository, data: Iterable[bytes] | None) -> Any:
+        credentials = self._credentials(repository)
+        return credentials if data is None else itertools.chain([credentials], data)
 
     def version(self) -> tuple[int, int, int]:
         """Return restic's version on the machine. Raise ToolMissing or EngineError."""
@@ -352,6 +396,78 @@ class ResticEngine(Engine):
         if not outcome.ok:
             raise classify_failure(outcome, f"prune of {repository.name}", self.program)
         return Outcome("succeeded", None, {"duration_s": round(time.monotonic() - started, 3)})
+
+    # -- restore side ------------------------------------------------------------------------
+
+    def ls(self, repository: Repository, snapshot: str) -> list[dict[str, Any]]:
+        """Return the nodes of ``snapshot`` (``restic ls --json``: name, type, path, size,
+        mode, mtime), without the snapshot line. Raise EngineError if restic fails."""
+        nodes = []
+
+        def keep_node(line: str) -> None:
+            node = _json(line)
+            # 0.14 marks lines with struct_type, 0.17 with message_type.
+            if node and (node.get("struct_type") or node.get("message_type")) == "node":
+                nodes.append(node)
+
+        lines = LineSplitter(keep_node)
+        outcome = self.restic(repository, ["ls", "--json", snapshot], on_stdout=lines)
+        lines.flush()
+        if not outcome.ok:
+            raise classify_failure(outcome, f"list snapshot {snapshot}", self.program)
+        return nodes
+
+    def restore(
+        self,
+        repository: Repository,
+        snapshot: str,
+        target: str,
+        *,
+        on_stderr: Callable[[bytes], None] | None = None,
+    ) -> None:
+        """Restore ``snapshot`` below ``target`` on the machine (``/`` puts files back in
+        place). Raise EngineError if restic fails."""
+        args = ["restore", snapshot, "--target", target]
+        outcome = self.restic(repository, args, on_stderr=on_stderr)
+        if not outcome.ok:
+            raise classify_failure(outcome, f"restore of snapshot {snapshot}", self.program)
+
+    def dump(
+        self,
+        repository: Repository,
+        snapshot: str,
+        path: str,
+        on_stdout: Callable[[bytes], None],
+        *,
+        archive: str | None = None,
+    ) -> None:
+        """Stream ``path`` of ``snapshot`` (a folder as a ``tar`` or ``zip`` ``archive``) to
+        ``on_stdout``. Raise EngineError if restic fails."""
+        args = ["dump", *(["--archive", archive] if archive else []), snapshot, path]
+        outcome = self.restic(repository, args, on_stdout=on_stdout)
+        if not outcome.ok:
+            raise classify_failure(outcome, f"dump of {path} from {snapshot}", self.program)
+
+    def tag(self, repository: Repository, snapshot: str, add: list[str]) -> str:
+        """Add tags to ``snapshot`` and return the id of the snapshot that now carries them
+        (restic rewrites a snapshot to change its tags). Raise EngineError if restic fails."""
+        args = ["tag", *itertools.chain.from_iterable(("--add", t) for t in add), snapshot]
+        outcome = self.restic(repository, args, timeout=600)
+        if not outcome.ok:
+            raise classify_failure(outcome, f"tag snapshot {snapshot}", self.program)
+        listed = self.restic(repository, ["snapshots", "--json", "--tag", ",".join(add)])
+        if not listed.ok:
+            raise classify_failure(listed, f"find tagged snapshot {snapshot}", self.program)
+        for item in json.loads(listed.stdout or b"[]") or []:
+            if str(item.get("original") or item["id"]).startswith(snapshot):
+                return str(item["id"])
+        raise EngineError(f"snapshot {snapshot} was tagged but cannot be found again")
+
+    def forget_snapshot(self, repository: Repository, snapshot: str) -> None:
+        """Remove one snapshot (one that must not be restored from). Raise EngineError."""
+        outcome = self.restic(repository, ["forget", snapshot], timeout=600)
+        if not outcome.ok:
+            raise classify_failure(outcome, f"forget snapshot {snapshot}", self.program)
 
 
 @recoverd.hookimpl

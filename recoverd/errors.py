@@ -89,3 +89,8 @@ class Interrupted(RecoverdError):
     """The run was stopped by a signal (Ctrl-C, SIGTERM): exit 130."""
 
     exit_code = 130
+
+
+class RestoreRefused(RecoverdError):
+    """A restore was not started: its plan is unsafe, or nobody confirmed it. Nothing was
+    written."""

@@ -26,5 +26,6 @@ MODULES = (
     "recoverd.commands.inventory",
     "recoverd.commands.backup",
     "recoverd.commands.log",
+    "recoverd.commands.restore",
 )
 """The command modules, in the order their commands appear in ``recoverd --help``."""
