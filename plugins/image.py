@@ -96,7 +96,8 @@ exit 0
 """
 
 # Runs PRODUCER | tee | CONSUMER on the machine and reports, on stderr, both exit statuses and
-# the sha256 and size of what passed between them. Two FIFOs feed sha256sum and wc alongside
+# the sha256 and size of what passed between them (each report on a line of its own: dd and
+# partclone end their progress lines without a newline). Two FIFOs feed sha256sum and wc alongside
 # the consumer, with POSIX tools only (no `pipefail`, no process substitution in dash).
 STREAM = """
 t=$(mktemp -d) || exit 98
@@ -104,14 +105,14 @@ trap 'rm -rf "$t"' EXIT
 mkfifo "$t/sum" "$t/size" || exit 98
 sha256sum < "$t/sum" > "$t/sha" &
 wc -c < "$t/size" > "$t/n" &
-{{ {producer}; echo "recoverd-producer-exit $?" >&2; }} | tee "$t/sum" "$t/size" | \
-{{ {consumer}; echo "recoverd-consumer-exit $?" >&2; }}
+{{ {producer}; printf '\\nrecoverd-producer-exit %s\\n' $? >&2; }} | tee "$t/sum" "$t/size" | \
+{{ {consumer}; printf '\\nrecoverd-consumer-exit %s\\n' $? >&2; }}
 wait
 echo "recoverd-stream $(cut -c1-64 "$t/sha") $(cat "$t/n")" >&2
 """
 
 DIGEST = """
-{{ {producer}; echo "recoverd-producer-exit $?" >&2; }} | sha256sum
+{{ {producer}; printf '\\nrecoverd-producer-exit %s\\n' $? >&2; }} | sha256sum
 """
 
 PROGRESS_PCT = re.compile(r"Complete(?:d)?:\s*([\d.]+)%")
