@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import tarfile
 import threading
+from abc import abstractmethod
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
@@ -48,8 +49,9 @@ class _FilesTarget(RestoreTarget):
     kinds = ("files",)
     engine: ResticEngine
 
+    @abstractmethod
     def _root(self, request: RestoreRequest) -> str:
-        raise NotImplementedError
+        """Return the folder restic restores below (``/``: the original paths)."""
 
     @staticmethod
     def _at(root: str, path: str) -> str:

@@ -30,6 +30,7 @@ import secrets as stdlib_secrets
 import shlex
 import threading
 import time
+from abc import abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -194,7 +195,6 @@ class StreamReport:
         self.fraction: float | None = None
         self.eta_s: float | None = None
         self.bytes_done: int | None = None
-        self.restic_errors = BackupOutput(None)
         self._lines = LineSplitter(self._line)
 
     def __call__(self, chunk: bytes) -> None:
@@ -223,7 +223,6 @@ class StreamReport:
                 self.bytes_done = int(copied[1])
             self.report()
             return
-        self.restic_errors.stderr_line(line)
         if line.strip() and not line.startswith("{"):
             self.messages.append(line.strip())
 
@@ -407,17 +406,9 @@ class ImageEngine(Engine):
             f"recoverd,{tag_filter(request.client, self.machine.name, level.name)}",
         ]
         report = StreamReport(progress, info.size if fmt.format == "raw" else None)
-        parsed = BackupOutput(None)
-
-        def stdout_line(line: str) -> None:
-            parsed.stdout_line(line)
-            # restic's status lines say how much of the stream it has read.
-            if '"status"' in line and parsed.summary is None:
-                done = re.search(r'"bytes_done":(\d+)', line)
-                if done:
-                    report.report(int(done[1]))
-
-        out = LineSplitter(stdout_line)
+        # restic's status lines say how much of the stream it has read.
+        parsed = BackupOutput(lambda seen: report.report(seen.bytes_done))
+        out = LineSplitter(parsed.stdout_line)
         if level.via == "controller":
             stream = self._pull_into(
                 restic, request.repository, fmt.clone(device), args, out, report
@@ -758,11 +749,13 @@ class _ImageTarget(RestoreTarget):
     engine: ImageEngine
     new_file = False
 
+    @abstractmethod
     def _destination(self, request: RestoreRequest) -> str:
-        raise NotImplementedError
+        """Return where the image goes. Raise UsageError if the request does not say."""
 
+    @abstractmethod
     def _refusal(self, request: RestoreRequest, info: DeviceInfo, needed: int) -> str | None:
-        raise NotImplementedError
+        """Return why ``info`` cannot take an image that needs ``needed`` bytes, or None."""
 
     def plan(self, request: RestoreRequest) -> RestorePlan:
         """Return the plan: which image goes to which device or file, how big it is, and a
@@ -864,8 +857,11 @@ class ImageToFile(_ImageTarget):
     new_file = True
 
     def _destination(self, request: RestoreRequest) -> str:
-        if not request.destination:
-            raise UsageError("restoring an image to a file needs --to PATH")
+        if not request.destination or not request.destination.startswith("/"):
+            raise UsageError(
+                f"restoring an image to a file needs --to with an absolute path on the machine "
+                f"(got {request.destination!r})"
+            )
         return request.destination
 
     def _refusal(self, request: RestoreRequest, info: DeviceInfo, needed: int) -> str | None:

@@ -292,6 +292,27 @@ def test_image_of_a_device_mounted_read_write_is_refused(
     assert f"{device} is mounted read-write" in run["error"] and "allow_mounted" in run["error"]
 
 
+def test_failed_image_is_recorded_failed_and_its_partial_snapshot_forgotten(
+    site: Site, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # An ext4 file system cut short: partclone streams what it can read, then fails.
+    broken = site.root / "broken.img"
+    broken.write_bytes(site.disk.read_bytes()[: 8 * 1024 * 1024])
+    site.write_policy(
+        '\n[[machines.ws-042.levels]]\nname = "broken"\nkind = "image"\n'
+        f'repository = "nas"\ndevice = "{broken}"\n'
+    )
+    try:
+        assert site.recoverd("backup", "ws-042", "--level", "broken") == 1
+        run = site.runs(capsys)[-1]
+        assert run["state"] == "failed"
+        assert "partclone.extfs failed with exit status 1" in run["error"]
+        assert site.recoverd("snapshots", "ws-042", "--level", "broken", "--json") == 0
+        assert json.loads(capsys.readouterr().out) == []
+    finally:
+        site.write_policy()
+
+
 def test_allow_mounted_takes_a_crash_consistent_image(
     site: Site, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
