@@ -31,6 +31,7 @@ import shlex
 import threading
 import time
 from abc import abstractmethod
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -191,20 +192,33 @@ class StreamReport:
         self.progress = progress
         self.bytes_total = bytes_total
         self.markers: dict[str, str] = {}
-        self.messages: list[str] = []
+        self.messages: deque[str] = deque(maxlen=50)
         self.fraction: float | None = None
         self.eta_s: float | None = None
         self.bytes_done: int | None = None
-        self._lines = LineSplitter(self._line)
+        self._lock = threading.RLock()
+        self._sources: list[LineSplitter] = []
+        self._main = self.source()
+
+    def source(self) -> Callable[[bytes], None]:
+        """Return a consumer for one more stderr stream (each keeps its own partial line)."""
+        lines = LineSplitter(self._line)
+        self._sources.append(lines)
+        # partclone and dd redraw their progress with carriage returns.
+        return lambda chunk: lines(chunk.replace(b"\r", b"\n"))
 
     def __call__(self, chunk: bytes) -> None:
-        # partclone and dd redraw their progress with carriage returns.
-        self._lines(chunk.replace(b"\r", b"\n"))
+        self._main(chunk)
 
     def flush(self) -> None:
-        self._lines.flush()
+        for lines in self._sources:
+            lines.flush()
 
     def _line(self, line: str) -> None:
+        with self._lock:  # two commands' stderr may arrive on two threads
+            self._take(line)
+
+    def _take(self, line: str) -> None:
         marker = MARKER.match(line)
         if marker:
             self.markers[marker[1]] = marker[2]
@@ -227,6 +241,11 @@ class StreamReport:
             self.messages.append(line.strip())
 
     def report(self, bytes_done: int | None = None) -> None:
+        """Pass on how far the stream is (``bytes_done`` if the caller counted it)."""
+        with self._lock:
+            self._report(bytes_done)
+
+    def _report(self, bytes_done: int | None) -> None:
         if bytes_done is not None:
             self.bytes_done = bytes_done
         if self.progress is None:
@@ -249,7 +268,8 @@ class StreamReport:
         return int(value) if value.strip().lstrip("-").isdigit() else None
 
     def tail(self) -> str:
-        return redact(" / ".join(self.messages[-3:])) or "no message"
+        """The last few messages, secrets masked, for an error."""
+        return redact(" / ".join(list(self.messages)[-3:])) or "no message"
 
 
 def _image_tags(snapshot: Snapshot) -> dict[str, str]:
@@ -534,12 +554,13 @@ class ImageEngine(Engine):
         the stream passes through a bounded queue, so a slow restic slows the SSH reader."""
         chunks = ByteQueue()
         digest = StreamDigest(on_bytes=report.report)
+        machine_side = report.source()
         pulled: dict[str, Any] = {}
 
         def pull() -> None:
             try:
                 pulled["outcome"] = self.transport.run(
-                    CommandRequest(producer, on_stdout=chunks.put, on_stderr=report)
+                    CommandRequest(producer, on_stdout=chunks.put, on_stderr=machine_side)
                 )
             except StreamAborted:
                 pulled["outcome"] = CommandOutcome(None, signal="PIPE")
@@ -613,12 +634,13 @@ class ImageEngine(Engine):
         """Dump with restic on the controller and stream it into ``consumer`` on the machine."""
         chunks = ByteQueue()
         digest = StreamDigest(on_bytes=report.report)
+        controller_side = report.source()
         dumped: dict[str, Any] = {}
 
         def dump() -> None:
             try:
                 dumped["outcome"] = restic.restic(
-                    repository, restic_args, on_stdout=chunks.put, on_stderr=report
+                    repository, restic_args, on_stdout=chunks.put, on_stderr=controller_side
                 )
             except StreamAborted:
                 dumped["outcome"] = CommandOutcome(None, signal="PIPE")

@@ -267,6 +267,24 @@ def test_restore_image_to_too_small_device_refuses_before_writing(
     assert len(site.runs(capsys)) == before  # nothing happened, nothing recorded
 
 
+def test_restore_onto_a_mounted_device_refuses_before_writing(
+    site: Site, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # No mounts in tests: the probe reports the target mounted, as it would a real one.
+    real_probe = ImageEngine.probe
+
+    def mounted_probe(self: ImageEngine, path: str) -> DeviceInfo:
+        info = real_probe(self, path)
+        return DeviceInfo(info.path, info.kind, info.size, info.fstype, (("ro", "/mnt"),), True)
+
+    monkeypatch.setattr(ImageEngine, "probe", mounted_probe)
+    target = site.root / "mounted.img"
+    target.write_bytes(bytes(64 * 1024 * 1024))
+    assert site.recoverd("restore", "ws-042", "--device", str(target), "--yes") == 1
+    assert f"{target} is mounted on /mnt" in capsys.readouterr().err
+    assert target.read_bytes() == bytes(64 * 1024 * 1024)
+
+
 def test_image_of_a_device_mounted_read_write_is_refused(
     site: Site, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -380,6 +398,11 @@ def test_dry_run_and_missing_terminal_change_nothing(
     assert site.recoverd("restore", "ws-042", "--in-place", "--dry-run") == 0
     out = capsys.readouterr().out
     assert "dry run: nothing was changed" in out and "wang/notes.txt" in out
+    assert site.recoverd("restore", "ws-042", "--in-place", "--dry-run", "--json") == 0
+    (line,) = capsys.readouterr().out.splitlines()
+    plan = json.loads(line)["plan"]
+    assert plan["target"] == "files-in-place" and plan["level"] == "nightly"
+    assert plan["replaced"] == [str(site.home / "wang/notes.txt")]
     # pytest's stdin is no terminal: without --yes nothing may be overwritten.
     assert site.recoverd("restore", "ws-042", "--in-place") == 1
     assert "pass --yes" in capsys.readouterr().err
