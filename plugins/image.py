@@ -455,15 +455,17 @@ class ImageEngine(Engine):
                 (producer, fmt.program or "cat"),
                 (consumer, "restic"),
             )
+        seconds = max(stream.seconds, 1e-6)
         tags = [
             f"image-sha256={stream.sha256}",
             f"image-size={stream.size}",
             f"image-format={fmt.format}",
             f"image-fs={fmt.fstype or ''}",
             f"image-device-size={info.size or ''}",
+            f"image-duration-s={stream.seconds:.1f}",
+            f"image-throughput-bytes-s={int(stream.size / seconds)}",
         ]
         snapshot = restic.tag(request.repository, summary["snapshot_id"], tags)
-        seconds = max(stream.seconds, 1e-6)
         stats = {
             "device": level.device,
             "imaged_device": device,

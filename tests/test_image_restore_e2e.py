@@ -10,7 +10,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pty
+import select
 import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -206,6 +209,10 @@ def test_image_backup_records_size_sha256_and_throughput_in_log_and_tags(
     )
     tags = json.loads(listed.stdout)[0]["tags"]
     assert f"image-sha256={expected}" in tags and "image-format=pcl" in tags
+    stats = runs["weekly-image"]["stats"]
+    assert f"image-size={stats['image_size']}" in tags
+    assert f"image-throughput-bytes-s={stats['throughput_bytes_s']}" in tags
+    assert any(t.startswith("image-duration-s=") for t in tags)
 
 
 def test_restore_image_in_place_after_zeroing_the_disk(
@@ -409,6 +416,53 @@ def test_dry_run_and_missing_terminal_change_nothing(
     assert tree_digest(site.home, site.disk, site.raw) == before
     assert len(site.runs(capsys)) == runs_before
     site.write_home()
+
+
+def restore_on_a_terminal(site: Site, answer: bytes, *argv: str) -> tuple[int, str]:
+    """Run `recoverd restore` with a pseudo-terminal as stdin and stderr, answer the
+    question, and return the exit code and what the terminal showed."""
+    controller, terminal = pty.openpty()
+    command = [sys.executable, "-c", "import sys; from recoverd.cli import main; sys.exit(main())"]
+    process = subprocess.Popen(
+        [
+            *command,
+            "restore",
+            "ws-042",
+            *argv,
+            "--policies",
+            str(site.policies),
+            "--state",
+            str(site.state),
+        ],
+        stdin=terminal,
+        stdout=subprocess.PIPE,
+        stderr=terminal,
+        env={**os.environ, "TEST_IMAGE_PASSWORD": PASSWORD},
+    )
+    os.close(terminal)
+    shown = b""
+    try:
+        while b"[y/N]" not in shown:
+            ready, _, _ = select.select([controller], [], [], 60)
+            assert ready, f"no question within 60 s; the terminal showed {shown!r}"
+            shown += os.read(controller, 4096)
+        os.write(controller, answer)
+        process.stdout.read()  # type: ignore[union-attr]
+        code = process.wait(timeout=120)
+    finally:
+        process.kill()
+        os.close(controller)
+    return code, shown.decode(errors="replace")
+
+
+def test_restore_asks_on_a_terminal_and_no_changes_nothing(site: Site) -> None:
+    (site.home / "wang/notes.txt").write_bytes(b"edited since the backup")
+    code, shown = restore_on_a_terminal(site, b"n\n", "--in-place")
+    assert code == 1 and "Restore now?" in shown
+    assert (site.home / "wang/notes.txt").read_bytes() == b"edited since the backup"
+    code, _ = restore_on_a_terminal(site, b"y\n", "--in-place")
+    assert code == 0
+    assert (site.home / "wang/notes.txt").read_bytes() == HOME_FILES["wang/notes.txt"]
 
 
 def test_restore_that_fails_verification_is_recorded_failed(

@@ -193,9 +193,7 @@ def machine_card(ctl: Controller, machine: Machine) -> dict[str, Any]:
         ],
         "restore_points": points,
         "restore_default": machine.restore,
-        "restore_command": shlex.join(
-            ["recoverd", "restore", name, "--symptom", "...", "--reported-by", "..."]
-        ),
+        "restore_command": shlex.join(["recoverd", "restore", name]),
         "restores": next((p for p in points if p["kind"] == default), None),
     }
 
@@ -242,12 +240,13 @@ def cmd_card(ctl: Controller, args: argparse.Namespace) -> int:
     else:
         print("  none recorded yet")
     print(f"\nOne-click restore ({card['restore_default']}):")
-    print(f"  {card['restore_command']}")
+    print(f'  {card["restore_command"]} --symptom "..." --reported-by "..."')
     chosen = card["restores"]
     if chosen:
         print(
             f"  restores snapshot {chosen['snapshot']} of level {chosen['level']} "
-            f"({local_time(chosen['time'], zone)}) unless --snapshot says otherwise"
+            f"({local_time(chosen['time'], zone)}) unless --snapshot says otherwise; "
+            "it shows the plan and asks before writing"
         )
     return 0
 
