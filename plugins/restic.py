@@ -417,18 +417,11 @@ class ResticEngine(Engine):
             raise classify_failure(outcome, f"list snapshot {snapshot}", self.program)
         return nodes
 
-    def restore(
-        self,
-        repository: Repository,
-        snapshot: str,
-        target: str,
-        *,
-        on_stderr: Callable[[bytes], None] | None = None,
-    ) -> None:
+    def restore(self, repository: Repository, snapshot: str, target: str) -> None:
         """Restore ``snapshot`` below ``target`` on the machine (``/`` puts files back in
         place). Raise EngineError if restic fails."""
         args = ["restore", snapshot, "--target", target]
-        outcome = self.restic(repository, args, on_stderr=on_stderr)
+        outcome = self.restic(repository, args)
         if not outcome.ok:
             raise classify_failure(outcome, f"restore of snapshot {snapshot}", self.program)
 

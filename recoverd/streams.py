@@ -26,10 +26,10 @@ class StreamAborted(Exception):
 class ByteQueue:
     """A bounded queue of byte chunks from one thread to another.
 
-    The writer calls :meth:`put` for each chunk and :meth:`close` at the end (with the error
-    that ended it early, if any). The reader iterates (``for chunk in q``) or calls
-    :meth:`read`. :meth:`abort` from the reader makes the next ``put`` raise StreamAborted, so
-    that a writer never waits forever for a reader that is gone.
+    The writer calls :meth:`put` for each chunk and :meth:`close` at the end. The reader
+    iterates (``for chunk in q``) or calls :meth:`read`. :meth:`abort` from the reader makes
+    the next ``put`` raise StreamAborted, so that a writer never waits forever for a reader
+    that is gone.
     """
 
     def __init__(self, max_chunks: int = 64) -> None:
@@ -52,12 +52,11 @@ class ByteQueue:
             except queue.Full:
                 continue
 
-    def close(self, error: BaseException | None = None) -> None:
-        """End the stream; a reader sees ``error`` (if given) raised after the last chunk."""
-        item = _END if error is None else error
+    def close(self) -> None:
+        """End the stream: the reader gets what was put, then the end."""
         while not self._aborted.is_set():
             try:
-                self._queue.put(item, timeout=0.5)
+                self._queue.put(_END, timeout=0.5)
                 return
             except queue.Full:
                 continue
@@ -77,9 +76,6 @@ class ByteQueue:
             if item is _END:
                 self._ended = True
                 return
-            if isinstance(item, BaseException):
-                self._ended = True
-                raise item
             yield item  # type: ignore[misc]
 
     def read(self, size: int = -1) -> bytes:
