@@ -338,6 +338,17 @@ def test_failed_image_is_recorded_failed_and_its_partial_snapshot_forgotten(
         site.write_policy()
 
 
+def test_wrong_password_fails_both_image_routes_with_the_reason(
+    site: Site, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TEST_IMAGE_PASSWORD", "not-the-password")
+    for level in ("weekly-image", "agentless-image"):
+        assert site.recoverd("backup", "ws-042", "--level", level) == 1
+        run = site.runs(capsys)[-1]
+        assert (run["level"], run["state"]) == (level, "failed")
+        assert "wrong repository password" in run["error"]
+
+
 def test_allow_mounted_takes_a_crash_consistent_image(
     site: Site, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
