@@ -2,7 +2,7 @@
 
 Too slow for the test suite's budget (about a minute or more on 2 cores), so it is a script:
 
-    .venv/bin/python bench/image_stream.py [--gib 3]
+    .venv/bin/python bench/image_stream.py [--gib 3] [--via controller|machine]
 
 It starts a throwaway sshd on 127.0.0.1, makes a sparse file of N GiB with a little data in it
 (raw: no file system), images it with ``via = "controller"`` (the stream is pulled through the
@@ -49,7 +49,7 @@ name = "image"
 kind = "image"
 repository = "local"
 device = "{root}/disk.raw"
-via = "controller"
+via = "{via}"
 """
 
 
@@ -92,7 +92,7 @@ def baseline(root: Path, disk: Path) -> float:
     return time.monotonic() - started
 
 
-def run(gib: float) -> int:
+def run(gib: float, via: str) -> int:
     size = int(gib * (1 << 30))
     os.environ["BENCH_PASSWORD"] = PASSWORD
     with tempfile.TemporaryDirectory(prefix="recoverd-bench-") as tmp, ThrowawaySSHD() as sshd:
@@ -103,6 +103,7 @@ def run(gib: float) -> int:
                 port=sshd.port,
                 identity=sshd.client_key,
                 host_key=sshd.host_key_line,
+                via=via,
             )
         )
         disk = root / "disk.raw"
@@ -130,8 +131,8 @@ def run(gib: float) -> int:
         base_s = baseline(root, disk)
 
     mib = size / (1 << 20)
-    print(f"stream of {gib:g} GiB (sparse, raw), through the SSH channel of a throwaway sshd")
-    print(f"  image via controller:   {image_s:7.1f} s  {mib / image_s:7.1f} MiB/s (whole command)")
+    print(f"stream of {gib:g} GiB (sparse, raw), via {via}, throwaway sshd on 127.0.0.1")
+    print(f"  image:                  {image_s:7.1f} s  {mib / image_s:7.1f} MiB/s (whole command)")
     print(
         f"    stream (recorded):    {image['stats']['duration_s']:7.1f} s  "
         f"{image['stats']['throughput_bytes_s'] / (1 << 20):7.1f} MiB/s"
@@ -147,4 +148,11 @@ def run(gib: float) -> int:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--gib", type=float, default=3.0, help="size of the image (default 3)")
-    sys.exit(run(parser.parse_args().gib))
+    parser.add_argument(
+        "--via",
+        choices=("controller", "machine"),
+        default="controller",
+        help="where restic runs (default controller: the stream crosses the SSH channel)",
+    )
+    args = parser.parse_args()
+    sys.exit(run(args.gib, args.via))
