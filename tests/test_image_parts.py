@@ -1,4 +1,4 @@
-"""The image plugin's parts that need no repository: LVM snapshot commands, stream queues."""
+"""Parts that need no repository: LVM snapshot commands, stream queues, target choice."""
 
 from __future__ import annotations
 
@@ -8,11 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from recoverd.errors import EngineError
+import recoverd
+from recoverd.actions.restore import target_class
+from recoverd.controller import Controller
+from recoverd.errors import EngineError, UsageError
+from recoverd.plugins import Kind, PluginHost
 from recoverd.policy.model import Level, Machine
 from recoverd.secrets import SecretResolver
 from recoverd.streams import ByteQueue, StreamAborted
-from recoverd_plugins.image import ImageFormat, LvmSnapshot
+from recoverd_plugins.files_restore import FilesInPlace, FilesToPath
+from recoverd_plugins.image import ImageFormat, ImageToDevice, LvmSnapshot
 from recoverd_plugins.local import LocalTransport
 
 FAKE_LVM = """#!/bin/sh
@@ -107,3 +112,27 @@ def test_byte_queue_abort_stops_a_waiting_writer() -> None:
     queue.abort()
     writer.join(5)
     assert not writer.is_alive() and failed
+
+
+class _OwnTarget(FilesInPlace):
+    name = "own-files-in-place"
+
+
+class _OwnTargetPlugin:
+    @recoverd.hookimpl
+    def recoverd_add_restore_targets(self, register: Kind) -> None:
+        register.add(_OwnTarget.name, _OwnTarget)
+
+
+def test_target_class_prefers_a_third_party_target_over_the_built_in(tmp_path: Path) -> None:
+    plugins = PluginHost(extra=[("own", _OwnTargetPlugin())])
+    ctl = Controller(tmp_path, tmp_path, plugins)
+    files = Level(name="nightly", kind="files")
+    image = Level(name="weekly", kind="image", device="/dev/sda2")
+    assert target_class(ctl, files, "in-place") is _OwnTarget
+    assert target_class(ctl, files, "path") is FilesToPath
+    assert target_class(ctl, image, "in-place") is ImageToDevice
+    with pytest.raises(
+        UsageError, match="no restore target restores files snapshots with --device"
+    ):
+        target_class(ctl, files, "device")

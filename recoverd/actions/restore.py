@@ -77,11 +77,12 @@ def restore_level(machine: Machine, order: RestoreOrder) -> Level:
 
 
 def target_class(ctl: Controller, level: Level, destination_kind: str) -> type[RestoreTarget]:
-    """Return the restore target plugin for this kind of level and destination.
+    """Return the restore target plugin for this kind of level and destination; of several,
+    the one registered last (third-party plugins register after the built-ins).
 
     Raise UsageError if no loaded plugin restores it there.
     """
-    for cls in ctl.plugins["restore_targets"].entries.values():
+    for cls in reversed(ctl.plugins["restore_targets"].entries.values()):
         if level.kind in cls.kinds and destination_kind in cls.destinations:
             return cls  # type: ignore[no-any-return]
     options = {"device": "--device", "path": "--to", "in-place": "--in-place"}
