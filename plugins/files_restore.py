@@ -26,9 +26,6 @@ from recoverd.streams import ByteQueue, StreamAborted
 from recoverd.transport import CommandRequest
 from recoverd_plugins.restic import ResticEngine
 
-MAX_LISTED = 100
-"""Paths named in a plan or a record at most (counts are always exact)."""
-
 
 class NulRecords:
     """Feed byte chunks, get NUL-terminated records passed to ``on_record``."""

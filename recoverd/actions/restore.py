@@ -76,19 +76,26 @@ def restore_level(machine: Machine, order: RestoreOrder) -> Level:
     return level
 
 
-def target_class(ctl: Controller, level: Level, destination_kind: str) -> type[RestoreTarget]:
-    """Return the restore target plugin for this kind of level and destination; of several,
-    the one registered last (third-party plugins register after the built-ins).
+def target_class(
+    ctl: Controller, level: Level, destination_kind: str, os_family: str = "posix"
+) -> type[RestoreTarget]:
+    """Return the restore target plugin for this kind of level and destination on this kind
+    of machine; of several, the one registered last (third-party plugins register after the
+    built-ins).
 
     Raise UsageError if no loaded plugin restores it there.
     """
     for cls in reversed(ctl.plugins["restore_targets"].entries.values()):
-        if level.kind in cls.kinds and destination_kind in cls.destinations:
+        if (
+            level.kind in cls.kinds
+            and destination_kind in cls.destinations
+            and os_family in cls.os_families
+        ):
             return cls  # type: ignore[no-any-return]
     options = {"device": "--device", "path": "--to", "in-place": "--in-place"}
     raise UsageError(
         f"no restore target restores {level.kind} snapshots with {options[destination_kind]} "
-        "(see `recoverd plugins`)"
+        f"on {os_family} machines (see `recoverd plugins`)"
     )
 
 
@@ -144,7 +151,8 @@ class PreparedRestore(AbstractContextManager["PreparedRestore"]):
         self.machine = ctl.policies.find_machine(order.machine)
         self.client = ctl.policies.clients[self.machine.client]
         self.level = restore_level(self.machine, order)
-        self.target_cls = target_class(ctl, self.level, order.destination_kind)
+        os_family = ctl.plugins["transports"].get(self.machine.transport).os_family
+        self.target_cls = target_class(ctl, self.level, order.destination_kind, os_family)
         self.transport: Transport = ctl.transport(self.machine)
         self.transport.connect()
         try:
