@@ -130,12 +130,13 @@ class _FilesTarget(RestoreTarget):
         self.engine.restore(request.repository, request.snapshot.id, root)
         return {"files_restored": plan.files_total, "bytes_restored": plan.bytes_total}
 
-    def verify(self, request: RestoreRequest, plan: RestorePlan) -> Verification:
+    def verify(
+        self, request: RestoreRequest, plan: RestorePlan, progress: ProgressCallback | None
+    ) -> Verification:
         """Hash every restored file on the machine and compare with the snapshot's content."""
         root = plan.details["restore_root"]
-        expected = {
-            self._at(root, path): digest for path, digest in self._snapshot_hashes(request).items()
-        }
+        snapshot = self._snapshot_hashes(request, plan, progress)
+        expected = {self._at(root, path): digest for path, digest in snapshot.items()}
         found = self._hashes(list(expected))
         mismatches = []
         for path, digest in expected.items():
@@ -145,17 +146,26 @@ class _FilesTarget(RestoreTarget):
                 mismatches.append(f"{path}: sha256 differs from the snapshot")
         return Verification("sha256 of every file against restic dump", len(expected), mismatches)
 
-    def _snapshot_hashes(self, request: RestoreRequest) -> dict[str, str]:
+    def _snapshot_hashes(
+        self, request: RestoreRequest, plan: RestorePlan, progress: ProgressCallback | None
+    ) -> dict[str, str]:
         """Return path -> sha256 of every regular file in the snapshot, read from the
         repository as a tar stream (``restic dump``) and hashed on the controller."""
         chunks = ByteQueue()
         dumped: dict[str, BaseException] = {}
+        seen = [0]
+
+        def put(chunk: bytes) -> None:
+            chunks.put(chunk)
+            seen[0] += len(chunk)
+            if progress is not None:
+                # tar headers make the stream a little longer than the files themselves.
+                done = min(seen[0], plan.bytes_total or seen[0])
+                progress(Progress(bytes_done=done, bytes_total=plan.bytes_total))
 
         def dump() -> None:
             try:
-                self.engine.dump(
-                    request.repository, request.snapshot.id, "/", chunks.put, archive="tar"
-                )
+                self.engine.dump(request.repository, request.snapshot.id, "/", put, archive="tar")
             except StreamAborted:
                 pass  # the reader failed; its own error is raised below
             except BaseException as exc:

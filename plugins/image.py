@@ -673,13 +673,15 @@ class ImageEngine(Engine):
         report.markers["consumer-exit"] = str(outcome.exit_status)
         return StreamResult(digest.size, digest.sha256, digest.seconds)
 
-    def image_digest(self, path: str, facts: dict[str, Any]) -> str:
+    def image_digest(
+        self, path: str, facts: dict[str, Any], progress: ProgressCallback | None = None
+    ) -> str:
         """Return the sha256 of the image stream of ``path`` taken as the snapshot's was
         (partclone of the same file system, or the first ``size`` bytes raw)."""
         fmt = ImageFormat.for_fstype(facts["fstype"]) if facts["format"] == "pcl" else None
         fmt = fmt or ImageFormat("raw", None, None)
         producer = fmt.clone(path, None if fmt.program else facts["size"])
-        report = StreamReport(None, None)
+        report = StreamReport(progress, None)
         script = DIGEST.format(producer=shlex.join(producer))
         outcome = self.transport.run(
             CommandRequest(["sh", "-c", script], on_stderr=report, timeout=None)
@@ -835,10 +837,12 @@ class _ImageTarget(RestoreTarget):
             "write_s": round(stream.seconds, 3),
         }
 
-    def verify(self, request: RestoreRequest, plan: RestorePlan) -> Verification:
+    def verify(
+        self, request: RestoreRequest, plan: RestorePlan, progress: ProgressCallback | None
+    ) -> Verification:
         """Image the destination again and compare its sha256 with the recorded one."""
         facts = image_facts(request.snapshot)
-        found = self.engine.image_digest(plan.destination, facts)
+        found = self.engine.image_digest(plan.destination, facts, progress)
         mismatches = []
         if found != facts["sha256"]:
             mismatches.append(

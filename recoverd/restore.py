@@ -105,7 +105,9 @@ class RestoreTarget(ABC):
         ``files_restored``, ...). Raise EngineError or TransportError on failure."""
 
     @abstractmethod
-    def verify(self, request: RestoreRequest, plan: RestorePlan) -> Verification:
+    def verify(
+        self, request: RestoreRequest, plan: RestorePlan, progress: ProgressCallback | None
+    ) -> Verification:
         """Compare what is now at the destination with the snapshot and return the result.
 
         Raise EngineError or TransportError if the comparison itself cannot run.

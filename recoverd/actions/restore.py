@@ -206,7 +206,7 @@ class PreparedRestore(AbstractContextManager["PreparedRestore"]):
             stats.update(self.target.write(self.request, plan, progress))
             stats["restore_s"] = round(time.monotonic() - started, 3)
             checked = time.monotonic()
-            verification = self.target.verify(self.request, plan)
+            verification = self.target.verify(self.request, plan, progress)
             stats["verify_s"] = round(time.monotonic() - checked, 3)
             stats["duration_s"] = stats["time_to_restore_s"] = round(time.monotonic() - started, 3)
             stats["verification"] = "passed" if verification.ok else "failed"
