@@ -42,7 +42,7 @@ def fake_lvm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return log
 
 
-def test_lvm_snapshot_creates_images_and_removes_a_snapshot_volume(fake_lvm: Path) -> None:
+def test_lvm_snapshot_creates_and_then_removes_a_snapshot_volume(fake_lvm: Path) -> None:
     level = Level(name="weekly image", kind="image", device="/dev/mapper/vg0-home", snapshot="lvm")
     transport = LocalTransport(
         Machine(name="srv", client="acme", transport="local"), SecretResolver({})
