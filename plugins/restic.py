@@ -7,10 +7,11 @@ an argv, an SSH environment request or a log (see DESIGN.md). Everything else is
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import recoverd
@@ -54,6 +55,14 @@ def sh_wrapper(variables: tuple[str, ...]) -> str:
 
 
 WRAPPER = sh_wrapper(CREDENTIAL_VARIABLES)
+# The same two lines for a shell script that runs restic inside a pipeline (an image stream
+# into `restic backup --stdin`, `restic dump` into partclone): the script calls the function
+# `restic_ ARGS`, and only restic's own environment holds the password.
+SCRIPT_HEAD = (
+    "IFS= read -r p && IFS= read -r r || "
+    "{ echo 'recoverd: no credentials on stdin' >&2; exit 97; }\n"
+    'restic_() { RESTIC_PASSWORD="$p" RESTIC_REPOSITORY="$r" RESTIC_PROGRESS_FPS=1 "$0" "$@"; }\n'
+)
 MIN_VERSION = (0, 14, 0)
 SUBFOLDER_VERSION = (0, 16, 0)
 """restic understands ``SNAPSHOT:/sub/folder`` from this version on."""
@@ -238,19 +247,49 @@ class ResticEngine(Engine):
         on_stderr: Callable[[bytes], None] | None = None,
         timeout: float | None = None,
         from_repository: Repository | None = None,
+        data: Iterable[bytes] | None = None,
     ) -> CommandOutcome:
         """Run ``restic ARGS`` against ``repository`` on the machine and return how it ended.
 
         ``from_repository`` is the source of a ``restic copy``; its credentials travel on
-        stdin too.
+        stdin too. ``data`` (byte chunks) follows the credentials on restic's stdin: the stream
+        of ``backup --stdin``.
         """
-        variables, stdin = CREDENTIAL_VARIABLES, self._credentials(repository)
+        variables, credentials = CREDENTIAL_VARIABLES, self._credentials(repository)
         if from_repository is not None:
-            variables, stdin = COPY_VARIABLES, stdin + self._credentials(from_repository)
+            variables = COPY_VARIABLES
+            credentials += self._credentials(from_repository)
+        stdin = credentials if data is None else itertools.chain([credentials], data)
         return self.transport.run(
             CommandRequest(
                 self.command(args, variables),
                 stdin=stdin,
+                on_stdout=on_stdout,
+                on_stderr=on_stderr,
+                timeout=timeout,
+            )
+        )
+
+    def run_script(
+        self,
+        repository: Repository,
+        script: str,
+        args: list[str],
+        *,
+        on_stdout: Callable[[bytes], None] | None = None,
+        on_stderr: Callable[[bytes], None] | None = None,
+        timeout: float | None = None,
+    ) -> CommandOutcome:
+        """Run a POSIX sh ``script`` with positional ``args`` on the machine; in it, the shell
+        function ``restic_ ARGS`` runs restic against ``repository``. Return how it ended.
+
+        The script's stdin is empty (the credentials were read before it starts).
+        """
+        argv = ["sh", "-c", SCRIPT_HEAD + script, self.program, *args]
+        return self.transport.run(
+            CommandRequest(
+                argv,
+                stdin=self._credentials(repository),
                 on_stdout=on_stdout,
                 on_stderr=on_stderr,
                 timeout=timeout,
@@ -491,6 +530,63 @@ class ResticEngine(Engine):
             "repository_created": created,
         }
         return Outcome("succeeded", saved[-1] if saved else None, stats)
+
+    # -- restore side ------------------------------------------------------------------------
+
+    def ls(self, repository: Repository, snapshot: str) -> list[dict[str, Any]]:
+        """Return the nodes of ``snapshot`` (``restic ls --json``: name, type, path, size,
+        mode, mtime), without the snapshot line. Raise EngineError if restic fails."""
+        nodes = []
+
+        def keep_node(line: str) -> None:
+            node = _json(line)
+            # 0.14 marks lines with struct_type, 0.17 with message_type.
+            if node and (node.get("struct_type") or node.get("message_type")) == "node":
+                nodes.append(node)
+
+        lines = LineSplitter(keep_node)
+        outcome = self.restic(repository, ["ls", "--json", snapshot], on_stdout=lines)
+        lines.flush()
+        if not outcome.ok:
+            raise classify_failure(outcome, f"list snapshot {snapshot}", self.program)
+        return nodes
+
+    def dump(
+        self,
+        repository: Repository,
+        snapshot: str,
+        path: str,
+        on_stdout: Callable[[bytes], None],
+        *,
+        archive: str | None = None,
+    ) -> None:
+        """Stream ``path`` of ``snapshot`` (a folder as a ``tar`` or ``zip`` ``archive``) to
+        ``on_stdout``. Raise EngineError if restic fails."""
+        args = ["dump", *(["--archive", archive] if archive else []), snapshot, path]
+        outcome = self.restic(repository, args, on_stdout=on_stdout)
+        if not outcome.ok:
+            raise classify_failure(outcome, f"dump of {path} from {snapshot}", self.program)
+
+    def tag(self, repository: Repository, snapshot: str, add: list[str]) -> str:
+        """Add tags to ``snapshot`` and return the id of the snapshot that now carries them
+        (restic rewrites a snapshot to change its tags). Raise EngineError if restic fails."""
+        args = ["tag", *itertools.chain.from_iterable(("--add", t) for t in add), snapshot]
+        outcome = self.restic(repository, args, timeout=600)
+        if not outcome.ok:
+            raise classify_failure(outcome, f"tag snapshot {snapshot}", self.program)
+        listed = self.restic(repository, ["snapshots", "--json", "--tag", ",".join(add)])
+        if not listed.ok:
+            raise classify_failure(listed, f"find tagged snapshot {snapshot}", self.program)
+        for item in json.loads(listed.stdout or b"[]") or []:
+            if str(item.get("original") or item["id"]).startswith(snapshot):
+                return str(item["id"])
+        raise EngineError(f"snapshot {snapshot} was tagged but cannot be found again")
+
+    def forget_snapshot(self, repository: Repository, snapshot: str) -> None:
+        """Remove one snapshot (one that must not be restored from). Raise EngineError."""
+        outcome = self.restic(repository, ["forget", snapshot], timeout=600)
+        if not outcome.ok:
+            raise classify_failure(outcome, f"forget snapshot {snapshot}", self.program)
 
 
 @recoverd.hookimpl

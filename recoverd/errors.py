@@ -103,3 +103,8 @@ class MachineBusy(RecoverdError):
 
 class DaemonRunning(RecoverdError):
     """Another ``recoverd daemon`` already serves this state directory: exit 1."""
+
+
+class RestoreRefused(RecoverdError):
+    """A restore was not started: its plan is unsafe, or nobody confirmed it. Nothing was
+    written."""

@@ -43,8 +43,12 @@ def recoverd_add_engines(register: Kind) -> None:
 def recoverd_add_restore_targets(register: Kind) -> None:
     """Register restore targets: where restored bytes go and how they are checked afterwards.
 
-    :param register: ``register.add("files-in-place", FilesInPlace)``; the name is what a
-        policy's ``restore`` key and the restore command's options select.
+    :param register: ``register.add("files-in-place", FilesInPlace)``; the class is a subclass
+        of :class:`recoverd.restore.RestoreTarget`, built with the engine of the level being
+        restored. ``recoverd restore`` picks a target whose ``kinds`` hold the level's kind
+        and whose ``destinations`` hold what the options ask for (``in-place``, ``path`` for
+        ``--to``, ``device`` for ``--device``); of several, the one registered last, so a
+        third-party target overrides a built-in one.
     """
 
 

@@ -61,6 +61,19 @@ def run_result(view: dict[str, Any]) -> str:
             f"{stats['snapshots_copied']} snapshot(s) copied to {view.get('repository')}, "
             f"{stats.get('snapshots_already_copied', 0)} there already"
         )
+    if view.get("action") == "backup" and "image_sha256" in stats:
+        rate = human_bytes(stats.get("throughput_bytes_s"))
+        return (
+            f"snapshot {view.get('snapshot')}: image {human_bytes(stats['image_size'])} "
+            f"({stats['image_format']}, {stats.get('consistency')}), {rate}/s, "
+            f"sha256 {stats['image_sha256'][:12]}"
+        )
+    if view.get("action") == "restore" and "verification" in stats:
+        return (
+            f"snapshot {view.get('snapshot')} -> {stats.get('destination')}: "
+            f"{human_bytes(stats.get('bytes_restored'))} in {stats.get('time_to_restore_s')} s, "
+            f"verification {stats['verification']} ({stats.get('files_verified')} checked)"
+        )
     if view.get("action") == "prune" and "snapshots_removed" in stats:
         pruned = ", repository pruned" if stats.get("pruned") else ""
         return f"{stats['snapshots_removed']} snapshot(s) forgotten{pruned}"

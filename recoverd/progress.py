@@ -28,6 +28,8 @@ class ProgressLine:
         self.interval = interval
         self._last = 0.0
         self._shown = False
+        self._first: tuple[float, int] | None = None
+        """When bytes were first reported, and how many: the rate is measured from there."""
 
     def __call__(self, progress: Progress) -> None:
         now = time.monotonic()
@@ -43,6 +45,11 @@ class ProgressLine:
         if progress.bytes_done is not None:
             total = f"/{human_bytes(progress.bytes_total)}" if progress.bytes_total else ""
             parts.append(f"{human_bytes(progress.bytes_done)}{total}")
+            if self._first is None:
+                self._first = (now, progress.bytes_done)
+            elif now > self._first[0]:
+                rate = (progress.bytes_done - self._first[1]) / (now - self._first[0])
+                parts.append(f"{human_bytes(rate)}/s")
         if progress.eta_s:
             parts.append(f"ETA {_clock(progress.eta_s)}")
         self.stream.write("\r\x1b[K" + "  ".join(parts))

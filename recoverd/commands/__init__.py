@@ -29,5 +29,6 @@ MODULES = (
     "recoverd.commands.schedule",
     "recoverd.commands.accept",
     "recoverd.commands.report",
+    "recoverd.commands.restore",
 )
 """The command modules, in the order their commands appear in ``recoverd --help``."""

@@ -1,0 +1,915 @@
+"""The ``image`` engine: disk images of Linux block devices (or image files), kept by restic.
+
+A file system that partclone knows (ext2/3/4, xfs, btrfs, ntfs, vfat, ...) is imaged with
+partclone, which reads only the used blocks; anything else is copied raw. The stream goes into
+``restic backup --stdin --stdin-filename <device>.<pcl|raw>``, so successive images of a device
+deduplicate against each other. Its size, sha256, duration and throughput go into the run's
+stats and into the snapshot's tags (``image-sha256=...``), which restores verify against.
+
+Where the stream goes is the level's ``via``:
+
+- ``machine`` (default): ``partclone | restic backup --stdin`` runs on the machine, which
+  reaches the repository itself. restic's password comes from the first line of the command's
+  stdin, read by the shell before the pipeline starts, so the data stdin of restic is
+  partclone's output and the password is in no argv.
+- ``controller`` (agentless): the machine runs only partclone (or ``cat``); the stream comes
+  through the SSH channel and restic on the controller stores it.
+
+A device mounted read-write is refused unless the level says ``snapshot = "lvm"`` (an LVM
+snapshot is imaged instead) or ``allow_mounted = true`` (a crash-consistent image, recorded as
+such). Restores (:class:`ImageToDevice`, :class:`ImageToFile`) stream the other way and are
+checked by imaging the restored device again: partclone's stream of a file system is the
+same byte for byte when the file system is.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import secrets as stdlib_secrets
+import shlex
+import threading
+import time
+from abc import abstractmethod
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import recoverd
+from recoverd.engine import BackupRequest, Engine, Outcome, Progress, ProgressCallback, Snapshot
+from recoverd.errors import EngineError, ToolMissing, UsageError
+from recoverd.plugins import Kind
+from recoverd.policy.model import Level, Machine, Repository
+from recoverd.restore import RestorePlan, RestoreRequest, RestoreTarget, Verification
+from recoverd.secrets import redact
+from recoverd.streams import ByteQueue, StreamAborted, StreamDigest
+from recoverd.transport import CommandOutcome, CommandRequest, Transport
+from recoverd_plugins.local import LocalTransport
+from recoverd_plugins.restic import (
+    BackupOutput,
+    LineSplitter,
+    ResticEngine,
+    classify_failure,
+    tag_filter,
+)
+
+PARTCLONE = {
+    "ext2": "extfs",
+    "ext3": "extfs",
+    "ext4": "extfs",
+    "xfs": "xfs",
+    "btrfs": "btrfs",
+    "ntfs": "ntfs",
+    "vfat": "fat",
+    "exfat": "exfat",
+    "hfsplus": "hfsp",
+    "f2fs": "f2fs",
+    "minix": "minix",
+}
+"""blkid's file-system TYPE -> the partclone program (``partclone.<name>``) that images it."""
+
+RAW_BLOCK = "4M"
+
+# Prints what the safety checks and the size checks need about a device or file, as
+# key=value lines. $1 is the path. Mounts are matched by resolved path, and an image file also
+# through the loop devices that may back it.
+PROBE = r"""
+d=$1
+if [ -b "$d" ]; then echo kind=block; echo "size=$(blockdev --getsize64 "$d" 2>/dev/null)"
+elif [ -f "$d" ]; then echo kind=file; echo "size=$(stat -L -c %s "$d")"
+elif [ -e "$d" ]; then echo kind=other
+else echo kind=missing; fi
+[ -e "$d" ] && echo "fstype=$(blkid -o value -s TYPE "$d" 2>/dev/null)"
+real=$(readlink -f "$d")
+loops=
+[ -f "$d" ] && command -v losetup >/dev/null 2>&1 && \
+  loops=$(losetup -n -O NAME -j "$real" 2>/dev/null)
+while read -r src mnt fs opts rest; do
+  s=$(readlink -f "$src" 2>/dev/null) || continue
+  hit=
+  [ "$s" = "$real" ] && hit=1
+  for l in $loops; do [ "$s" = "$l" ] && hit=1; done
+  [ -n "$hit" ] && echo "mount=${opts%%,*} $mnt"
+done < /proc/mounts
+parent=$(dirname "$real")
+[ -d "$parent" ] && echo "parent=yes"
+exit 0
+"""
+
+# Runs PRODUCER | tee | CONSUMER on the machine and reports, on stderr, both exit statuses and
+# the sha256 and size of what passed between them (each report on a line of its own: dd and
+# partclone end their progress lines without a newline). Two FIFOs feed sha256sum and wc alongside
+# the consumer, with POSIX tools only (no `pipefail`, no process substitution in dash).
+STREAM = """
+t=$(mktemp -d) || exit 98
+trap 'rm -rf "$t"' EXIT
+mkfifo "$t/sum" "$t/size" || exit 98
+sha256sum < "$t/sum" > "$t/sha" &
+wc -c < "$t/size" > "$t/n" &
+{{ {producer}; printf '\\nrecoverd-producer-exit %s\\n' $? >&2; }} | tee "$t/sum" "$t/size" | \
+{{ {consumer}; printf '\\nrecoverd-consumer-exit %s\\n' $? >&2; }}
+wait
+echo "recoverd-stream $(cut -c1-64 "$t/sha") $(cat "$t/n")" >&2
+"""
+
+DIGEST = """
+{{ {producer}; printf '\\nrecoverd-producer-exit %s\\n' $? >&2; }} | sha256sum
+"""
+
+PROGRESS_PCT = re.compile(r"Complete(?:d)?:\s*([\d.]+)%")
+PROGRESS_ETA = re.compile(r"Remaining:\s*(\d+):(\d+):(\d+)")
+DD_BYTES = re.compile(r"^(\d+) bytes")
+MARKER = re.compile(r"^recoverd-(producer-exit|consumer-exit|stream) ?(.*)$")
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    """What the machine says about a device or image file."""
+
+    path: str
+    kind: str
+    """``block``, ``file``, ``other`` or ``missing``."""
+    size: int | None
+    fstype: str | None
+    mounts: tuple[tuple[str, str], ...]
+    """(``rw`` or ``ro``, mount point) for every mount of the device."""
+    parent_exists: bool
+
+    @property
+    def mounted_rw(self) -> str | None:
+        """The mount point of a read-write mount, or None."""
+        return next((point for mode, point in self.mounts if mode == "rw"), None)
+
+
+@dataclass(frozen=True)
+class ImageFormat:
+    """How a device is imaged and restored: partclone for a known file system, else raw."""
+
+    format: str
+    """``pcl`` or ``raw``."""
+    fstype: str | None
+    program: str | None
+    """``partclone.extfs`` and the like; None for raw."""
+
+    @classmethod
+    def for_fstype(cls, fstype: str | None) -> ImageFormat:
+        tool = PARTCLONE.get(fstype or "")
+        if tool is None:
+            return cls("raw", fstype, None)
+        return cls("pcl", fstype, f"partclone.{tool}")
+
+    def clone(self, device: str, size: int | None = None) -> list[str]:
+        """Return the argv that writes the image of ``device`` to stdout."""
+        if self.program:
+            return [self.program, "-c", "-s", device, "-o", "-"]
+        if size is not None:  # a raw image is only as long as it was when taken
+            return ["head", "-c", str(size), device]
+        return ["cat", device]
+
+    def restore(self, target: str, *, new_file: bool) -> list[str]:
+        """Return the argv that writes an image from stdin to ``target``."""
+        if self.program:
+            sparse = ["-W"] if new_file else []  # -W: create a (sparse) file of the fs size
+            return [self.program, "-r", *sparse, "-s", "-", "-O", target]
+        conv = "fsync" if new_file else "notrunc,fsync"  # a device keeps its size
+        return ["dd", f"of={target}", f"bs={RAW_BLOCK}", f"conv={conv}", "status=progress"]
+
+
+@dataclass
+class StreamResult:
+    """A stream that passed between two commands: its size, sha256 and how long it took."""
+
+    size: int
+    sha256: str
+    seconds: float
+
+
+class StreamReport:
+    """Read the stderr of a stream: markers, partclone/dd progress, and messages for errors."""
+
+    def __init__(self, progress: ProgressCallback | None, bytes_total: int | None) -> None:
+        self.progress = progress
+        self.bytes_total = bytes_total
+        self.markers: dict[str, str] = {}
+        self.messages: deque[str] = deque(maxlen=50)
+        self.fraction: float | None = None
+        self.eta_s: float | None = None
+        self.bytes_done: int | None = None
+        self._lock = threading.RLock()
+        self._sources: list[LineSplitter] = []
+        self._main = self.source()
+
+    def source(self) -> Callable[[bytes], None]:
+        """Return a consumer for one more stderr stream (each keeps its own partial line)."""
+        lines = LineSplitter(self._line)
+        self._sources.append(lines)
+        # partclone and dd redraw their progress with carriage returns.
+        return lambda chunk: lines(chunk.replace(b"\r", b"\n"))
+
+    def __call__(self, chunk: bytes) -> None:
+        self._main(chunk)
+
+    def flush(self) -> None:
+        for lines in self._sources:
+            lines.flush()
+
+    def _line(self, line: str) -> None:
+        with self._lock:  # two commands' stderr may arrive on two threads
+            self._take(line)
+
+    def _take(self, line: str) -> None:
+        marker = MARKER.match(line)
+        if marker:
+            self.markers[marker[1]] = marker[2]
+            return
+        pct, eta, copied = (
+            PROGRESS_PCT.search(line),
+            PROGRESS_ETA.search(line),
+            DD_BYTES.match(line),
+        )
+        if pct or copied:
+            if pct:
+                self.fraction = float(pct[1]) / 100
+            if eta:
+                self.eta_s = int(eta[1]) * 3600 + int(eta[2]) * 60 + int(eta[3])
+            if copied:
+                self.bytes_done = int(copied[1])
+            self.report()
+            return
+        if line.strip() and not line.startswith("{"):
+            self.messages.append(line.strip())
+
+    def report(self, bytes_done: int | None = None) -> None:
+        """Pass on how far the stream is (``bytes_done`` if the caller counted it)."""
+        with self._lock:
+            self._report(bytes_done)
+
+    def _report(self, bytes_done: int | None) -> None:
+        if bytes_done is not None:
+            self.bytes_done = bytes_done
+        if self.progress is None:
+            return
+        fraction = self.fraction
+        if fraction is None and self.bytes_done is not None and self.bytes_total:
+            fraction = min(1.0, self.bytes_done / self.bytes_total)
+        self.progress(
+            Progress(
+                fraction=fraction,
+                bytes_done=self.bytes_done,
+                bytes_total=self.bytes_total,
+                eta_s=self.eta_s,
+            )
+        )
+
+    def status(self, name: str) -> int | None:
+        """The exit status a marker reported, or None if it never came."""
+        value = self.markers.get(name, "")
+        return int(value) if value.strip().lstrip("-").isdigit() else None
+
+    def tail(self) -> str:
+        """The last few messages, secrets masked, for an error."""
+        return redact(" / ".join(list(self.messages)[-3:])) or "no message"
+
+
+def _image_tags(snapshot: Snapshot) -> dict[str, str]:
+    return {
+        key[6:]: value
+        for key, _, value in (t.partition("=") for t in snapshot.tags)
+        if key.startswith("image-")
+    }
+
+
+def image_facts(snapshot: Snapshot) -> dict[str, Any]:
+    """Given an image snapshot, return what its tags recorded: sha256, size, format, fs,
+    device, device_size. Raise EngineError if it is not a complete recoverd image."""
+    tags = _image_tags(snapshot)
+    if "sha256" not in tags or "format" not in tags:
+        raise EngineError(
+            f"snapshot {snapshot.short_id} is not a complete recoverd disk image "
+            "(no image-sha256 tag); pick another with --snapshot"
+        )
+    return {
+        "sha256": tags["sha256"],
+        "size": int(tags.get("size", "0")),
+        "format": tags["format"],
+        "fstype": tags.get("fs") or None,
+        "device_size": int(tags["device-size"]) if tags.get("device-size") else None,
+        "file": snapshot.paths[0] if snapshot.paths else None,
+    }
+
+
+class ImageEngine(Engine):
+    """Disk images of POSIX machines: partclone or raw, into restic."""
+
+    name = "image"
+    kinds = ("image",)
+    os_families = ("posix",)
+
+    def __init__(self, transport: Transport, secrets: Any) -> None:
+        super().__init__(transport, secrets)
+        self.on_machine = ResticEngine(transport, secrets)
+        self._on_controller: ResticEngine | None = None
+
+    @property
+    def machine(self) -> Machine:
+        return self.transport.machine
+
+    @property
+    def on_controller(self) -> ResticEngine:
+        """restic on the controller (the ``restic`` on its PATH), for ``via = "controller"``."""
+        if self._on_controller is None:
+            controller = dataclasses.replace(self.machine, transport="local", restic="restic")
+            self._on_controller = ResticEngine(
+                LocalTransport(controller, self.secrets), self.secrets
+            )
+        return self._on_controller
+
+    def restic_for(self, level: Level | None, repository: Repository | None = None) -> ResticEngine:
+        """Return the restic that reaches the level's repository: the machine's or the
+        controller's. Without a level, the controller's if any image level of the machine
+        stores ``repository`` from the controller."""
+        if level is None:
+            via_controller = any(
+                lv.kind == "image"
+                and lv.via == "controller"
+                and (repository is None or lv.repository == repository.name)
+                for lv in self.machine.levels
+            )
+            return self.on_controller if via_controller else self.on_machine
+        return self.on_controller if level.via == "controller" else self.on_machine
+
+    # -- looking at devices ------------------------------------------------------------------
+
+    def probe(self, path: str) -> DeviceInfo:
+        """Return what the machine says about ``path``. Raise EngineError if it cannot tell."""
+        outcome = self.transport.run(CommandRequest(["sh", "-c", PROBE, "probe", path], timeout=60))
+        if not outcome.ok:
+            raise EngineError(
+                f"cannot examine {path} on {self.machine.name}: "
+                f"{outcome.stderr.decode('utf-8', 'replace').strip() or outcome.exit_status}"
+            )
+        facts: dict[str, str] = {}
+        mounts = []
+        for line in outcome.stdout.decode("utf-8", "replace").splitlines():
+            key, _, value = line.partition("=")
+            if key == "mount":
+                mode, _, point = value.partition(" ")
+                mounts.append((mode, point))
+            else:
+                facts[key] = value.strip()
+        size = facts.get("size", "")
+        return DeviceInfo(
+            path=path,
+            kind=facts.get("kind", "missing"),
+            size=int(size) if size.isdigit() else None,
+            fstype=facts.get("fstype") or None,
+            mounts=tuple(mounts),
+            parent_exists=facts.get("parent") == "yes",
+        )
+
+    # -- imaging -----------------------------------------------------------------------------
+
+    def backup(self, request: BackupRequest, progress: ProgressCallback | None = None) -> Outcome:
+        """Image the level's device into its repository; return the outcome with the image's
+        size, sha256, duration and throughput. Raise EngineError if the device is mounted
+        read-write (and the level allows no way around it), missing, or imaging fails."""
+        level = request.level
+        if not level.device:
+            raise UsageError(f"level {level.name} of {self.machine.name} has no device")
+        info = self.probe(level.device)
+        if info.kind == "missing":
+            raise EngineError(f"device {level.device} does not exist on {self.machine.name}")
+        consistency = "unmounted"
+        mounted = info.mounted_rw
+        if mounted and level.snapshot != "lvm":
+            if not level.allow_mounted:
+                raise EngineError(
+                    f"{level.device} is mounted read-write on {mounted}: an image of it would "
+                    f'not be consistent. Unmount it, or set snapshot = "lvm" (an LVM volume) '
+                    f"or allow_mounted = true (a crash-consistent image) on level {level.name}"
+                )
+            consistency = "crash-consistent"
+        restic = self.restic_for(level)
+        restic.version()
+        created = restic.ensure_repository(request.repository)
+        if level.snapshot == "lvm":
+            with LvmSnapshot(self.transport, level) as snapshot_device:
+                outcome = self._image(request, snapshot_device, info, restic, progress)
+            outcome.stats["consistency"] = "lvm-snapshot"
+        else:
+            outcome = self._image(request, level.device, info, restic, progress)
+            outcome.stats["consistency"] = consistency
+        outcome.stats["repository_created"] = created
+        return outcome
+
+    def _image(
+        self,
+        request: BackupRequest,
+        device: str,
+        info: DeviceInfo,
+        restic: ResticEngine,
+        progress: ProgressCallback | None,
+    ) -> Outcome:
+        level = request.level
+        fmt = ImageFormat.for_fstype(info.fstype)
+        name = f"{(level.device or device).rstrip('/').rsplit('/', 1)[-1]}.{fmt.format}"
+        args = [
+            "backup",
+            "--json",
+            "--stdin",
+            "--stdin-filename",
+            name,
+            "--host",
+            self.machine.name,
+            "--tag",
+            f"recoverd,{tag_filter(request.client, self.machine.name, level.name)}",
+        ]
+        report = StreamReport(progress, info.size if fmt.format == "raw" else None)
+        # restic's status lines say how much of the stream it has read.
+        parsed = BackupOutput(lambda seen: report.report(seen.bytes_done))
+        out = LineSplitter(parsed.stdout_line)
+        if level.via == "controller":
+            stream = self._pull_into(
+                restic, request.repository, fmt.clone(device), args, out, report
+            )
+        else:
+            stream = self._pipe_on_machine(
+                restic,
+                request.repository,
+                fmt.clone(device),
+                ["restic_", '"$@"'],
+                args,
+                out,
+                report,
+            )
+        out.flush()
+        summary = parsed.summary
+        producer, consumer = report.status("producer-exit"), report.status("consumer-exit")
+        if producer != 0 or consumer != 0 or summary is None:
+            if summary is not None:  # restic stored a truncated stream: it must not be restored
+                restic.forget_snapshot(request.repository, summary["snapshot_id"])
+            raise self._stream_failure(
+                f"image of {device}",
+                report,
+                (producer, fmt.program or "cat"),
+                (consumer, "restic"),
+            )
+        seconds = max(stream.seconds, 1e-6)
+        tags = [
+            f"image-sha256={stream.sha256}",
+            f"image-size={stream.size}",
+            f"image-format={fmt.format}",
+            f"image-fs={fmt.fstype or ''}",
+            f"image-device-size={info.size or ''}",
+            f"image-duration-s={stream.seconds:.1f}",
+            f"image-throughput-bytes-s={int(stream.size / seconds)}",
+        ]
+        snapshot = restic.tag(request.repository, summary["snapshot_id"], tags)
+        stats = {
+            "device": level.device,
+            "imaged_device": device,
+            "image_format": fmt.format,
+            "fs_type": fmt.fstype,
+            "image_size": stream.size,
+            "image_sha256": stream.sha256,
+            "device_size": info.size,
+            "bytes_processed": stream.size,
+            "bytes_added": summary.get("data_added", 0),
+            "duration_s": round(stream.seconds, 3),
+            "throughput_bytes_s": int(stream.size / seconds),
+            "via": level.via,
+            "restic_version": ".".join(map(str, restic.version())),
+        }
+        return Outcome("succeeded", snapshot[:8], stats)
+
+    def _stream_failure(
+        self,
+        what: str,
+        report: StreamReport,
+        producer: tuple[int | None, str],
+        consumer: tuple[int | None, str],
+    ) -> EngineError:
+        """Given the exit status and program of each side of a failed stream, return the error
+        that names the side that failed first (the other one usually died of a broken pipe)."""
+        sides = [producer, consumer]
+        failed = [s for s in sides if s[0] not in (0, None, 141)] or [s for s in sides if s[0] != 0]
+        if not failed:
+            return EngineError(f"{what} failed: {report.tail()}")
+        status, program = failed[0]
+        if program == "restic" and status is not None:
+            text = "\n".join(report.messages).encode()
+            return classify_failure(CommandOutcome(status, stderr=text), what, "restic")
+        if status == 127:
+            hint = " (Debian/Ubuntu: apt-get install partclone)" if "partclone" in program else ""
+            return ToolMissing(f"{what}: {program} is not installed on {self.machine.name}{hint}")
+        return EngineError(f"{what}: {program} failed with exit status {status}: {report.tail()}")
+
+    def _pipe_on_machine(
+        self,
+        restic: ResticEngine,
+        repository: Repository,
+        producer: list[str] | str,
+        consumer: list[str] | str,
+        restic_args: list[str],
+        on_stdout: Callable[[bytes], None] | None,
+        report: StreamReport,
+    ) -> StreamResult:
+        """Run ``producer | consumer`` on the machine, one side being ``restic_ "$@"`` with
+        ``restic_args``; return the stream's size and sha256 as the machine measured them."""
+        script = STREAM.format(producer=self._shell(producer), consumer=self._shell(consumer))
+        started = time.monotonic()
+        outcome = restic.run_script(
+            repository, script, restic_args, on_stdout=on_stdout, on_stderr=report
+        )
+        report.flush()
+        self._check_script(outcome, report)
+        sha, _, size = report.markers.get("stream", "").partition(" ")
+        return StreamResult(int(size or 0), sha, time.monotonic() - started)
+
+    def _shell(self, part: list[str] | str) -> str:
+        if isinstance(part, str):
+            return part
+        # `restic_ "$@"` is shell syntax written by this module, not data to quote.
+        if part and part[0] == "restic_":
+            return " ".join(part)
+        return shlex.join(part)
+
+    def _check_script(self, outcome: CommandOutcome, report: StreamReport) -> None:
+        if outcome.exit_status == 97:
+            raise EngineError("the machine's shell did not receive restic's credentials")
+        if outcome.exit_status == 98:
+            raise EngineError(
+                f"cannot create a temporary FIFO on {self.machine.name}: {report.tail()}"
+            )
+
+    def _pull_into(
+        self,
+        restic: ResticEngine,
+        repository: Repository,
+        producer: list[str],
+        restic_args: list[str],
+        on_stdout: Callable[[bytes], None],
+        report: StreamReport,
+    ) -> StreamResult:
+        """Run ``producer`` on the machine and store its output with restic on the controller;
+        the stream passes through a bounded queue, so a slow restic slows the SSH reader."""
+        chunks = ByteQueue()
+        digest = StreamDigest(on_bytes=report.report)
+        machine_side = report.source()
+        pulled: dict[str, Any] = {}
+
+        def pull() -> None:
+            try:
+                pulled["outcome"] = self.transport.run(
+                    CommandRequest(producer, on_stdout=chunks.put, on_stderr=machine_side)
+                )
+            except StreamAborted:
+                pulled["outcome"] = CommandOutcome(None, signal="PIPE")
+            except BaseException as exc:  # handed to the main thread below
+                pulled["error"] = exc
+            finally:
+                chunks.close()
+
+        def passing() -> Any:
+            for chunk in chunks:
+                digest(chunk)
+                yield chunk
+
+        reader = threading.Thread(target=pull, name="image-pull", daemon=True)
+        reader.start()
+        try:
+            outcome = restic.restic(
+                repository, restic_args, on_stdout=on_stdout, on_stderr=report, data=passing()
+            )
+        finally:
+            chunks.abort()  # restic is done: a producer still writing must stop
+            reader.join()
+        digest.done()
+        report.flush()
+        if "error" in pulled:
+            raise pulled["error"]
+        report.markers["producer-exit"] = str(pulled["outcome"].exit_status)
+        report.markers["consumer-exit"] = str(outcome.exit_status)
+        return StreamResult(digest.size, digest.sha256, digest.seconds)
+
+    # -- restoring ---------------------------------------------------------------------------
+
+    def write_image(
+        self,
+        level: Level,
+        repository: Repository,
+        snapshot: Snapshot,
+        consumer: list[str],
+        progress: ProgressCallback | None,
+    ) -> StreamResult:
+        """Stream the image in ``snapshot`` into ``consumer`` on the machine and return what
+        passed. Raise EngineError if either side fails."""
+        facts = image_facts(snapshot)
+        restic = self.restic_for(level)
+        report = StreamReport(progress, facts["size"])
+        args = ["dump", snapshot.id, facts["file"]]
+        if level.via == "controller":
+            stream = self._push_from(restic, repository, args, consumer, report)
+        else:
+            stream = self._pipe_on_machine(
+                restic, repository, ["restic_", '"$@"'], consumer, args, None, report
+            )
+        producer, written = report.status("producer-exit"), report.status("consumer-exit")
+        if producer != 0 or written != 0:
+            raise self._stream_failure(
+                f"restore of image {snapshot.short_id}",
+                report,
+                (producer, "restic"),
+                (written, consumer[0]),
+            )
+        return stream
+
+    def _push_from(
+        self,
+        restic: ResticEngine,
+        repository: Repository,
+        restic_args: list[str],
+        consumer: list[str],
+        report: StreamReport,
+    ) -> StreamResult:
+        """Dump with restic on the controller and stream it into ``consumer`` on the machine."""
+        chunks = ByteQueue()
+        digest = StreamDigest(on_bytes=report.report)
+        controller_side = report.source()
+        dumped: dict[str, Any] = {}
+
+        def dump() -> None:
+            try:
+                dumped["outcome"] = restic.restic(
+                    repository, restic_args, on_stdout=chunks.put, on_stderr=controller_side
+                )
+            except StreamAborted:
+                dumped["outcome"] = CommandOutcome(None, signal="PIPE")
+            except BaseException as exc:
+                dumped["error"] = exc
+            finally:
+                chunks.close()
+
+        def passing() -> Any:
+            for chunk in chunks:
+                digest(chunk)
+                yield chunk
+
+        writer = threading.Thread(target=dump, name="image-dump", daemon=True)
+        writer.start()
+        try:
+            outcome = self.transport.run(
+                CommandRequest(consumer, stdin=passing(), on_stderr=report)
+            )
+        finally:
+            chunks.abort()
+            writer.join()
+        digest.done()
+        report.flush()
+        if "error" in dumped:
+            raise dumped["error"]
+        report.markers["producer-exit"] = str(dumped["outcome"].exit_status)
+        report.markers["consumer-exit"] = str(outcome.exit_status)
+        return StreamResult(digest.size, digest.sha256, digest.seconds)
+
+    def image_digest(
+        self, path: str, facts: dict[str, Any], progress: ProgressCallback | None = None
+    ) -> str:
+        """Return the sha256 of the image stream of ``path`` taken as the snapshot's was
+        (partclone of the same file system, or the first ``size`` bytes raw)."""
+        fmt = ImageFormat.for_fstype(facts["fstype"]) if facts["format"] == "pcl" else None
+        fmt = fmt or ImageFormat("raw", None, None)
+        producer = fmt.clone(path, None if fmt.program else facts["size"])
+        report = StreamReport(progress, None)
+        script = DIGEST.format(producer=shlex.join(producer))
+        outcome = self.transport.run(
+            CommandRequest(["sh", "-c", script], on_stderr=report, timeout=None)
+        )
+        report.flush()
+        if not outcome.ok or report.status("producer-exit") != 0:
+            raise self._stream_failure(
+                f"reading back {path}",
+                report,
+                (report.status("producer-exit"), producer[0]),
+                (outcome.exit_status, "sha256sum"),
+            )
+        return outcome.stdout.decode().split()[0]
+
+    # -- restore points and retention --------------------------------------------------------
+
+    def snapshots(
+        self, client: str, machine: Machine, repository: Repository, level: str | None = None
+    ) -> list[Snapshot]:
+        """Return the machine's image snapshots in ``repository`` (of ``level`` if given)."""
+        chosen = machine.level(level) if level else None
+        return self.restic_for(chosen, repository).snapshots(client, machine, repository, level)
+
+    def forget(self, request: BackupRequest) -> Outcome:
+        """Apply ``keep`` to the level's images."""
+        return self.restic_for(request.level).forget(request)
+
+    def prune(self, client: str, machine: Machine, repository: Repository) -> Outcome:
+        """Prune the repository from where the images are stored."""
+        return self.restic_for(None, repository).prune(client, machine, repository)
+
+
+class LvmSnapshot:
+    """An LVM snapshot of the level's device for the length of a ``with`` block.
+
+    ``lvcreate --snapshot`` freezes the file system for a moment, so the snapshot is
+    consistent; the snapshot gets 10% of the origin's size for the changes made meanwhile.
+    """
+
+    def __init__(self, transport: Transport, level: Level) -> None:
+        self.transport = transport
+        self.level = level
+        self.name = (
+            f"recoverd-{re.sub(r'[^A-Za-z0-9+_.-]', '-', level.name)}-{stdlib_secrets.token_hex(3)}"
+        )
+        self.volume: str | None = None
+
+    def _run(self, argv: list[str], what: str) -> CommandOutcome:
+        outcome = self.transport.run(CommandRequest(argv, timeout=300))
+        if not outcome.ok:
+            text = outcome.stderr.decode("utf-8", "replace").strip()
+            if outcome.exit_status == 127:
+                raise ToolMissing(f"{what}: LVM tools are not installed ({argv[0]} not found)")
+            raise EngineError(f"{what} failed: {text or outcome.exit_status}")
+        return outcome
+
+    def __enter__(self) -> str:
+        device = self.level.device or ""
+        found = self._run(
+            ["lvs", "--noheadings", "-o", "vg_name,lv_name", device],
+            f"find the LVM volume of {device}",
+        )
+        words = found.stdout.decode().split()
+        if len(words) != 2:
+            raise EngineError(f'{device} is not an LVM logical volume (snapshot = "lvm")')
+        group, volume = words
+        self._run(
+            [
+                "lvcreate",
+                "--snapshot",
+                "--extents",
+                "10%ORIGIN",
+                "--name",
+                self.name,
+                f"{group}/{volume}",
+            ],
+            f"create an LVM snapshot of {device}",
+        )
+        self.volume = f"{group}/{self.name}"
+        return f"/dev/{self.volume}"
+
+    def __exit__(self, *exc: object) -> None:
+        if self.volume:
+            self._run(["lvremove", "--yes", self.volume], f"remove LVM snapshot {self.volume}")
+
+
+class _ImageTarget(RestoreTarget):
+    """What image-to-device and image-to-file share: plan, stream, read back."""
+
+    kinds = ("image",)
+    engine: ImageEngine
+    new_file = False
+
+    @abstractmethod
+    def _destination(self, request: RestoreRequest) -> str:
+        """Return where the image goes. Raise UsageError if the request does not say."""
+
+    @abstractmethod
+    def _refusal(self, request: RestoreRequest, info: DeviceInfo, needed: int) -> str | None:
+        """Return why ``info`` cannot take an image that needs ``needed`` bytes, or None."""
+
+    def plan(self, request: RestoreRequest) -> RestorePlan:
+        """Return the plan: which image goes to which device or file, how big it is, and a
+        refusal if the destination is mounted or too small."""
+        facts = image_facts(request.snapshot)
+        destination = self._destination(request)
+        info = self.engine.probe(destination)
+        # partclone needs room for the whole file system; a raw image for all its bytes.
+        needed = facts["device_size"] or facts["size"]
+        mounted = next((point for _, point in info.mounts), None)
+        refusal = None
+        if mounted:
+            refusal = (
+                f"{destination} is mounted on {mounted}; unmount it first (nothing was written)"
+            )
+        else:
+            refusal = self._refusal(request, info, needed)
+        source = (
+            f"image {facts['file']} of {request.level.device} "
+            f"({facts['fstype'] or 'unknown file system'}, {facts['format']})"
+        )
+        return RestorePlan(
+            target=self.name,
+            source=source,
+            destination=destination,
+            bytes_total=facts["size"],
+            replaced=[destination] if info.kind != "missing" else [],
+            created=[destination] if info.kind == "missing" else [],
+            refusal=refusal,
+            details={
+                "image_sha256": facts["sha256"],
+                "image_format": facts["format"],
+                "fs_type": facts["fstype"],
+                "needed_bytes": needed,
+                "destination_bytes": info.size,
+            },
+        )
+
+    def write(
+        self, request: RestoreRequest, plan: RestorePlan, progress: ProgressCallback | None
+    ) -> dict[str, Any]:
+        """Stream the image into the destination; return its size and sha256 as received."""
+        facts = image_facts(request.snapshot)
+        fmt = ImageFormat.for_fstype(facts["fstype"]) if facts["format"] == "pcl" else None
+        fmt = fmt or ImageFormat("raw", None, None)
+        consumer = fmt.restore(plan.destination, new_file=self.new_file)
+        stream = self.engine.write_image(
+            request.level, request.repository, request.snapshot, consumer, progress
+        )
+        return {
+            "bytes_restored": stream.size,
+            "stream_sha256": stream.sha256,
+            "write_s": round(stream.seconds, 3),
+        }
+
+    def verify(
+        self, request: RestoreRequest, plan: RestorePlan, progress: ProgressCallback | None
+    ) -> Verification:
+        """Image the destination again and compare its sha256 with the recorded one."""
+        facts = image_facts(request.snapshot)
+        found = self.engine.image_digest(plan.destination, facts, progress)
+        mismatches = []
+        if found != facts["sha256"]:
+            mismatches.append(
+                f"{plan.destination}: image sha256 {found[:16]}... differs from the snapshot's "
+                f"{facts['sha256'][:16]}..."
+            )
+        return Verification("image sha256 read back from the destination", 1, mismatches)
+
+
+class ImageToDevice(_ImageTarget):
+    """Restore an image onto a device (``--device DEV``, or the level's own device)."""
+
+    name = "image-to-device"
+    destinations = ("device", "in-place")
+
+    def _destination(self, request: RestoreRequest) -> str:
+        destination = request.destination or request.level.device
+        if not destination:
+            raise UsageError(f"level {request.level.name} has no device; say --device DEV")
+        return destination
+
+    def _refusal(self, request: RestoreRequest, info: DeviceInfo, needed: int) -> str | None:
+        if info.kind == "missing":
+            return f"{info.path} does not exist on {request.machine.name}"
+        if info.kind not in ("block", "file"):
+            return f"{info.path} is neither a block device nor an image file"
+        if info.size is not None and info.size < needed:
+            return (
+                f"{info.path} is too small for the image: it has {info.size} bytes, the image "
+                f"needs {needed} (nothing was written)"
+            )
+        return None
+
+
+class ImageToFile(_ImageTarget):
+    """Restore an image into a file on the machine (``--to PATH``): a disk image file."""
+
+    name = "image-to-file"
+    destinations = ("path",)
+    new_file = True
+
+    def _destination(self, request: RestoreRequest) -> str:
+        if not request.destination or not request.destination.startswith("/"):
+            raise UsageError(
+                f"restoring an image to a file needs --to with an absolute path on the machine "
+                f"(got {request.destination!r})"
+            )
+        return request.destination
+
+    def _refusal(self, request: RestoreRequest, info: DeviceInfo, needed: int) -> str | None:
+        if info.kind == "block":
+            return f"{info.path} is a block device; use --device {info.path}"
+        if info.kind == "other":
+            return f"{info.path} exists and is not a regular file"
+        if not info.parent_exists:
+            return f"the folder of {info.path} does not exist on {request.machine.name}"
+        return None
+
+
+@recoverd.hookimpl
+def recoverd_add_engines(register: Kind) -> None:
+    """Register the ``image`` engine."""
+    register.add("image", ImageEngine)
+
+
+@recoverd.hookimpl
+def recoverd_add_restore_targets(register: Kind) -> None:
+    """Register the image restore targets."""
+    register.add(ImageToDevice.name, ImageToDevice)
+    register.add(ImageToFile.name, ImageToFile)

@@ -1,0 +1,227 @@
+"""One-click restore: pick the level, snapshot and restore target, plan, then restore and
+verify as one recorded run (a service record: symptom, who reported it, the engineer).
+
+Orchestration only: the restore target (a plugin) plans, writes and verifies through the
+level's engine; this module chooses them, times the work and writes the maintenance log.
+Nothing is recorded before the engineer has confirmed: a plan, a refusal or a dry run changes
+nothing anywhere.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Any
+
+from recoverd.controller import Controller
+from recoverd.engine import Engine, Outcome, ProgressCallback, Snapshot
+from recoverd.errors import UsageError
+from recoverd.log import RunFilter
+from recoverd.policy.model import Level, Machine
+from recoverd.restore import RestorePlan, RestoreRequest, RestoreTarget
+from recoverd.runs import recorded_run
+from recoverd.transport import Transport
+
+MAX_LISTED = 100
+
+
+@dataclass(frozen=True)
+class RestoreOrder:
+    """What the engineer asked for on the command line."""
+
+    machine: str
+    level: str | None = None
+    snapshot: str | None = None
+    to: str | None = None
+    in_place: bool = False
+    device: str | None = None
+    symptom: str | None = None
+    reported_by: str | None = None
+    engineer: str | None = None
+
+    @property
+    def destination_kind(self) -> str:
+        """``device``, ``path`` or ``in-place``."""
+        if self.device:
+            return "device"
+        if self.to:
+            return "path"
+        return "in-place"
+
+
+def restore_level(machine: Machine, order: RestoreOrder) -> Level:
+    """Return the level to restore from: the one named, else the first level of the kind the
+    options imply (``--device`` an image, ``--in-place`` files) or the machine's ``restore``.
+
+    Raise UsageError if there is no such level or it holds no restorable snapshots.
+    """
+    if order.level:
+        level = machine.level(order.level)
+        if level is None:
+            names = ", ".join(lv.name for lv in machine.levels) or "none"
+            raise UsageError(f"{machine.qualified_name} has no level {order.level!r} ({names})")
+        if level.kind not in ("files", "image"):
+            raise UsageError(f"level {level.name} is a {level.kind} level: nothing to restore")
+        return level
+    if order.device:
+        kind = "image"
+    elif order.in_place:
+        kind = "files"
+    else:
+        kind = "image" if machine.restore == "image" else "files"
+    level = next((lv for lv in machine.levels if lv.kind == kind), None)
+    if level is None:
+        raise UsageError(f"{machine.qualified_name} has no {kind} level to restore from")
+    return level
+
+
+def target_class(
+    ctl: Controller, level: Level, destination_kind: str, os_family: str = "posix"
+) -> type[RestoreTarget]:
+    """Return the restore target plugin for this kind of level and destination on this kind
+    of machine; of several, the one registered last (third-party plugins register after the
+    built-ins).
+
+    Raise UsageError if no loaded plugin restores it there.
+    """
+    for cls in reversed(ctl.plugins["restore_targets"].entries.values()):
+        if (
+            level.kind in cls.kinds
+            and destination_kind in cls.destinations
+            and os_family in cls.os_families
+        ):
+            return cls  # type: ignore[no-any-return]
+    options = {"device": "--device", "path": "--to", "in-place": "--in-place"}
+    raise UsageError(
+        f"no restore target restores {level.kind} snapshots with {options[destination_kind]} "
+        f"on {os_family} machines (see `recoverd plugins`)"
+    )
+
+
+def choose_snapshot(
+    ctl: Controller, engine: Engine, machine: Machine, level: Level, wanted: str | None
+) -> Snapshot:
+    """Return the snapshot named by ``wanted`` (an id or its prefix), else the newest one that
+    the maintenance log records as a successful backup of the level.
+
+    Raise UsageError if there is none.
+    """
+    repository = ctl.policies.repository_for(machine, level)
+    snapshots = engine.snapshots(machine.client, machine, repository, level.name)
+    if wanted:
+        found = [s for s in snapshots if s.id.startswith(wanted)]
+        if len(found) != 1:
+            problem = "matches several snapshots" if found else "is not a snapshot"
+            raise UsageError(
+                f"{wanted!r} {problem} of level {level.name} of {machine.qualified_name} "
+                f"(see `recoverd snapshots {machine.qualified_name} --level {level.name}`)"
+            )
+        return found[0]
+    good = {
+        v["snapshot"]
+        for v in ctl.log.runs(
+            RunFilter(
+                client=machine.client,
+                machine=machine.name,
+                level=level.name,
+                action="backup",
+                state="succeeded",
+            )
+        )
+        if v["snapshot"]
+    }
+    for snapshot in reversed(snapshots):
+        if snapshot.id in good or snapshot.short_id in good:
+            return snapshot
+    if snapshots:
+        raise UsageError(
+            f"none of the {len(snapshots)} snapshot(s) of level {level.name} is recorded as a "
+            "successful backup in this maintenance log; pick one with --snapshot ID"
+        )
+    raise UsageError(f"level {level.name} of {machine.qualified_name} has no snapshots yet")
+
+
+class PreparedRestore(AbstractContextManager["PreparedRestore"]):
+    """A planned restore with its connection open: show ``plan``, then :meth:`run` it."""
+
+    def __init__(self, ctl: Controller, order: RestoreOrder) -> None:
+        self.ctl = ctl
+        self.order = order
+        self.machine = ctl.policies.find_machine(order.machine)
+        self.client = ctl.policies.clients[self.machine.client]
+        self.level = restore_level(self.machine, order)
+        os_family = ctl.plugins["transports"].get(self.machine.transport).os_family
+        self.target_cls = target_class(ctl, self.level, order.destination_kind, os_family)
+        self.transport: Transport = ctl.transport(self.machine)
+        self.transport.connect()
+        try:
+            engine = ctl.engine(self.transport, self.level.kind)
+            self.target = self.target_cls(engine)
+            snapshot = choose_snapshot(ctl, engine, self.machine, self.level, order.snapshot)
+            self.request = RestoreRequest(
+                client=self.client.id,
+                machine=self.machine,
+                level=self.level,
+                repository=ctl.policies.repository_for(self.machine, self.level),
+                snapshot=snapshot,
+                destination=order.device or order.to,
+            )
+            self.plan: RestorePlan = self.target.plan(self.request)
+        except BaseException:
+            self.transport.close()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        self.transport.close()
+
+    def run(self, progress: ProgressCallback | None = None) -> dict[str, Any]:
+        """Restore and verify as one recorded run; return its view.
+
+        A verification mismatch ends the run ``failed`` and names what differs.
+        """
+        order, plan = self.order, self.plan
+        start = {
+            "client": self.client.id,
+            "machine": self.machine.name,
+            "level": self.level.name,
+            "kind": self.level.kind,
+            "action": "restore",
+            "trigger": "manual",
+            "engineer": order.engineer or self.client.engineer,
+            "reported_by": order.reported_by,
+            "symptom": order.symptom,
+            "repository": self.level.repository,
+        }
+        with recorded_run(self.ctl.log, **start) as run:
+            started = time.monotonic()
+            stats: dict[str, Any] = {
+                "target": plan.target,
+                "destination": plan.destination,
+                "snapshot_time": self.request.snapshot.time,
+                "files_replaced": len(plan.replaced),
+                "files_created": len(plan.created),
+                **plan.details,
+            }
+            stats.update(self.target.write(self.request, plan, progress))
+            stats["restore_s"] = round(time.monotonic() - started, 3)
+            checked = time.monotonic()
+            verification = self.target.verify(self.request, plan, progress)
+            stats["verify_s"] = round(time.monotonic() - checked, 3)
+            stats["duration_s"] = stats["time_to_restore_s"] = round(time.monotonic() - started, 3)
+            stats["verification"] = "passed" if verification.ok else "failed"
+            stats["verification_method"] = verification.method
+            stats["files_verified"] = verification.checked
+            stats["mismatches"] = len(verification.mismatches)
+            error = None
+            if not verification.ok:
+                stats["mismatched"] = verification.mismatches[:MAX_LISTED]
+                shown = "; ".join(verification.mismatches[:5])
+                more = " ..." if len(verification.mismatches) > 5 else ""
+                error = (
+                    f"verification failed: {len(verification.mismatches)} difference(s) from "
+                    f"snapshot {self.request.snapshot.short_id}: {shown}{more}"
+                )
+            state = "succeeded" if verification.ok else "failed"
+            run.outcome = Outcome(state, self.request.snapshot.short_id, stats, error)
+        return run.view
