@@ -23,9 +23,11 @@ import posixpath
 import random
 import re
 import shlex
+from collections.abc import Callable
 from typing import Any
 
 import recoverd
+from recoverd import powershell
 from recoverd.engine import Progress, ProgressCallback
 from recoverd.errors import EngineError, RecoverdError
 from recoverd.plugins import Kind
@@ -75,20 +77,48 @@ def include_pattern(path: str) -> str:
     return re.sub(r"([*?\[])", r"[\1]", path)
 
 
-class PosixScratch:
-    """A temporary folder on a POSIX machine (``mktemp -d``), removed with ``rm -rf``."""
+# PowerShell for the same steps on a Windows machine. Every value is a literal
+# (powershell.literal) or comes on stdin; output is written as UTF-8 bytes, not re-encoded.
+WINDOWS_NEW_FOLDER = """$ErrorActionPreference = 'Stop'
+$name = 'recoverd-drill.' + [guid]::NewGuid().ToString('N').Substring(0, 8)
+$path = Join-Path ([System.IO.Path]::GetTempPath()) $name
+New-Item -ItemType Directory -Path $path | Out-Null
+[Console]::Out.Write($path)
+"""
+WINDOWS_REMOVE_FOLDER = """$ErrorActionPreference = 'Stop'
+Remove-Item -LiteralPath {path} -Recurse -Force
+"""
+WINDOWS_FILE_HASHES = """$ErrorActionPreference = 'Stop'
+$out = [Console]::OpenStandardOutput()
+foreach ($p in [Console]::In.ReadToEnd().Split([char]0)) {
+  if ($p -and (Test-Path -LiteralPath $p -PathType Leaf)) {
+    $hash = (Get-FileHash -Algorithm SHA256 -LiteralPath $p).Hash.ToLowerInvariant()
+    $bytes = [System.Text.Encoding]::UTF8.GetBytes($hash + '  ' + $p + [char]0)
+    $out.Write($bytes, 0, $bytes.Length)
+  }
+}
+"""
+
+
+class ScratchFolder:
+    """A new temporary folder on the machine (``mktemp -d``, or on Windows one below
+    ``GetTempPath()``), removed with everything in it."""
 
     def __init__(self, transport: Transport) -> None:
         self.transport = transport
+        self.windows = transport.os_family == "windows"
         self.path: str | None = None
 
     def create(self) -> str:
         """Create the folder and return its path. Raise EngineError if that fails."""
-        outcome = self.transport.run(
-            CommandRequest(["mktemp", "-d", "-t", "recoverd-drill.XXXXXXXX"], timeout=60)
-        )
+        if self.windows:
+            argv = powershell.encoded(WINDOWS_NEW_FOLDER)
+        else:
+            argv = ["mktemp", "-d", "-t", "recoverd-drill.XXXXXXXX"]
+        outcome = self.transport.run(CommandRequest(argv, timeout=60))
         path = outcome.stdout.decode("utf-8", "surrogateescape").strip()
-        if not outcome.ok or not path.startswith("/"):
+        absolute = re.match(r"[A-Za-z]:\\", path) if self.windows else path.startswith("/")
+        if not outcome.ok or not absolute:
             raise EngineError(
                 f"cannot create a scratch folder on {self.transport.machine.name}: "
                 f"{outcome.stderr.decode('utf-8', 'replace').strip() or outcome.exit_status}"
@@ -100,7 +130,12 @@ class PosixScratch:
         """Remove the folder and everything in it (nothing if it was never created)."""
         if self.path is None:
             return
-        outcome = self.transport.run(CommandRequest(["rm", "-rf", "--", self.path], timeout=600))
+        if self.windows:
+            script = WINDOWS_REMOVE_FOLDER.format(path=powershell.literal(self.path))
+            argv = powershell.encoded(script)
+        else:
+            argv = ["rm", "-rf", "--", self.path]
+        outcome = self.transport.run(CommandRequest(argv, timeout=600))
         if not outcome.ok:
             raise EngineError(
                 f"cannot remove the scratch folder {self.path} on "
@@ -117,7 +152,7 @@ class FilesDrill(_FilesTarget):
 
     def __init__(self, engine: Any) -> None:
         super().__init__(engine)
-        self.scratch = PosixScratch(engine.transport)
+        self.scratch = ScratchFolder(engine.transport)
 
     def _root(self, request: RestoreRequest) -> str:
         if self.scratch.path is None:
@@ -221,6 +256,35 @@ class FilesDrill(_FilesTarget):
         return self.engine.check(request.repository, subset)
 
 
+class WindowsFilesDrill(FilesDrill):
+    """A files drill on a Windows machine: restic.exe restores the sample into a folder below
+    the machine's temp folder, PowerShell's Get-FileHash hashes it there."""
+
+    name = "files-drill-windows"
+    os_families = ("windows",)
+
+    @staticmethod
+    def _at(root: str, path: str) -> str:
+        """Where ``path`` of the snapshot (``/C/Users/x``) lands below ``root``
+        (``ROOT\\C\\Users\\x``): restic for Windows recreates it as on POSIX."""
+        return root.rstrip("\\") + path.replace("/", "\\")
+
+    def _hash_files(self, paths: list[str], on_stdout: Callable[[bytes], None]) -> None:
+        """Hash ``paths`` with Get-FileHash; the paths travel NUL-separated on stdin (a
+        command line holds 32,767 characters at most)."""
+        names = "".join(f"{p}\0" for p in paths).encode("utf-8", "surrogateescape")
+        outcome = self.engine.transport.run(
+            CommandRequest(
+                powershell.encoded(WINDOWS_FILE_HASHES), stdin=names, on_stdout=on_stdout
+            )
+        )
+        if not outcome.ok:
+            raise EngineError(
+                f"Get-FileHash on {self.engine.transport.machine.name} failed: "
+                f"{outcome.stderr.decode('utf-8', 'replace').strip()[-300:]}"
+            )
+
+
 class ImageDrill(RestoreTarget):
     """Restore an image into a scratch file, compare its sha256 and check its file system."""
 
@@ -231,7 +295,7 @@ class ImageDrill(RestoreTarget):
 
     def __init__(self, engine: Any) -> None:
         super().__init__(engine)
-        self.scratch = PosixScratch(engine.transport)
+        self.scratch = ScratchFolder(engine.transport)
 
     def plan(self, request: RestoreRequest) -> RestorePlan:
         """Return the plan: the image and what it is checked against (nothing is written)."""
@@ -311,4 +375,5 @@ class ImageDrill(RestoreTarget):
 def recoverd_add_restore_targets(register: Kind) -> None:
     """Register the drill targets."""
     register.add(FilesDrill.name, FilesDrill)
+    register.add(WindowsFilesDrill.name, WindowsFilesDrill)
     register.add(ImageDrill.name, ImageDrill)

@@ -103,8 +103,13 @@ class _FilesTarget(RestoreTarget):
             text = record.decode("utf-8", "surrogateescape")
             found[text[66:]] = text[:64]  # "HASH  NAME"; -z prints names unescaped
 
-        self._each_path(["sha256sum", "-z", "--"], paths, NulRecords(keep))
+        self._hash_files(paths, NulRecords(keep))
         return found
+
+    def _hash_files(self, paths: list[str], on_stdout: Callable[[bytes], None]) -> None:
+        """Hash those ``paths`` that exist on the machine; write ``HASH  NAME`` records, each
+        ending in a NUL, to ``on_stdout`` (what ``sha256sum -z`` prints)."""
+        self._each_path(["sha256sum", "-z", "--"], paths, on_stdout)
 
     def _each_path(
         self, command: list[str], paths: list[str], on_stdout: Callable[[bytes], None]

@@ -26,6 +26,7 @@ from recoverd.clock import FakeClock, use_clock
 from recoverd.controller import Controller
 from recoverd.log.maintenance import utc_now
 from recoverd.testing import ThrowawaySSHD
+from recoverd.testing_wsman import WSManServer
 from recoverd_plugins.drills import choose_sample, include_pattern, sample_size
 
 PASSWORD = "drill-Pa55word-never-shown"
@@ -320,3 +321,67 @@ def test_monthly_report_shows_the_drills(site: Site, capsys: pytest.CaptureFixtu
     # A drill row: level, result, files verified, mismatches.
     assert f"| drill | succeeded | {len(HOME_FILES)} | 0 |" in markdown
     assert "| drill-image | succeeded | 1 | 0 |" in markdown
+
+
+WINDOWS_POLICY = """\
+[client]
+name = "Acme Trading Co."
+engineer = "Wang Lei"
+
+[repositories.nas]
+url = 'D:\\Backups\\restic'
+password = "env:TEST_DRILL_PASSWORD"
+
+[machines.fin-pc]
+transport = "winrm"
+address = "127.0.0.1"
+port = {port}
+auth = "basic"
+user = "{user}"
+password = "env:TEST_WINRM_PASSWORD"
+ca = "{ca}"
+restic = 'C:\\Program Files\\restic\\restic.exe'
+
+[[machines.fin-pc.levels]]
+name = "nightly"
+kind = "files"
+repository = "nas"
+paths = ['C:\\Users\\Wang Lei']
+
+[[machines.fin-pc.levels]]
+name = "drill"
+kind = "verify"
+of = "nightly"
+sample = "all"
+"""
+
+
+def test_windows_files_drill_restores_to_a_temp_folder_and_compares_file_hashes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with WSManServer(tmp_path / "drives", operation_timeout=0.3) as server:
+        tree = server.host.local_path("C:\\Users\\Wang Lei")
+        names = ["it's $HOME & 100%.txt", "中文 Ünïcødé.txt", "sub dir/big.bin", "star*[1].txt"]
+        for i, name in enumerate(names):
+            (tree / name).parent.mkdir(parents=True, exist_ok=True)
+            (tree / name).write_bytes(f"content {i}\n".encode() + os.urandom(i * 50_000))
+        policies = tmp_path / "policies"
+        policies.mkdir()
+        (policies / "acme.toml").write_text(
+            WINDOWS_POLICY.format(port=server.port, user=server.user, ca=server.ca_path)
+        )
+        monkeypatch.setenv("TEST_DRILL_PASSWORD", PASSWORD)
+        monkeypatch.setenv("TEST_WINRM_PASSWORD", server.password)
+        argv = ["--policies", str(policies), "--state", str(tmp_path / "state")]
+        assert main(["backup", "fin-pc", *argv]) == 0
+        (tree / names[0]).write_bytes(b"changed on the live machine after the backup")
+        capsys.readouterr()
+        assert main(["verify", "fin-pc", "--json", *argv]) == 0
+        run = json.loads(capsys.readouterr().out)
+        temp = server.host.local_path("C:\\Windows\\Temp")
+        hashed = [line for line in server.host.command_lines if "powershell" in line.lower()]
+    assert run["state"] == "succeeded", run["error"]
+    assert run["stats"]["files_verified"] == len(names) and run["stats"]["mismatches"] == 0
+    assert run["stats"]["target"] == "files-drill-windows"
+    assert hashed  # the scratch folder, Get-FileHash and Remove-Item ran through PowerShell
+    assert temp.is_dir() and not list(temp.glob("recoverd-drill.*"))  # cleaned up
