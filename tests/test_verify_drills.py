@@ -97,6 +97,12 @@ every = "day at 05:00"
 name = "drill-image"
 kind = "verify"
 of = "weekly-image"
+
+[[machines.ws-042.levels]]
+name = "drill-image-here"
+kind = "verify"
+of = "weekly-image"
+where = "controller"
 """
 
 HOME_FILES = {
@@ -209,9 +215,18 @@ def test_drill_of_a_healthy_backup_passes_with_rto_evidence(
     assert scratch_folders() == before
 
 
-def test_drill_on_the_controller_passes(site: Site, capsys: pytest.CaptureFixture[str]) -> None:
-    code, run = site.drill(capsys, "--level", "drill-here")
-    assert code == 0, run["error"]
+def test_drill_on_the_controller_passes_and_prints_its_figures(
+    site: Site, capsys: pytest.CaptureFixture[str]
+) -> None:
+    capsys.readouterr()
+    assert site.recoverd("verify", "ws-042", "--level", "drill-here") == 0
+    out = capsys.readouterr().out
+    assert "ws-042 drill-here verify: succeeded" in out
+    assert f"{len(HOME_FILES)} of {len(HOME_FILES)} file(s) verified, 0 mismatch(es)" in out
+    argv = ["--state", str(site.state), "log", "--json", "--policies", str(site.policies)]
+    assert main(argv) == 0
+    run = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert run["level"] == "drill-here"
     assert run["stats"]["where"] == "controller"
     assert run["stats"]["files_verified"] == len(HOME_FILES)
 
@@ -254,8 +269,6 @@ def test_damaged_pack_fails_the_drill_and_names_the_file(
     assert any("wang/photo.jpg" in m for m in stats["mismatched"]), stats["mismatched"]
     assert "verification failed" in run["error"] and "photo.jpg" in run["error"]
     assert scratch_folders() == before  # cleaned up after a failure too
-    # Once the pack is whole again, the drill passes again.
-    assert site.drill(capsys, "--level", "drill")[0] == 0
 
 
 def test_stale_backup_fails_the_drill(site: Site, capsys: pytest.CaptureFixture[str]) -> None:
@@ -278,6 +291,9 @@ def test_image_drill_passes_and_a_damaged_image_fails(
     assert stats["stream_sha256"] == stats["image_sha256"]
     assert stats["fs_check"] == "e2fsck -fn: exit 0" and stats["fs_type"] == "ext4"
     assert stats["bytes_restored"] > 500_000 and stats["check"] == "passed"
+    code, run = site.drill(capsys, "--level", "drill-image-here")
+    assert code == 0, run["error"]
+    assert run["stats"]["where"] == "controller" and run["stats"]["fs_check"].endswith("exit 0")
 
     with damaged(site.root / "images"):
         code, run = site.drill(capsys, "--level", "drill-image")

@@ -7,7 +7,7 @@ import argparse
 from recoverd.actions.verify import run_drill, verify_levels
 from recoverd.commands import AddCommand
 from recoverd.controller import Controller
-from recoverd.output import emit_json, human_bytes
+from recoverd.output import emit_json, run_result
 from recoverd.progress import ProgressLine
 from recoverd.runs import exit_code
 
@@ -27,15 +27,9 @@ def cmd_verify(ctl: Controller, args: argparse.Namespace) -> int:
             emit_json(view)
             continue
         stats = view["stats"] or {}
-        print(
-            f"{view['machine']} {view['level']} drill of {stats.get('of', '?')}: "
-            f"{view['state']}, {stats.get('files_verified', 0)} of "
-            f"{stats.get('files_in_snapshot', '?')} file(s) verified, "
-            f"{stats.get('mismatches', 0)} mismatch(es), "
-            f"{human_bytes(stats.get('bytes_restored'))} restored in "
-            f"{stats.get('time_to_restore_s', '-')} s, check {stats.get('check_subset', '-')} "
-            f"{stats.get('check', '-')}, seed {stats.get('seed', '-')} (run {view['id']})"
-        )
+        print(f"{view['machine']} {view['level']} verify: {view['state']} (run {view['id']})")
+        if "files_verified" in stats:
+            print(f"  {run_result({**view, 'error': None})}, seed {stats['seed']}")
         if view.get("error"):
             print(f"  {view['error']}")
     return exit_code(views)
