@@ -394,10 +394,16 @@ def test_windows_files_drill_restores_to_a_temp_folder_and_compares_file_hashes(
         capsys.readouterr()
         assert main(["verify", "fin-pc", "--json", *argv]) == 0
         run = json.loads(capsys.readouterr().out)
+        with damaged(server.host.local_path("D:\\Backups\\restic")):
+            assert main(["verify", "fin-pc", "--json", *argv]) == 1
+        broken = json.loads(capsys.readouterr().out)
         temp = server.host.local_path("C:\\Windows\\Temp")
         hashed = [line for line in server.host.command_lines if "powershell" in line.lower()]
     assert run["state"] == "succeeded", run["error"]
     assert run["stats"]["files_verified"] == len(names) and run["stats"]["mismatches"] == 0
     assert run["stats"]["target"] == "files-drill-windows"
     assert hashed  # the scratch folder, Get-FileHash and Remove-Item ran through PowerShell
-    assert temp.is_dir() and not list(temp.glob("recoverd-drill.*"))  # cleaned up
+    assert temp.is_dir() and not list(temp.glob("recoverd-drill.*"))  # cleaned up, twice
+    assert broken["state"] == "failed" and broken["stats"]["mismatches"] >= 1
+    # Each difference names a file of the tree.
+    assert all(any(n in m for n in names) for m in broken["stats"]["mismatched"])
