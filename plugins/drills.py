@@ -7,7 +7,8 @@ A drill proves that a backup restores, without touching the machine's data:
   compared with the snapshot's own content, read independently with ``restic dump --archive
   tar`` and hashed on the controller (the same check as a files restore, see
   :mod:`recoverd_plugins.files_restore`). The live files are never looked at: they may have
-  changed since the backup.
+  changed since the backup. On Windows (:class:`WindowsFilesDrill`) the folder is made below
+  the machine's temp folder and the files are hashed with PowerShell's ``Get-FileHash``.
 - **images**: the image is streamed into a file in a fresh temporary folder; the sha256 of the
   stream must equal the one recorded when the image was taken, and the file system check for
   its type (``e2fsck -fn`` for ext2/3/4) must pass.
