@@ -14,13 +14,15 @@ import tarfile
 import threading
 from abc import abstractmethod
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import recoverd
-from recoverd.engine import Progress, ProgressCallback
-from recoverd.errors import EngineError, UsageError
+from recoverd.engine import Progress, ProgressCallback, Snapshot
+from recoverd.errors import EngineError, RecoverdError, UsageError
 from recoverd.plugins import Kind
+from recoverd.policy.model import Repository
 from recoverd.restore import RestorePlan, RestoreRequest, RestoreTarget, Verification
 from recoverd.streams import ByteQueue, StreamAborted
 from recoverd.transport import CommandRequest
@@ -101,8 +103,13 @@ class _FilesTarget(RestoreTarget):
             text = record.decode("utf-8", "surrogateescape")
             found[text[66:]] = text[:64]  # "HASH  NAME"; -z prints names unescaped
 
-        self._each_path(["sha256sum", "-z", "--"], paths, NulRecords(keep))
+        self._hash_files(paths, NulRecords(keep))
         return found
+
+    def _hash_files(self, paths: list[str], on_stdout: Callable[[bytes], None]) -> None:
+        """Hash those ``paths`` that exist on the machine; write ``HASH  NAME`` records, each
+        ending in a NUL, to ``on_stdout`` (what ``sha256sum -z`` prints)."""
+        self._each_path(["sha256sum", "-z", "--"], paths, on_stdout)
 
     def _each_path(
         self, command: list[str], paths: list[str], on_stdout: Callable[[bytes], None]
@@ -151,55 +158,93 @@ class _FilesTarget(RestoreTarget):
     ) -> dict[str, str]:
         """Return path -> sha256 of every regular file in the snapshot, read from the
         repository as a tar stream (``restic dump``) and hashed on the controller."""
-        chunks = ByteQueue()
-        dumped: dict[str, BaseException] = {}
-        seen = [0]
+        read = snapshot_hashes(
+            self.engine, request.repository, request.snapshot, plan.bytes_total, progress
+        )
+        if read.error is not None:
+            raise read.error
+        return read.hashes
 
-        def put(chunk: bytes) -> None:
-            chunks.put(chunk)
-            seen[0] += len(chunk)
-            if progress is not None:
-                # tar headers make the stream a little longer than the files themselves.
-                done = min(seen[0], plan.bytes_total or seen[0])
-                progress(Progress(bytes_done=done, bytes_total=plan.bytes_total))
 
-        def dump() -> None:
-            try:
-                self.engine.dump(request.repository, request.snapshot.id, "/", put, archive="tar")
-            except StreamAborted:
-                pass  # the reader failed; its own error is raised below
-            except BaseException as exc:
-                dumped["error"] = exc
-            finally:
-                chunks.close()
+@dataclass
+class SnapshotHashes:
+    """The sha256 of a snapshot's files as read from the repository, and the error that
+    stopped the reading early (None when every file was read)."""
 
-        writer = threading.Thread(target=dump, name="files-dump", daemon=True)
-        writer.start()
-        hashes: dict[str, str] = {}
+    hashes: dict[str, str]
+    error: RecoverdError | None = None
+
+
+def snapshot_hashes(
+    engine: ResticEngine,
+    repository: Repository,
+    snapshot: Snapshot,
+    bytes_total: int | None,
+    progress: ProgressCallback | None,
+    wanted: set[str] | None = None,
+) -> SnapshotHashes:
+    """Return path -> sha256 of the regular files of ``snapshot`` (only those in ``wanted``,
+    if given), read with ``restic dump --archive tar`` through ``engine`` and hashed on the
+    controller. A stream that breaks (a damaged pack file) ends the reading: the result holds
+    the files read so far and the error.
+
+    Raise TransportError if the machine cannot be reached.
+    """
+    chunks = ByteQueue()
+    dumped: dict[str, BaseException] = {}
+    seen = [0]
+
+    def put(chunk: bytes) -> None:
+        chunks.put(chunk)
+        seen[0] += len(chunk)
+        if progress is not None:
+            # tar headers make the stream a little longer than the files themselves.
+            done = min(seen[0], bytes_total or seen[0])
+            progress(Progress(bytes_done=done, bytes_total=bytes_total))
+
+    def dump() -> None:
         try:
-            with tarfile.open(fileobj=chunks, mode="r|") as archive:  # type: ignore[call-overload]
-                for member in archive:
-                    if not member.isfile():
-                        continue
-                    content = archive.extractfile(member)
-                    digest = hashlib.file_digest(content, "sha256")  # type: ignore[arg-type]
-                    hashes["/" + member.name.lstrip("/")] = digest.hexdigest()
-            while chunks.read(1 << 16):  # the archive's end padding
-                pass
-        except tarfile.TarError as exc:
-            chunks.abort()
-            writer.join()
-            if "error" in dumped:
-                raise dumped["error"] from None
-            raise EngineError(f"cannot read snapshot {request.snapshot.short_id}: {exc}") from None
-        except BaseException:
-            chunks.abort()
-            writer.join()
-            raise
+            engine.dump(repository, snapshot.id, "/", put, archive="tar")
+        except StreamAborted:
+            pass  # the reader failed; its own error is raised below
+        except BaseException as exc:
+            dumped["error"] = exc
+        finally:
+            chunks.close()
+
+    writer = threading.Thread(target=dump, name="files-dump", daemon=True)
+    writer.start()
+    hashes: dict[str, str] = {}
+    try:
+        with tarfile.open(fileobj=chunks, mode="r|") as archive:  # type: ignore[call-overload]
+            for member in archive:
+                path = "/" + member.name.lstrip("/")
+                if not member.isfile() or (wanted is not None and path not in wanted):
+                    continue
+                content = archive.extractfile(member)
+                digest = hashlib.file_digest(content, "sha256")  # type: ignore[arg-type]
+                hashes[path] = digest.hexdigest()
+        while chunks.read(1 << 16):  # the archive's end padding
+            pass
+    except tarfile.TarError as exc:
+        chunks.abort()
         writer.join()
-        if "error" in dumped:
-            raise dumped["error"]
-        return hashes
+        error = dumped.get("error")
+        if isinstance(error, RecoverdError):
+            return SnapshotHashes(hashes, error)
+        if error is not None:
+            raise error from None
+        broken = EngineError(f"cannot read snapshot {snapshot.short_id}: {exc}")
+        return SnapshotHashes(hashes, broken)
+    except BaseException:
+        chunks.abort()
+        writer.join()
+        raise
+    writer.join()
+    error = dumped.get("error")
+    if error is not None and not isinstance(error, RecoverdError):
+        raise error
+    return SnapshotHashes(hashes, error)  # type: ignore[arg-type]
 
 
 def _seconds(iso_text: str | None) -> int | None:

@@ -461,15 +461,69 @@ class ResticEngine(Engine):
         restic recreates each file's full path under ``target`` (on Windows a snapshot's
         ``C:\\Users`` comes back as ``TARGET\\C\\Users``). Raise EngineError if restic fails.
         """
+        started = time.monotonic()
+        failed = self.restore_files(repository, snapshot, target, include)
+        if failed:
+            shown = "; ".join(failed[:5]) + (" ..." if len(failed) > 5 else "")
+            raise EngineError(f"restore of {snapshot}: {len(failed)} item(s) failed: {shown}")
+        stats = {"duration_s": round(time.monotonic() - started, 3), "target": target}
+        return Outcome("succeeded", snapshot, stats)
+
+    def restore_files(
+        self,
+        repository: Repository,
+        snapshot: str,
+        target: str,
+        include: tuple[str, ...] = (),
+    ) -> list[str]:
+        """Restore ``snapshot`` (only ``include`` patterns, if given) below ``target``; return
+        the items restic could not restore (``/home/a.txt: ciphertext verification failed``)
+        and went on past, as restic does for a damaged file.
+
+        Raise EngineError (or a more precise subclass) if restic failed for another reason.
+        """
         args = ["restore", snapshot, "--target", target]
         for path in include:
             args += ["--include", path]
-        started = time.monotonic()
-        outcome = self.restic(repository, args)
-        if not outcome.ok:
+        failed: list[str] = []
+        other: list[str] = []
+
+        def keep_line(line: str) -> None:
+            item = re.match(r"^ignoring error for (.*?): (.*)$", line)
+            if item:
+                failed.append(f"{item[1]}: {item[2]}")
+            elif line.strip():
+                other.append(line)
+
+        lines = LineSplitter(keep_line)
+        outcome = self.restic(repository, args, on_stderr=lines)
+        lines.flush()
+        if not outcome.ok and not failed:
+            outcome.stderr = "\n".join(other).encode()
             raise classify_failure(outcome, f"restore of {snapshot}", self.program)
-        stats = {"duration_s": round(time.monotonic() - started, 3), "target": target}
-        return Outcome("succeeded", snapshot, stats)
+        return [redact(item) for item in failed]
+
+    def check(self, repository: Repository, subset: str) -> list[str]:
+        """Run ``restic check --read-data-subset SUBSET`` (``n/N``): the repository's
+        structure and the data of one N-th of its pack files. Return the problems restic
+        found (an empty list when the repository is sound).
+
+        Raise EngineError (or a more precise subclass) if the check could not run.
+        """
+        outcome = self.restic(repository, ["check", "--read-data-subset", subset], timeout=None)
+        text = redact((outcome.stdout + b"\n" + outcome.stderr).decode("utf-8", "replace"))
+        if outcome.ok:
+            return []
+        if "repository contains errors" not in text:
+            raise classify_failure(outcome, f"check of {repository.name}", self.program)
+        problems = [
+            line.strip()
+            for line in text.splitlines()
+            if line.strip()
+            and not line.startswith(("[", "using temporary cache", "create exclusive lock"))
+            and not re.match(r"^(load|check|read|Fatal: repository contains)", line)
+        ]
+        return problems or ["restic check found errors in the repository"]
 
     def restore_windows_in_place(
         self, repository: Repository, snapshot: str, paths: list[str]

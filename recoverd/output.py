@@ -74,6 +74,14 @@ def run_result(view: dict[str, Any]) -> str:
             f"{human_bytes(stats.get('bytes_restored'))} in {stats.get('time_to_restore_s')} s, "
             f"verification {stats['verification']} ({stats.get('files_verified')} checked)"
         )
+    if view.get("action") == "verify" and "files_verified" in stats:
+        return (
+            f"drill of snapshot {view.get('snapshot')}: {stats['files_verified']} of "
+            f"{stats.get('files_in_snapshot')} file(s) verified, {stats.get('mismatches')} "
+            f"mismatch(es), {human_bytes(stats.get('bytes_restored'))} restored in "
+            f"{stats.get('time_to_restore_s')} s, check {stats.get('check_subset', '-')} "
+            f"{stats.get('check', '-')}"
+        )
     if view.get("action") == "prune" and "snapshots_removed" in stats:
         pruned = ", repository pruned" if stats.get("pruned") else ""
         return f"{stats['snapshots_removed']} snapshot(s) forgotten{pruned}"

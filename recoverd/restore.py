@@ -23,8 +23,9 @@ if TYPE_CHECKING:
     from recoverd.engine import Engine, ProgressCallback, Snapshot
     from recoverd.policy.model import Level, Machine, Repository
 
-DESTINATIONS = ("in-place", "path", "device")
-"""Where a restore goes: where the data came from, another path (``--to``), a device."""
+DESTINATIONS = ("in-place", "path", "device", "scratch")
+"""Where a restore goes: where the data came from, another path (``--to``), a device, or a
+scratch place that is removed afterwards (a restore drill, ``recoverd verify``)."""
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,10 @@ class RestoreRequest:
     snapshot: Snapshot
     destination: str | None = None
     """``--to PATH`` or ``--device DEV``; None restores to where the data came from."""
+    sample: str = "all"
+    """Drills: how many of the snapshot's files to restore (``"10%"``, ``"200"``, ``"all"``)."""
+    seed: int = 0
+    """Drills: the seed of the random sample, recorded so that the sample can be drawn again."""
 
 
 @dataclass
@@ -112,3 +117,19 @@ class RestoreTarget(ABC):
 
         Raise EngineError or TransportError if the comparison itself cannot run.
         """
+
+    def cleanup(self, request: RestoreRequest, plan: RestorePlan) -> None:
+        """Remove what a drill restored into its scratch place (targets of other destinations
+        leave their restore where it is: by default, nothing to do).
+
+        Raise EngineError or TransportError if it cannot be removed.
+        """
+        return None
+
+    def check_repository(self, request: RestoreRequest, subset: str) -> list[str] | None:
+        """Check the repository's integrity, reading the data of ``subset`` (``n/N``) of it;
+        return the problems found (empty when sound), or None if this target cannot check.
+
+        Raise EngineError or TransportError if the check cannot run.
+        """
+        return None

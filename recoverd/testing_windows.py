@@ -7,6 +7,8 @@ runs:
 
 - ``restic.exe`` as the real ``restic`` binary, with Windows paths (``C:\\Users\\x``) mapped into
   a directory per drive letter under ``root`` (``root/C/Users/x``);
+- the PowerShell scripts of restore drills (:mod:`recoverd_plugins.drills`): a temporary
+  folder, ``Remove-Item``, ``Get-FileHash``;
 - ``wbadmin.exe`` and the ``Get-WBJob`` / ``Get-WBSummary`` cmdlets, answering with outputs
   written after the documented formats (see :data:`WBADMIN_BANNER` and friends); a test chooses
   whether the next backup fails and whether the cmdlets exist (Windows Server) or not;
@@ -17,9 +19,11 @@ Every command it was asked to run is kept in :attr:`SimulatedWindows.command_lin
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
+import shutil
 import subprocess
 import threading
 from collections.abc import Callable
@@ -295,6 +299,12 @@ class SimulatedWindows:
             return self._start_process(script, inv)
         if "Get-WBJob" in script or "Get-WBSummary" in script:
             return self._wb_cmdlets(inv)
+        if "Get-FileHash" in script:
+            return self._file_hashes(inv)
+        if "New-Item -ItemType Directory" in script:
+            return self._new_temp_folder(inv)
+        if "Remove-Item -LiteralPath" in script:
+            return self._remove_item(script, inv)
         inv.stderr(b"the simulated host does not interpret this script:\r\n" + script.encode())
         return 1
 
@@ -321,6 +331,43 @@ class SimulatedWindows:
         inv.argv = [program, *args]
         inv.env = {**inv.env, **env}
         return target(inv)
+
+    # -- files: the scripts of recoverd_plugins.drills ---------------------------------------
+
+    def _new_temp_folder(self, inv: Invocation) -> int:
+        """A new folder below GetTempPath() (a service account's: C:\\Windows\\Temp\\)."""
+        path = f"C:\\Windows\\Temp\\recoverd-drill.{os.urandom(4).hex()}"
+        self.local_path(path).mkdir(parents=True)
+        inv.stdout(path.encode())
+        return 0
+
+    def _remove_item(self, script: str, inv: Invocation) -> int:
+        """``Remove-Item -LiteralPath '...' -Recurse -Force``; a missing path is an error."""
+        match = re.search(rf"Remove-Item -LiteralPath {_LITERAL}", script)
+        assert match is not None
+        path = parse_literal(match[1])
+        local = self.local_path(path)
+        if not local.exists():
+            message = f"Remove-Item : Cannot find path '{path}' because it does not exist.\r\n"
+            inv.stderr(message.encode())
+            return 1
+        if local.is_dir():
+            shutil.rmtree(local)
+        else:
+            local.unlink()
+        return 0
+
+    def _file_hashes(self, inv: Invocation) -> int:
+        """Get-FileHash -Algorithm SHA256 of each NUL-separated path on stdin that is a file:
+        ``hash  path`` and a NUL, as the drill's script writes them."""
+        for path in inv.stdin.read().decode("utf-8").split("\0"):
+            if not path:
+                continue
+            local = self.local_path(path)
+            if local.is_file():
+                digest = hashlib.sha256(local.read_bytes()).hexdigest()
+                inv.stdout(f"{digest}  {path}\0".encode())
+        return 0
 
     def _hostname(self, inv: Invocation) -> int:
         inv.stdout(f"{self.computer_name}\r\n".encode())

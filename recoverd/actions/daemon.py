@@ -32,16 +32,14 @@ from typing import Any
 import schedule
 
 from recoverd import clock
-from recoverd.actions.backup import backup_machine, level_action, written_repository
+from recoverd.actions.backup import backup_machine, written_repository
 from recoverd.actions.due import Duty, machine_duties
+from recoverd.actions.verify import run_drill
 from recoverd.controller import Controller
-from recoverd.engine import Outcome
 from recoverd.errors import MachineBusy, PolicyError, RecoverdError
-from recoverd.locks import machine_lock
 from recoverd.log.maintenance import this_process
 from recoverd.policy import load_policies
 from recoverd.policy.model import Level, Machine
-from recoverd.runs import recorded_run
 
 log = logging.getLogger(__name__)
 
@@ -54,30 +52,8 @@ REAP_EVERY_MINUTES = 60
 
 
 def run_verify_level(ctl: Controller, machine: Machine, level: Level) -> dict[str, Any]:
-    """Run a scheduled restore drill of ``level``; return the run's view.
-
-    NOT AVAILABLE YET: restore drills (``recoverd verify``) are being built separately. Until
-    they are wired in here, a due verify level is recorded ``skipped`` with that reason, so the
-    log shows that no drill ran. This is the daemon's single entry point for verify levels.
-    """
-    client = ctl.policies.clients[machine.client]
-    with (
-        machine_lock(ctl.state_dir, machine),
-        recorded_run(
-            ctl.log,
-            client=client.id,
-            machine=machine.name,
-            level=level.name,
-            kind=level.kind,
-            action=level_action(level),
-            trigger="schedule",
-            engineer=client.engineer,
-        ) as run,
-    ):
-        run.outcome = Outcome(
-            "skipped", error="restore drills are not available yet (recoverd verify)"
-        )
-    return run.view
+    """Run a scheduled restore drill of the verify ``level``; return the run's view."""
+    return run_drill(ctl, machine, level, trigger="schedule")
 
 
 class RepositoryGate:

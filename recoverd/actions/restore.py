@@ -19,7 +19,7 @@ from recoverd.engine import Engine, Outcome, ProgressCallback, Snapshot
 from recoverd.errors import UsageError
 from recoverd.log import RunFilter
 from recoverd.policy.model import Level, Machine
-from recoverd.restore import RestorePlan, RestoreRequest, RestoreTarget
+from recoverd.restore import RestorePlan, RestoreRequest, RestoreTarget, Verification
 from recoverd.runs import recorded_run
 from recoverd.transport import Transport
 
@@ -142,6 +142,26 @@ def choose_snapshot(
     raise UsageError(f"level {level.name} of {machine.qualified_name} has no snapshots yet")
 
 
+def record_verification(
+    stats: dict[str, Any], verification: Verification, snapshot: Snapshot
+) -> str | None:
+    """Put ``verification`` into a run's ``stats`` (files_verified, mismatches and the first
+    MAX_LISTED differences as ``mismatched``); return the run's error, None if it passed."""
+    stats["verification"] = "passed" if verification.ok else "failed"
+    stats["verification_method"] = verification.method
+    stats["files_verified"] = verification.checked
+    stats["mismatches"] = len(verification.mismatches)
+    if verification.ok:
+        return None
+    stats["mismatched"] = verification.mismatches[:MAX_LISTED]
+    shown = "; ".join(verification.mismatches[:5])
+    more = " ..." if len(verification.mismatches) > 5 else ""
+    return (
+        f"verification failed: {len(verification.mismatches)} difference(s) from "
+        f"snapshot {snapshot.short_id}: {shown}{more}"
+    )
+
+
 class PreparedRestore(AbstractContextManager["PreparedRestore"]):
     """A planned restore with its connection open: show ``plan``, then :meth:`run` it."""
 
@@ -209,19 +229,7 @@ class PreparedRestore(AbstractContextManager["PreparedRestore"]):
             verification = self.target.verify(self.request, plan, progress)
             stats["verify_s"] = round(time.monotonic() - checked, 3)
             stats["duration_s"] = stats["time_to_restore_s"] = round(time.monotonic() - started, 3)
-            stats["verification"] = "passed" if verification.ok else "failed"
-            stats["verification_method"] = verification.method
-            stats["files_verified"] = verification.checked
-            stats["mismatches"] = len(verification.mismatches)
-            error = None
-            if not verification.ok:
-                stats["mismatched"] = verification.mismatches[:MAX_LISTED]
-                shown = "; ".join(verification.mismatches[:5])
-                more = " ..." if len(verification.mismatches) > 5 else ""
-                error = (
-                    f"verification failed: {len(verification.mismatches)} difference(s) from "
-                    f"snapshot {self.request.snapshot.short_id}: {shown}{more}"
-                )
+            error = record_verification(stats, verification, self.request.snapshot)
             state = "succeeded" if verification.ok else "failed"
             run.outcome = Outcome(state, self.request.snapshot.short_id, stats, error)
         return run.view

@@ -30,5 +30,6 @@ MODULES = (
     "recoverd.commands.accept",
     "recoverd.commands.report",
     "recoverd.commands.restore",
+    "recoverd.commands.verify",
 )
 """The command modules, in the order their commands appear in ``recoverd --help``."""

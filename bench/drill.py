@@ -1,0 +1,120 @@
+"""Benchmark: restore drills of a tree of many files, sampled and whole, over SSH.
+
+Too slow for the test suite's budget, so it is a script:
+
+    .venv/bin/python bench/drill.py [--files 2000] [--mib 200]
+
+It starts a throwaway sshd on 127.0.0.1, writes a tree of N files (random bytes, M MiB in all),
+backs it up, then runs ``recoverd verify`` for ``sample = "10%"`` and ``sample = "all"`` and
+prints each drill's figures: time to restore, bytes restored, files verified. The baseline in
+the same run is a plain ``restic restore`` of the whole snapshot on this host, without recoverd
+or SSH.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from recoverd.cli import main
+from recoverd.testing import ThrowawaySSHD
+
+PASSWORD = "bench-password-not-secret"
+
+POLICY = """\
+[client]
+name = "Bench"
+[repositories.local]
+url = "{root}/repo"
+password = "env:BENCH_PASSWORD"
+[machines.bench]
+address = "127.0.0.1"
+port = {port}
+user = "root"
+identity = "{identity}"
+host_key = "{host_key}"
+[[machines.bench.levels]]
+name = "nightly"
+kind = "files"
+repository = "local"
+paths = ["{root}/tree"]
+[[machines.bench.levels]]
+name = "drill-10pct"
+kind = "verify"
+of = "nightly"
+sample = "10%"
+[[machines.bench.levels]]
+name = "drill-all"
+kind = "verify"
+of = "nightly"
+sample = "all"
+"""
+
+
+def recoverd(root: Path, *argv: str) -> list[dict]:
+    """Run recoverd with ``--json``; return the JSON lines it printed."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        main([*argv, "--json", "--policies", str(root / "policies"), "--state", str(root / "st")])
+    return [json.loads(line) for line in out.getvalue().splitlines()]
+
+
+def main_bench() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--files", type=int, default=2000)
+    parser.add_argument("--mib", type=int, default=200)
+    args = parser.parse_args()
+    os.environ["BENCH_PASSWORD"] = PASSWORD
+    with tempfile.TemporaryDirectory() as tmp, ThrowawaySSHD() as sshd:
+        root = Path(tmp)
+        size = args.mib * 1024 * 1024 // args.files
+        for i in range(args.files):
+            path = root / "tree" / f"d{i % 50:02d}" / f"file-{i:05d}.bin"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(os.urandom(size))
+        (root / "policies").mkdir()
+        (root / "policies" / "bench.toml").write_text(
+            POLICY.format(
+                root=root,
+                port=sshd.port,
+                identity=sshd.client_key,
+                host_key=sshd.host_key_line,
+            )
+        )
+        started = time.monotonic()
+        (backup,) = recoverd(root, "backup", "bench")
+        print(f"backup: {backup['state']} in {time.monotonic() - started:.1f} s")
+        for level in ("drill-10pct", "drill-all"):
+            started = time.monotonic()
+            (run,) = recoverd(root, "verify", "bench", "--level", level)
+            stats = run["stats"]
+            print(
+                f"{level}: {run['state']}, {stats['files_verified']} of "
+                f"{stats['files_in_snapshot']} files, {stats['bytes_restored'] / 2**20:.0f} MiB "
+                f"restored; restore {stats['restore_s']} s, verify {stats['verify_s']} s, "
+                f"time to restore {stats['time_to_restore_s']} s, whole drill "
+                f"{time.monotonic() - started:.1f} s"
+            )
+        env = {**os.environ, "RESTIC_PASSWORD": PASSWORD}
+        started = time.monotonic()
+        subprocess.run(
+            ["restic", "-r", str(root / "repo"), "restore", "latest", "--target", str(root / "r")],
+            env=env,
+            check=True,
+            capture_output=True,
+        )
+        print(
+            f"baseline: restic restore of the whole snapshot, locally: "
+            f"{time.monotonic() - started:.1f} s"
+        )
+
+
+if __name__ == "__main__":
+    main_bench()
