@@ -8,6 +8,7 @@ repository. The demo drives the real `recoverd` command, exactly as an engineer 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -15,6 +16,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 from recoverd.testing import ThrowawaySSHD
@@ -55,6 +57,13 @@ every = "sunday at 03:00"
 keep = {{ last = 4 }}
 
 [[machines.ws-demo.levels]]
+name = "drill"
+kind = "verify"
+of = "nightly"
+every = "month on day 1 at 05:00"
+sample = "all"
+
+[[machines.ws-demo.levels]]
 name = "nightly"
 kind = "files"
 repository = "local"
@@ -89,6 +98,23 @@ def shell(*argv: str) -> int:
     """Run a system tool, show it, and return its exit status."""
     print(f"$ {shlex.join(argv)}", flush=True)
     return subprocess.run(argv, check=False).returncode
+
+
+@contextlib.contextmanager
+def damaged_packs(repo: Path) -> Iterator[None]:
+    """Flip 64 bytes in the middle of every pack file of ``repo``; put them back afterwards."""
+    packs = {p: p.read_bytes() for p in (repo / "data").rglob("*") if p.is_file()}
+    print(f"(flipping 64 bytes in each of the {len(packs)} pack files under {repo / 'data'})")
+    for pack, data in packs.items():
+        middle = len(data) // 2
+        flipped = bytes(b ^ 0xFF for b in data[middle : middle + 64])
+        pack.chmod(0o600)
+        pack.write_bytes(data[:middle] + flipped + data[middle + 64 :])
+    try:
+        yield
+    finally:
+        for pack, data in packs.items():
+            pack.write_bytes(data)
 
 
 def make_system_disk(image: Path, scratch: Path) -> None:
@@ -164,7 +190,13 @@ def main() -> None:
             f.write("3,Initech,990\n")
         recoverd("backup", "ws-demo", "--level", "nightly")
         recoverd("snapshots", "ws-demo")
+
+        say("Restore drill: restore the newest backup into a scratch folder and compare hashes")
+        recoverd("verify", "ws-demo")
         recoverd("status")
+        say("A drill on a damaged repository fails and names the damaged files")
+        with damaged_packs(DEMO / "repo"):
+            recoverd("verify", "ws-demo", ok=(1,))
 
         say("9 a.m.: Alice deleted her contract and a virus scrambled the invoices")
         (disk / "home" / "alice" / "Documents" / "contract (signed).pdf").unlink()
