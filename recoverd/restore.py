@@ -38,6 +38,8 @@ class RestoreRequest:
     snapshot: Snapshot
     destination: str | None = None
     """``--to PATH`` or ``--device DEV``; None restores to where the data came from."""
+    items: tuple[str, ...] = ()
+    """``--item``: what to recover from a Windows system image (files, folders or volumes)."""
 
 
 @dataclass
