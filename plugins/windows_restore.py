@@ -212,12 +212,16 @@ class WindowsImageRecovery(RestoreTarget):
             replaced = sorted(file_facts(self.engine.transport, landing, STAT_FACT))
         else:
             landing = [destination] if destination else volumes
-            replaced = landing  # a volume recovery overwrites the whole volume
+        where = destination or (
+            "their original places" if item_type == "File" else ", ".join(volumes)
+        )
+        if item_type == "Volume":
+            replaced = [where]  # a volume recovery overwrites the whole volume
         return RestorePlan(
             target=self.name,
             source=f"{item_type.lower()}(s) {', '.join(items)} of system image "
             f"{request.snapshot.id}",
-            destination=destination or "their original places",
+            destination=where,
             files_total=len(items),
             replaced=replaced,
             details={"item_type": item_type, "items": items, "landing": landing},

@@ -172,7 +172,7 @@ WBADMIN_RECOVERY_OK = (
     "Summary of the recovery operation:\r\n"
     "--------------------\r\n\r\n"
     "The recovery of {items} successfully completed.\r\n"
-    "Total bytes recovered: {size} bytes\r\n"
+    "Total bytes recovered: {size:.2f} MB\r\n"
     "Total files recovered: {files}\r\n"
     "Total files failed: 0\r\n\r\n"
     "Log of files successfully recovered:\r\n"
@@ -468,7 +468,7 @@ class SimulatedWindows:
                 inv.stdout(WBADMIN_RECOVERY_FAILED.format(**facts, error=error).encode())
                 return 1
             files = self._recover(state.images.get(version, {}), options)
-            size = sum(len(data) for data in files.values())
+            size = sum(len(data) for data in files.values()) / 1024**2
             text = WBADMIN_RECOVERY_OK.format(**facts, stamp=stamp, files=len(files), size=size)
             inv.stdout(text.encode())
             return 0

@@ -57,7 +57,8 @@ def format_plan(prepared: PreparedRestore) -> str:
         f"  restores   {plan.source}, {human_bytes(plan.bytes_total)}",
         f"  to         {plan.destination}  [{plan.target}]",
     ]
-    if prepared.level.kind == "image":
+    # A whole image replaces its destination; a recovery of some files names them.
+    if prepared.level.kind == "image" and plan.replaced in ([], [plan.destination]):
         if plan.replaced:
             lines.append(f"  replaces   everything on {plan.destination}")
     else:
