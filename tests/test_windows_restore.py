@@ -161,6 +161,7 @@ def test_windows_restore_in_place_on_restic_0_14_shows_plan_and_refuses(
     office: Office, capsys: pytest.CaptureFixture[str]
 ) -> None:
     corrupted, deleted = f"{SOURCE}\\{HOSTILE_NAMES[3]}", f"{SOURCE}\\{HOSTILE_NAMES[7]}"
+    times = {path: office.local(path).stat() for path in (corrupted, deleted)}
     office.local(corrupted).write_bytes(b"ransomware was here")
     office.local(deleted).unlink()
     runs, mark = len(office.log(capsys)), len(office.server.host.command_lines)
@@ -180,8 +181,59 @@ def test_windows_restore_in_place_on_restic_0_14_shows_plan_and_refuses(
         assert office.restic_restores_since(mark) == []
         assert len(office.log(capsys)) == runs  # a refused plan records nothing
     finally:
-        for path in (corrupted, deleted):
+        for path, stat in times.items():
             office.local(path).write_bytes(office.originals[path])
+            os.utime(office.local(path), ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+
+def test_windows_restore_in_place_on_restic_0_16_puts_deleted_and_corrupted_files_back(
+    office: Office, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # restic 0.16 is not installed here; its one new feature used, SNAPSHOT:/C restored into C:\,
+    # is restic 0.14 restoring SNAPSHOT below the folder that holds the drive folders, with the
+    # includes put under /C. That is what this stand-in for restic.exe 0.16.4 runs.
+    host = office.server.host
+    restic = host.programs["restic.exe"]
+
+    received: list[list[str]] = []
+
+    def restic_0_16(inv: Invocation) -> int:
+        args = inv.argv[1:]
+        received.append(list(args))
+        if args == ["version"]:
+            inv.stdout(b"restic 0.16.4 compiled with go1.21.6 on windows/amd64\r\n")
+            return 0
+        if args[:1] == ["restore"] and ":/" in args[1]:
+            snapshot, drive = args[1].split(":/")
+            includes = [f"/{drive}{a}" for a in args[5::2]] or [f"/{drive}"]
+            args = ["restore", snapshot, "--target", str(host.root)]
+            inv.argv[1:] = [*args, *(x for i in includes for x in ("--include", i))]
+        return restic(inv)
+
+    corrupted, deleted = f"{SOURCE}\\{HOSTILE_NAMES[5]}", f"{SOURCE}\\Finance\\文件 Q3.docx"
+    office.local(corrupted).write_bytes(b"ransomware was here")
+    office.local(deleted).unlink()
+    host.programs["restic.exe"] = restic_0_16
+    try:
+        code = office.run("restore", "fin-pc", "--in-place", "--yes", "--symptom", "ransomware")
+    finally:
+        host.programs["restic.exe"] = restic
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert f"replaces   1 existing file(s) that differ\n               {corrupted}\n" in out
+    assert "creates    1 file(s) missing now" in out
+    for path, content in office.originals.items():
+        assert office.local(path).read_bytes() == content, path
+    run = office.log(capsys)[-1]
+    assert run["state"] == "succeeded" and run["stats"]["target"] == "windows-files-in-place"
+    assert run["stats"]["verification"] == "passed"
+    assert run["stats"]["files_replaced"] == 1 and run["stats"]["files_created"] == 1
+    (snapshot,) = {args[1].split(":")[0] for args in received if args[0] == "restore"}
+    assert snapshot.startswith(run["snapshot"])
+    restores = [args for args in received if args[0] == "restore"]
+    assert restores == [
+        ["restore", f"{snapshot}:/C", "--target", "C:\\", "--include", f"/Users/{USERS_DIR}"]
+    ]
 
 
 def test_windows_restore_dry_run_changes_nothing(
