@@ -200,22 +200,23 @@ class WindowsImageRecovery(RestoreTarget):
                 else (WINDOWS_ABSOLUTE.match(destination) is None or VOLUME.fullmatch(destination))
             )
             if wrong:
-                expected = "a volume like E:" if volumes else "a folder like D:\\Restored"
-                raise UsageError(f"volumes and files recover to {expected}, not {destination!r}")
-        replaced: list[str] = []
+                expected = (
+                    "volumes recover onto a volume like E: (--device)"
+                    if volumes
+                    else "files and folders recover into a folder like D:\\Restored (--to)"
+                )
+                raise UsageError(f"{expected}, not {destination!r}")
         if item_type == "File":
             # wbadmin puts an item into the folder as its last name (C:\Users\x -> FOLDER\x).
             landing = [
                 item if destination is None else destination.rstrip("\\/") + "\\" + _leaf(item)
                 for item in items
             ]
+            where = destination or "their original places"
             replaced = sorted(file_facts(self.engine.transport, landing, STAT_FACT))
         else:
             landing = [destination] if destination else volumes
-        where = destination or (
-            "their original places" if item_type == "File" else ", ".join(volumes)
-        )
-        if item_type == "Volume":
+            where = ", ".join(landing)
             replaced = [where]  # a volume recovery overwrites the whole volume
         return RestorePlan(
             target=self.name,

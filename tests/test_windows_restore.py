@@ -315,6 +315,21 @@ def test_windows_failing_wbadmin_recovery_is_recorded_failed_with_its_message(
     assert run["error"].endswith(" failed: Access is denied.")
 
 
+def test_windows_image_recovery_refuses_items_that_do_not_fit(
+    office: Office, capsys: pytest.CaptureFixture[str]
+) -> None:
+    runs = len(office.log(capsys))
+    assert office.run("restore", "srv-win", "--item", "D:", "--to", "C:\\x", "--yes") == 2
+    assert "volumes recover onto a volume like E: (--device), not 'C:\\\\x'" in (
+        capsys.readouterr().err
+    )
+    assert office.run("restore", "srv-win", "--item", "D:", "--item", "C:\\x", "--yes") == 2
+    assert "either volumes (D:) or files and folders, not both" in capsys.readouterr().err
+    assert office.run("restore", "srv-win", "--level", "weekly-image", "--yes") == 2
+    assert "say what to recover from the system image with --item" in capsys.readouterr().err
+    assert len(office.log(capsys)) == runs
+
+
 def test_windows_bare_metal_prints_winre_steps_and_records_the_run(
     office: Office, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -297,9 +297,15 @@ def register(add: AddCommand) -> None:
     p.add_argument("--level", help="restore from this level (default: by the restore target)")
     p.add_argument("--snapshot", help="snapshot id or prefix (default: the latest good one)")
     where = p.add_mutually_exclusive_group()
-    where.add_argument("--to", metavar="PATH", help="files below PATH, or an image into file PATH")
+    where.add_argument(
+        "--to",
+        metavar="PATH",
+        help="files below PATH (also --item files), or an image into file PATH",
+    )
     where.add_argument("--in-place", action="store_true", help="files back where they were")
-    where.add_argument("--device", metavar="DEV", help="an image onto device DEV")
+    where.add_argument(
+        "--device", metavar="DEV", help="an image onto device DEV (also --item volumes)"
+    )
     where.add_argument(
         "--bare-metal",
         action="store_true",
