@@ -57,6 +57,8 @@ STAT_FACT = (
 )
 HASH_FACT = "(Get-FileHash -LiteralPath $file.FullName -Algorithm SHA256).Hash.ToLowerInvariant()"
 
+SYSTEM_DRIVE_SCRIPT = "[Console]::Out.Write($env:SystemDrive)\n"
+
 WINDOWS_ABSOLUTE = re.compile(r"[A-Za-z]:[\\/]|\\\\[^\\]+\\[^\\]+")
 """A path Windows resolves without a current folder: ``C:\\...`` or ``\\\\server\\share``."""
 VOLUME = re.compile(r"[A-Za-z]:\\?")
@@ -90,6 +92,15 @@ def file_facts(transport: Transport, paths: list[str], fact: str) -> dict[str, s
         text = outcome.stderr.decode("utf-8", "replace").strip()
         raise EngineError(f"cannot read files on {transport.machine.name}: {text[-300:]}")
     return found
+
+
+def system_drive(transport: Transport) -> str:
+    """Return the volume Windows runs from (``C:``). Raise EngineError if it cannot be read."""
+    outcome = transport.run(CommandRequest(powershell.encoded(SYSTEM_DRIVE_SCRIPT), timeout=60))
+    drive = outcome.stdout.decode("utf-8", "replace").strip()
+    if not outcome.ok or not VOLUME.fullmatch(drive):
+        raise EngineError(f"cannot read the system drive of {transport.machine.name}")
+    return drive
 
 
 class WindowsFilesTarget(FilesTarget):
@@ -206,6 +217,7 @@ class WindowsImageRecovery(RestoreTarget):
                     else "files and folders recover into a folder like D:\\Restored (--to)"
                 )
                 raise UsageError(f"{expected}, not {destination!r}")
+        refusal = None
         if item_type == "File":
             # wbadmin puts an item into the folder as its last name (C:\Users\x -> FOLDER\x).
             landing = [
@@ -218,6 +230,13 @@ class WindowsImageRecovery(RestoreTarget):
             landing = [destination] if destination else volumes
             where = ", ".join(landing)
             replaced = [where]  # a volume recovery overwrites the whole volume
+            system = system_drive(self.engine.transport)
+            if any(volume.rstrip("\\").upper() == system.upper() for volume in landing):
+                refusal = (
+                    f"{system} is the volume Windows runs from on {request.machine.name}: it "
+                    "cannot be overwritten while Windows runs; restore the whole machine with "
+                    "--bare-metal (through WinRE)"
+                )
         return RestorePlan(
             target=self.name,
             source=f"{item_type.lower()}(s) {', '.join(items)} of system image "
@@ -225,6 +244,7 @@ class WindowsImageRecovery(RestoreTarget):
             destination=where,
             files_total=len(items),
             replaced=replaced,
+            refusal=refusal,
             details={"item_type": item_type, "items": items, "landing": landing},
         )
 

@@ -339,6 +339,9 @@ class SimulatedWindows:
             return self._start_process(script, inv)
         if "Get-WBJob" in script or "Get-WBSummary" in script:
             return self._wb_cmdlets(inv)
+        if script.strip() == "[Console]::Out.Write($env:SystemDrive)":
+            inv.stdout(b"C:")
+            return 0
         if "[Console]::OpenStandardInput()" in script and "$file.FullName" in script:
             return self._file_facts("Get-FileHash" in script, inv)
         inv.stderr(b"the simulated host does not interpret this script:\r\n" + script.encode())

@@ -327,6 +327,10 @@ def test_windows_image_recovery_refuses_items_that_do_not_fit(
     assert "either volumes (D:) or files and folders, not both" in capsys.readouterr().err
     assert office.run("restore", "srv-win", "--level", "weekly-image", "--yes") == 2
     assert "say what to recover from the system image with --item" in capsys.readouterr().err
+    assert office.run("restore", "srv-win", "--item", "D:", "--device", "c:", "--yes") == 1
+    captured = capsys.readouterr()
+    assert "replaces   everything on c:" in captured.out
+    assert "restore refused: C: is the volume Windows runs from on srv-win" in captured.err
     assert len(office.log(capsys)) == runs
 
 
