@@ -354,7 +354,7 @@ class WbadminEngine(Engine):
             )
         else:
             steps.append(
-                f"Connect the backup disk. WinRE may give it another letter than {target}: "
+                f"Connect the backup disk. WinRE may give it a letter other than {target}; "
                 "`diskpart`, then `list volume` and `exit`, shows the letters; use that one below."
             )
         steps += [

@@ -54,7 +54,8 @@ def format_plan(prepared: PreparedRestore) -> str:
         f"Restore plan for {prepared.machine.qualified_name} ({prepared.client.name})",
         f"  snapshot   {snapshot.short_id}  {local_time(snapshot.time, zone)}  "
         f"level {prepared.level.name} ({prepared.level.kind})",
-        f"  restores   {plan.source}, {human_bytes(plan.bytes_total)}",
+        f"  restores   {plan.source}"
+        + ("" if plan.bytes_total is None else f", {human_bytes(plan.bytes_total)}"),
         f"  to         {plan.destination}  [{plan.target}]",
     ]
     # A whole image replaces its destination; a recovery of some files names them.
