@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from recoverd import powershell
 from recoverd.cli import main
-from recoverd.testing_windows import Invocation
+from recoverd.testing_windows import Invocation, split_command_line
 from recoverd.testing_wsman import WSManServer
 
 REPO_PASSWORD = "Repo-s3cret-windows-restore"
@@ -97,7 +98,10 @@ class Office:
         return self.server.host.local_path(windows_path)
 
     def restic_restores_since(self, mark: int) -> list[str]:
-        return [line for line in self.server.host.command_lines[mark:] if "restore" in line]
+        """Return the restic restores the machine was asked to run since command ``mark``."""
+        lines = self.server.host.command_lines[mark:]
+        scripts = [powershell.decode(split_command_line(line)) or "" for line in lines]
+        return [script for script in scripts if "$start.Arguments = 'restore " in script]
 
 
 @pytest.fixture(scope="module")
@@ -132,6 +136,7 @@ def test_windows_restore_to_folder_with_hostile_names_gives_identical_bytes(
     office: Office, capsys: pytest.CaptureFixture[str]
 ) -> None:
     target = "C:\\Restore\\fin-pc 'restored' $now `x` 100% & 中文"
+    mark = len(office.server.host.command_lines)
     code = office.run(
         "restore",
         "fin-pc",
@@ -146,6 +151,7 @@ def test_windows_restore_to_folder_with_hostile_names_gives_identical_bytes(
     out = capsys.readouterr().out
     assert code == 0, out
     assert f"creates    {len(office.originals)} file(s) missing now" in out
+    assert len(office.restic_restores_since(mark)) == 1
     # restic for Windows recreates the source path below the folder: TARGET\C\Users\...
     for path, content in office.originals.items():
         assert office.local(target + "\\" + path.replace(":", "", 1)).read_bytes() == content
@@ -288,7 +294,8 @@ def test_windows_wbadmin_file_recovery_is_recorded_with_its_result(
     assert office.run("restore", "srv-win", "--item", item, "--to", folder, "--yes") == 0
     assert "windows-image-recovery" in capsys.readouterr().out
     assert office.local(f"{folder}\\文件 Q3.docx").read_bytes() == office.originals[item]
-    assert f'"-items:{item}"' in office.server.host.command_lines[-2]
+    recovery = f'"-items:{item}" -backupTarget:E: "-recoveryTarget:{folder}" -recursive'
+    assert any(recovery in line for line in office.server.host.command_lines)
     run = office.log(capsys)[-1]
     assert run["action"] == "restore" and run["kind"] == "image" and run["state"] == "succeeded"
     assert run["stats"]["files_restored"] == 1 and run["stats"]["files_failed"] == 0
