@@ -179,6 +179,7 @@ class WindowsImageRecovery(RestoreTarget):
     kinds = ("image",)
     destinations = ("in-place", "path", "device")
     os_families = ("windows",)
+    takes_items = True
     engine: WbadminEngine
 
     def __init__(self, engine: WbadminEngine) -> None:

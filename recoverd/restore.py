@@ -87,6 +87,9 @@ class RestoreTarget(ABC):
     destinations: tuple[str, ...] = ()
     """Which of :data:`DESTINATIONS` this target serves."""
     os_families: tuple[str, ...] = ("posix",)
+    takes_items = False
+    """Whether this target restores parts of a snapshot named by ``--item``
+    (:attr:`RestoreRequest.items`) rather than the whole snapshot."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine

@@ -332,6 +332,8 @@ def test_windows_image_recovery_refuses_items_that_do_not_fit(
     )
     assert office.run("restore", "srv-win", "--item", "D:", "--item", "C:\\x", "--yes") == 2
     assert "either volumes (D:) or files and folders, not both" in capsys.readouterr().err
+    assert office.run("restore", "fin-pc", "--item", "C:\\x", "--yes") == 2
+    assert "fin-pc has no image level to restore from" in capsys.readouterr().err
     assert office.run("restore", "srv-win", "--level", "weekly-image", "--yes") == 2
     assert "say what to recover from the system image with --item" in capsys.readouterr().err
     assert office.run("restore", "srv-win", "--item", "D:", "--device", "c:", "--yes") == 1
@@ -367,3 +369,19 @@ def test_windows_bare_metal_prints_winre_steps_and_records_the_run(
     assert office.log(capsys)[-1]["state"] == "failed"
     assert office.run("restore", "fin-pc", "--bare-metal") == 2
     assert "acme/fin-pc has no image level to restore bare metal from" in capsys.readouterr().err
+
+
+def test_windows_items_are_refused_by_targets_that_restore_whole_snapshots(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    (policies / "acme.toml").write_text(
+        '[client]\nname = "Acme"\n[repositories.nas]\nurl = "/srv/restic"\npassword = "env:X"\n'
+        '[machines.box]\ntransport = "local"\n'
+        '[[machines.box.levels]]\nname = "image"\nkind = "image"\nrepository = "nas"\n'
+        'device = "/dev/sdz"\nevery = "sunday at 03:00"\n'
+    )
+    args = ["--policies", str(policies), "--state", str(tmp_path / "state")]
+    assert main(["restore", "box", "--item", "/etc", "--yes", *args]) == 2
+    assert "--item is not for the image-to-device restore target" in capsys.readouterr().err

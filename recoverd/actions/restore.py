@@ -158,6 +158,11 @@ class PreparedRestore(AbstractContextManager["PreparedRestore"]):
         self.level = restore_level(self.machine, order)
         os_family = ctl.plugins["transports"].get(self.machine.transport).os_family
         self.target_cls = target_class(ctl, self.level, order.destination_kind, os_family)
+        if order.items and not self.target_cls.takes_items:
+            raise UsageError(
+                f"--item is not for the {self.target_cls.name} restore target: it restores the "
+                "whole snapshot"
+            )
         self.transport: Transport = ctl.transport(self.machine)
         self.transport.connect()
         try:
