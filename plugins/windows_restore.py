@@ -27,9 +27,10 @@ from recoverd.transport import CommandRequest, Transport
 from recoverd_plugins.files_restore import FilesTarget, NulRecords
 from recoverd_plugins.wbadmin import WbadminEngine
 
-# For every path on stdin that exists: "FACT<tab>PATH<NUL>" as UTF-8, for a folder one record
-# per file below it. The output goes to the raw stdout stream, so neither PowerShell's output
-# encoding nor its line width can change a name.
+# For every path on stdin that exists: "FACT<tab>PATH<NUL>" as UTF-8, the path as it was sent
+# (the caller looks it up), for a folder one record per file below it. The output goes to the
+# raw stdout stream, so neither PowerShell's output encoding nor its line width can change a
+# name.
 FACTS_SCRIPT = """\
 $ErrorActionPreference = 'Stop'
 $utf8 = New-Object System.Text.UTF8Encoding $false
@@ -45,8 +46,9 @@ while ($null -ne ($path = $paths.ReadLine())) {
     continue
   }
   foreach ($file in $files) {
+    $name = if ($item -is [System.IO.FileInfo]) { $path } else { $file.FullName }
     $fact = FACT
-    $record = $utf8.GetBytes($fact + "`t" + $file.FullName + [char]0)
+    $record = $utf8.GetBytes($fact + "`t" + $name + [char]0)
     $out.Write($record, 0, $record.Length)
   }
 }

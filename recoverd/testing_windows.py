@@ -373,8 +373,8 @@ class SimulatedWindows:
 
     def _file_facts(self, hashing: bool, inv: Invocation) -> int:
         """Interpret the file-facts script of :mod:`recoverd_plugins.windows_restore`: for each
-        path on stdin that exists, ``SIZE<tab>MTIME`` or the sha256, a tab and the full name,
-        NUL-terminated; a folder stands for every file below it."""
+        path on stdin that exists, ``SIZE<tab>MTIME`` or the sha256, a tab and the path as sent,
+        NUL-terminated; a folder stands for every file below it (by full name)."""
         for line in inv.stdin.read().decode("utf-8").splitlines():
             try:
                 local = self.local_path(line)
@@ -387,7 +387,8 @@ class SimulatedWindows:
                 else:
                     stat = path.stat()
                     fact = f"{stat.st_size}\t{int(stat.st_mtime)}"
-                inv.stdout(f"{fact}\t{self.windows_path(str(path))}\0".encode())
+                name = line if path == local else self.windows_path(str(path))
+                inv.stdout(f"{fact}\t{name}\0".encode())
         return 0
 
     def _hostname(self, inv: Invocation) -> int:
