@@ -35,7 +35,7 @@ from recoverd.plugins import Kind
 from recoverd.restore import RestorePlan, RestoreRequest, RestoreTarget, Verification
 from recoverd.streams import StreamDigest
 from recoverd.transport import CommandRequest, Transport
-from recoverd_plugins.files_restore import _FilesTarget, snapshot_hashes
+from recoverd_plugins.files_restore import FilesTarget, snapshot_hashes
 from recoverd_plugins.image import ImageEngine, ImageFormat, image_facts
 
 INCLUDES_PER_RESTORE = 500
@@ -145,7 +145,7 @@ class ScratchFolder:
         self.path = None
 
 
-class FilesDrill(_FilesTarget):
+class FilesDrill(FilesTarget):
     """Restore a sample of a files snapshot into a scratch folder and hash-compare it."""
 
     name = "files-drill"

@@ -42,7 +42,7 @@ class NulRecords:
             self._on_record(record)
 
 
-class _FilesTarget(RestoreTarget):
+class FilesTarget(RestoreTarget):
     """What in-place and to-a-path restores share: the plan, restic restore, verification."""
 
     kinds = ("files",)
@@ -253,7 +253,7 @@ def _seconds(iso_text: str | None) -> int | None:
     return int(datetime.fromisoformat(iso_text).timestamp())
 
 
-class FilesInPlace(_FilesTarget):
+class FilesInPlace(FilesTarget):
     """Put the snapshot's files back where they were (restic restore --target /)."""
 
     name = "files-in-place"
@@ -263,7 +263,7 @@ class FilesInPlace(_FilesTarget):
         return "/"
 
 
-class FilesToPath(_FilesTarget):
+class FilesToPath(FilesTarget):
     """Restore the snapshot's files below another folder (``--to PATH``), full paths kept."""
 
     name = "files-to-path"

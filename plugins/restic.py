@@ -525,6 +525,19 @@ class ResticEngine(Engine):
         ]
         return problems or ["restic check found errors in the repository"]
 
+    def windows_in_place_problem(self) -> str | None:
+        """Return why the machine's restic cannot restore in place on Windows, or None.
+
+        Raise ToolMissing or EngineError if restic's version cannot be read.
+        """
+        if self.version() >= SUBFOLDER_VERSION:
+            return None
+        found = ".".join(map(str, self.version()))
+        return (
+            f"restoring in place on Windows needs restic 0.16 or later on the machine (it has "
+            f"{found}); restore to a folder instead (--to)"
+        )
+
     def restore_windows_in_place(
         self, repository: Repository, snapshot: str, paths: list[str]
     ) -> Outcome:
@@ -534,12 +547,9 @@ class ResticEngine(Engine):
         snapshot's subfolder), UsageError for a path that is not absolute, EngineError if
         restic fails.
         """
-        if self.version() < SUBFOLDER_VERSION:
-            found = ".".join(map(str, self.version()))
-            raise ToolMissing(
-                f"restoring in place on Windows needs restic 0.16 or later on the machine (it "
-                f"has {found}); restore to a folder instead"
-            )
+        problem = self.windows_in_place_problem()
+        if problem:
+            raise ToolMissing(problem)
         started = time.monotonic()
         for args in windows_in_place_args(snapshot, paths):
             outcome = self.restic(repository, args)

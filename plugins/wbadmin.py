@@ -305,6 +305,9 @@ class WbadminEngine(Engine):
         files = re.search(r"^Total files recovered:\s*(\d+)", text, re.M)
         if files:
             stats["files_restored"] = int(files[1])
+        failed = re.search(r"^Total files failed:\s*(\d+)", text, re.M)
+        if failed:
+            stats["files_failed"] = int(failed[1])
         return Outcome("succeeded", version, stats)
 
     def computer_name(self) -> str:
@@ -351,7 +354,7 @@ class WbadminEngine(Engine):
             )
         else:
             steps.append(
-                f"Connect the backup disk. WinRE may give it another letter than {target}: "
+                f"Connect the backup disk. WinRE may give it a letter other than {target}; "
                 "`diskpart`, then `list volume` and `exit`, shows the letters; use that one below."
             )
         steps += [

@@ -47,8 +47,9 @@ def recoverd_add_restore_targets(register: Kind) -> None:
         of :class:`recoverd.restore.RestoreTarget`, built with the engine of the level being
         restored. ``recoverd restore`` picks a target whose ``kinds`` hold the level's kind
         and whose ``destinations`` hold what the options ask for (``in-place``, ``path`` for
-        ``--to``, ``device`` for ``--device``); of several, the one registered last, so a
-        third-party target overrides a built-in one.
+        ``--to``, ``device`` for ``--device``) and whose ``os_families`` hold the machine's
+        (``posix``, ``windows``); of several, the one registered last, so a third-party target
+        overrides a built-in one. Only a target with ``takes_items`` accepts ``--item``.
     """
 
 

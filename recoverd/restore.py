@@ -43,6 +43,8 @@ class RestoreRequest:
     """Drills: how many of the snapshot's files to restore (``"10%"``, ``"200"``, ``"all"``)."""
     seed: int = 0
     """Drills: the seed of the random sample, recorded so that the sample can be drawn again."""
+    items: tuple[str, ...] = ()
+    """``--item``: what to recover from a Windows system image (files, folders or volumes)."""
 
 
 @dataclass
@@ -90,6 +92,9 @@ class RestoreTarget(ABC):
     destinations: tuple[str, ...] = ()
     """Which of :data:`DESTINATIONS` this target serves."""
     os_families: tuple[str, ...] = ("posix",)
+    takes_items = False
+    """Whether this target restores parts of a snapshot named by ``--item``
+    (:attr:`RestoreRequest.items`) rather than the whole snapshot."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine

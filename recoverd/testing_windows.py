@@ -175,11 +175,20 @@ WBADMIN_RECOVERY_OK = (
     "Summary of the recovery operation:\r\n"
     "--------------------\r\n\r\n"
     "The recovery of {items} successfully completed.\r\n"
-    "Total bytes recovered: 1.25 MB\r\n"
-    "Total files recovered: 3\r\n"
+    "Total bytes recovered: {size:.2f} MB\r\n"
+    "Total files recovered: {files}\r\n"
     "Total files failed: 0\r\n\r\n"
     "Log of files successfully recovered:\r\n"
     "C:\\Windows\\Logs\\WindowsServerBackup\\FileRestore-{stamp}.log\r\n\r\n"
+)
+
+WBADMIN_RECOVERY_FAILED = (
+    "Retrieving volume information...\r\n"
+    "You have chosen to recover the file(s) {items} from the\r\n"
+    "backup created on {time} to {target}.\r\n"
+    "Preparing to recover files...\r\n\r\n"
+    "ERROR - The recovery operation stopped before completing.\r\n"
+    "Detailed error: {error}\r\n"
 )
 
 NOT_RECOGNIZED = (
@@ -202,6 +211,10 @@ class WbadminState:
     versions: list[tuple[datetime, str]] = field(default_factory=list)
     """(backup time, target) of every successful backup, oldest first."""
     last_job: dict[str, object] | None = None
+    fail_next_recovery: str | None = None
+    """The "Detailed error" of the next recovery; None: it succeeds."""
+    images: dict[str, dict[str, bytes]] = field(default_factory=dict)
+    """Per version identifier, the content of the imaged volumes: Windows path -> bytes."""
 
 
 class SimulatedWindows:
@@ -262,11 +275,21 @@ class SimulatedWindows:
         invocation.argv = argv
         return program(invocation)
 
+    def windows_path(self, local: str) -> str:
+        """Given a path below ``root`` (``root/C/Users/x``), return it as Windows writes it."""
+        parts = Path(local).relative_to(self.root).parts
+        return parts[0] + ":\\" + "\\".join(parts[1:])
+
     def _restic(self, inv: Invocation) -> int:
         env = {**os.environ, **inv.env}
         repository = env.get("RESTIC_REPOSITORY", "")
         env["RESTIC_REPOSITORY"] = self._map_arg(repository)
         args = [self._map_arg(a) for a in inv.argv[1:]]
+        if args[:1] == ["backup"] and "--" in args:
+            # restic for Windows keeps C:\Users\x as /C/Users/x in the snapshot: backing up
+            # the drive folders relative to root (restic runs there) gives the same tree.
+            split = args.index("--")
+            args[split + 1 :] = [str(Path(a).relative_to(self.root)) for a in args[split + 1 :]]
         if "--use-fs-snapshot" in args:
             # Only restic for Windows has the flag; there is no VSS here to snapshot with.
             args.remove("--use-fs-snapshot")
@@ -278,17 +301,37 @@ class SimulatedWindows:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             env=env,
+            cwd=self.root,
         )
         inv.on_terminate.append(process.kill)
+        # restic for Windows lists a snapshot's paths as C:\\Users\\x.
+        listing = bytearray() if args[:1] == ["snapshots"] and "--json" in args else None
+        stdout = inv.stdout if listing is None else listing.extend
         pumps = [
-            threading.Thread(target=_pump, args=(process.stdout, inv.stdout), daemon=True),
+            threading.Thread(target=_pump, args=(process.stdout, stdout), daemon=True),
             threading.Thread(target=_pump, args=(process.stderr, inv.stderr), daemon=True),
         ]
         for pump in pumps:
             pump.start()
         for pump in pumps:
             pump.join()
+        if listing is not None:
+            inv.stdout(self._windows_snapshots(bytes(listing)))
         return process.wait()
+
+    def _windows_snapshots(self, listing: bytes) -> bytes:
+        try:
+            snapshots = json.loads(listing)
+        except ValueError:
+            return listing
+        for snapshot in snapshots or []:
+            for key in ("paths", "excludes"):
+                if key in snapshot:
+                    snapshot[key] = [
+                        self.windows_path(p) if p.startswith(str(self.root)) else p
+                        for p in snapshot[key]
+                    ]
+        return json.dumps(snapshots).encode() + b"\n"
 
     def _powershell(self, inv: Invocation) -> int:
         script = decode(inv.argv)
@@ -299,6 +342,11 @@ class SimulatedWindows:
             return self._start_process(script, inv)
         if "Get-WBJob" in script or "Get-WBSummary" in script:
             return self._wb_cmdlets(inv)
+        if script.strip() == "[Console]::Out.Write($env:SystemDrive)":
+            inv.stdout(b"C:")
+            return 0
+        if "[Console]::OpenStandardInput()" in script and "$file.FullName" in script:
+            return self._file_facts("Get-FileHash" in script, inv)
         if "Get-FileHash" in script:
             return self._file_hashes(inv)
         if "New-Item -ItemType Directory" in script:
@@ -369,6 +417,26 @@ class SimulatedWindows:
                 inv.stdout(f"{digest}  {path}\0".encode())
         return 0
 
+    def _file_facts(self, hashing: bool, inv: Invocation) -> int:
+        """Interpret the file-facts script of :mod:`recoverd_plugins.windows_restore`: for each
+        path on stdin that exists, ``SIZE<tab>MTIME`` or the sha256, a tab and the path as sent,
+        NUL-terminated; a folder stands for every file below it (by full name)."""
+        for line in inv.stdin.read().decode("utf-8").splitlines():
+            try:
+                local = self.local_path(line)
+            except ValueError:
+                continue
+            files = sorted(p for p in local.rglob("*") if p.is_file()) if local.is_dir() else []
+            for path in files or ([local] if local.is_file() else []):
+                if hashing:
+                    fact = hashlib.sha256(path.read_bytes()).hexdigest()
+                else:
+                    stat = path.stat()
+                    fact = f"{stat.st_size}\t{int(stat.st_mtime)}"
+                name = line if path == local else self.windows_path(str(path))
+                inv.stdout(f"{fact}\t{name}\0".encode())
+        return 0
+
     def _hostname(self, inv: Invocation) -> int:
         inv.stdout(f"{self.computer_name}\r\n".encode())
         return 0
@@ -396,6 +464,13 @@ class SimulatedWindows:
                 state.last_job = _job(now, 0x807800C5, error)
                 return 1
             state.versions.append((now, target))
+            letters = ["C"] if "allcritical" in options else re.findall(r"([A-Za-z]):", volumes)
+            state.images[version_id(now)] = {
+                self.windows_path(str(path)): path.read_bytes()
+                for letter in letters
+                for path in sorted((self.root / letter.upper()).rglob("*"))
+                if path.is_file()
+            }
             inv.stdout(
                 WBADMIN_BACKUP_OK.format(volumes=volumes, target=target, stamp=stamp).encode()
             )
@@ -433,16 +508,48 @@ class SimulatedWindows:
             if version not in known:
                 inv.stdout(b"ERROR - The specified backup version was not found.\r\n")
                 return 1
-            text = WBADMIN_RECOVERY_OK.format(
-                items=options.get("items", ""),
-                target=options.get("recoverytarget", "the original location"),
-                time=known[version].strftime("%m/%d/%Y %I:%M %p"),
-                stamp=stamp,
-            )
+            facts = {
+                "items": options.get("items", ""),
+                "target": options.get("recoverytarget", "the original location"),
+                "time": known[version].strftime("%m/%d/%Y %I:%M %p"),
+            }
+            if state.fail_next_recovery:
+                error, state.fail_next_recovery = state.fail_next_recovery, None
+                inv.stdout(WBADMIN_RECOVERY_FAILED.format(**facts, error=error).encode())
+                return 1
+            files = self._recover(state.images.get(version, {}), options)
+            size = sum(len(data) for data in files.values()) / 1024**2
+            text = WBADMIN_RECOVERY_OK.format(**facts, stamp=stamp, files=len(files), size=size)
             inv.stdout(text.encode())
             return 0
         inv.stdout(f"ERROR - Command syntax incorrect: {' '.join(args[:2])}\r\n".encode())
         return 1
+
+    def _recover(self, image: dict[str, bytes], options: dict[str, str]) -> dict[str, bytes]:
+        """Write the image's files named by ``-items`` back (to ``-recoveryTarget`` if given:
+        an item lands there under its last name, a volume onto that volume); return them."""
+        target = options.get("recoverytarget")
+        volumes = options.get("itemtype", "").lower() == "volume"
+        written = {}
+        for item in options.get("items", "").split(","):
+            item = item.rstrip("\\")
+            for path, data in image.items():
+                if path.lower() != item.lower() and not path.lower().startswith(
+                    item.lower() + "\\"
+                ):
+                    continue
+                if target is None:
+                    landing = path
+                elif volumes:
+                    landing = target.rstrip("\\")[:2] + path[2:]
+                else:
+                    leaf = re.split(r"[\\/]", item)[-1]
+                    landing = target.rstrip("\\") + "\\" + leaf + path[len(item) :]
+                local = self.local_path(landing)
+                local.parent.mkdir(parents=True, exist_ok=True)
+                local.write_bytes(data)
+                written[landing] = data
+        return written
 
     def _wb_cmdlets(self, inv: Invocation) -> int:
         state = self.wbadmin

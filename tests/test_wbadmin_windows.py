@@ -167,15 +167,21 @@ def test_windows_wbadmin_recovers_files_with_hostile_path(
     place: Place, server: WSManServer
 ) -> None:
     place.write_policy(target="E:")
+    item = "C:\\Users\\O'Brien $HOME `x` 100% & co\\文件.docx"
+    original = server.host.local_path(item)
+    original.parent.mkdir(parents=True, exist_ok=True)
+    original.write_bytes(b"quarterly figures")
     assert main(["backup", "srv-win"]) == 0
     machine = load_policies(place.policies).find_machine("srv-win")
     secrets = SecretResolver({"env": lambda name: os.environ[name]})
-    item = "C:\\Users\\O'Brien $HOME `x` 100% & co\\文件.docx"
     with WinRMTransport(machine, secrets) as transport:
         engine = WbadminEngine(transport, secrets)
         version = engine.versions("E:")[-1]["Version identifier"]
         outcome = engine.recover("E:", version, "File", [item], "D:\\Restored files")
-    assert outcome.state == "succeeded" and outcome.stats["files_restored"] == 3
+    assert outcome.state == "succeeded" and outcome.stats["files_restored"] == 1
+    assert (
+        server.host.local_path("D:\\Restored files\\文件.docx").read_bytes() == b"quarterly figures"
+    )
     line = server.host.command_lines[-1]
     assert f'"-items:{item}"' in line and '"-recoveryTarget:D:\\Restored files"' in line
 

@@ -409,8 +409,8 @@ def test_windows_files_backup_and_restore_end_to_end(
             repository, backup["snapshot"], target
         )
     assert restored.state == "succeeded"
-    # restic recreates the full source path below the target.
-    below = server.host.local_path(target) / str(tree).lstrip("/")
+    # restic for Windows recreates the source path below the target: TARGET\C\Users\...
+    below = server.host.local_path(target + "\\C\\Users\\" + HOSTILE_DIR)
     for path in tree.rglob("*"):
         copy = below / path.relative_to(tree)
         if path.name == "skipped.tmp":

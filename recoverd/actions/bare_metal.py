@@ -36,7 +36,7 @@ def image_level(machine: Machine, level_name: str | None) -> Level:
     if level_name is not None:
         images = [lv for lv in images if lv.name == level_name]
     if not images:
-        which = f"an image level {level_name!r}" if level_name else "an image level"
+        which = f"image level {level_name!r}" if level_name else "image level"
         raise UsageError(f"{machine.qualified_name} has no {which} to restore bare metal from")
     return images[0]
 

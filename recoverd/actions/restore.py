@@ -36,6 +36,8 @@ class RestoreOrder:
     to: str | None = None
     in_place: bool = False
     device: str | None = None
+    items: tuple[str, ...] = ()
+    """What to recover from a Windows system image (``--item``)."""
     symptom: str | None = None
     reported_by: str | None = None
     engineer: str | None = None
@@ -52,7 +54,8 @@ class RestoreOrder:
 
 def restore_level(machine: Machine, order: RestoreOrder) -> Level:
     """Return the level to restore from: the one named, else the first level of the kind the
-    options imply (``--device`` an image, ``--in-place`` files) or the machine's ``restore``.
+    options imply (``--device`` or ``--item``: an image, ``--in-place``: files) or the
+    machine's ``restore``.
 
     Raise UsageError if there is no such level or it holds no restorable snapshots.
     """
@@ -63,8 +66,10 @@ def restore_level(machine: Machine, order: RestoreOrder) -> Level:
             raise UsageError(f"{machine.qualified_name} has no level {order.level!r} ({names})")
         if level.kind not in ("files", "image"):
             raise UsageError(f"level {level.name} is a {level.kind} level: nothing to restore")
+        if order.items and level.kind != "image":
+            raise UsageError(f"--item recovers from a system image; {level.name} is a files level")
         return level
-    if order.device:
+    if order.device or order.items:
         kind = "image"
     elif order.in_place:
         kind = "files"
@@ -173,6 +178,11 @@ class PreparedRestore(AbstractContextManager["PreparedRestore"]):
         self.level = restore_level(self.machine, order)
         os_family = ctl.plugins["transports"].get(self.machine.transport).os_family
         self.target_cls = target_class(ctl, self.level, order.destination_kind, os_family)
+        if order.items and not self.target_cls.takes_items:
+            raise UsageError(
+                f"--item is not for the {self.target_cls.name} restore target: it restores the "
+                "whole snapshot"
+            )
         self.transport: Transport = ctl.transport(self.machine)
         self.transport.connect()
         try:
@@ -186,6 +196,7 @@ class PreparedRestore(AbstractContextManager["PreparedRestore"]):
                 repository=ctl.policies.repository_for(self.machine, self.level),
                 snapshot=snapshot,
                 destination=order.device or order.to,
+                items=order.items,
             )
             self.plan: RestorePlan = self.target.plan(self.request)
         except BaseException:

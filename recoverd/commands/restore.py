@@ -7,10 +7,11 @@ import shlex
 import sys
 from typing import Any
 
+from recoverd.actions.bare_metal import prepare_bare_metal
 from recoverd.actions.restore import PreparedRestore, RestoreOrder
 from recoverd.commands import AddCommand
 from recoverd.controller import Controller
-from recoverd.errors import RestoreRefused
+from recoverd.errors import RestoreRefused, UsageError
 from recoverd.log import RunFilter
 from recoverd.output import emit_json, format_table, human_bytes, local_time
 from recoverd.policy.model import BACKUP_KINDS, Machine
@@ -53,10 +54,12 @@ def format_plan(prepared: PreparedRestore) -> str:
         f"Restore plan for {prepared.machine.qualified_name} ({prepared.client.name})",
         f"  snapshot   {snapshot.short_id}  {local_time(snapshot.time, zone)}  "
         f"level {prepared.level.name} ({prepared.level.kind})",
-        f"  restores   {plan.source}, {human_bytes(plan.bytes_total)}",
+        f"  restores   {plan.source}"
+        + ("" if plan.bytes_total is None else f", {human_bytes(plan.bytes_total)}"),
         f"  to         {plan.destination}  [{plan.target}]",
     ]
-    if prepared.level.kind == "image":
+    # A whole image replaces its destination; a recovery of some files names them.
+    if prepared.level.kind == "image" and plan.replaced in ([], [plan.destination]):
         if plan.replaced:
             lines.append(f"  replaces   everything on {plan.destination}")
     else:
@@ -81,6 +84,8 @@ def confirm(question: str) -> bool | None:
 
 
 def cmd_restore(ctl: Controller, args: argparse.Namespace) -> int:
+    if args.bare_metal:
+        return restore_bare_metal(ctl, args)
     order = RestoreOrder(
         machine=args.machine,
         level=args.level,
@@ -88,6 +93,7 @@ def cmd_restore(ctl: Controller, args: argparse.Namespace) -> int:
         to=args.to,
         in_place=args.in_place,
         device=args.device,
+        items=tuple(args.items),
         symptom=args.symptom,
         reported_by=args.reported_by,
         engineer=args.engineer,
@@ -131,6 +137,41 @@ def cmd_restore(ctl: Controller, args: argparse.Namespace) -> int:
         )
         if view.get("error"):
             print(f"  {view['error']}")
+    return exit_code([view])
+
+
+def restore_bare_metal(ctl: Controller, args: argparse.Namespace) -> int:
+    """Prepare a Windows bare-metal restore: print the WinRE steps and record the service."""
+    if args.dry_run or args.items:
+        raise UsageError(
+            "--bare-metal writes nothing to the machine (it prints the WinRE steps and records "
+            "the service): leave out --dry-run and --item"
+        )
+    machine = ctl.policies.find_machine(args.machine)
+    prepared = prepare_bare_metal(
+        ctl,
+        machine,
+        level_name=args.level,
+        version=args.snapshot,
+        symptom=args.symptom,
+        reported_by=args.reported_by,
+        engineer=args.engineer,
+    )
+    view = prepared.run
+    if args.json:
+        emit_json({"run": view, "version": prepared.version, "steps": prepared.steps})
+        return exit_code([view])
+    if not prepared.steps:
+        print(f"{machine.name} bare-metal restore: {view['state']} (run {view['id']})")
+        print(f"  {view['error']}")
+        return exit_code([view])
+    print(
+        f"Bare-metal restore of {machine.qualified_name} from backup version "
+        f"{prepared.version}, in the Windows Recovery Environment:"
+    )
+    for number, step in enumerate(prepared.steps, 1):
+        print(f"{number}. {step}")
+    print(f"Recorded as run {view['id']} (prepared).")
     return exit_code([view])
 
 
@@ -257,9 +298,28 @@ def register(add: AddCommand) -> None:
     p.add_argument("--level", help="restore from this level (default: by the restore target)")
     p.add_argument("--snapshot", help="snapshot id or prefix (default: the latest good one)")
     where = p.add_mutually_exclusive_group()
-    where.add_argument("--to", metavar="PATH", help="files below PATH, or an image into file PATH")
+    where.add_argument(
+        "--to",
+        metavar="PATH",
+        help="files below PATH (also --item files), or an image into file PATH",
+    )
     where.add_argument("--in-place", action="store_true", help="files back where they were")
-    where.add_argument("--device", metavar="DEV", help="an image onto device DEV")
+    where.add_argument(
+        "--device", metavar="DEV", help="an image onto device DEV (also --item volumes)"
+    )
+    where.add_argument(
+        "--bare-metal",
+        action="store_true",
+        help="Windows: print the WinRE steps that restore the whole machine, record the service",
+    )
+    p.add_argument(
+        "--item",
+        dest="items",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="Windows image: a file, folder or volume (D:) to recover; repeat for more",
+    )
     p.add_argument("--yes", action="store_true", help="do not ask (for scripts)")
     p.add_argument("--dry-run", action="store_true", help="show the plan, change nothing")
     p.add_argument("--symptom", help="the fault as reported (service record)")
