@@ -306,3 +306,24 @@ def test_policy_errors_exit_2_with_file_and_key_path(
     assert "acme.toml: machines.ws-1.adress" in err and "did you mean 'address'" in err
     assert "repositories.nas.password" in err and "hunter2hunter2" not in err
     assert main(["backup", "ws-1"]) == 2
+
+
+def test_restore_refuses_while_another_run_holds_the_machine(
+    place: Workplace, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from recoverd.controller import Controller
+    from recoverd.locks import machine_lock
+
+    tree = place.root / "data"
+    tree.mkdir()
+    (tree / "a").write_text("original")
+    place.write_policy([tree])
+    assert main(["backup", "ws-042", "--level", "nightly"]) == 0
+    (tree / "a").write_text("changed since")
+    machine = Controller(place.policies, place.state).policies.find_machine("ws-042")
+    capsys.readouterr()
+    with machine_lock(place.state, machine):  # e.g. the daemon's nightly backup
+        assert main(["restore", "ws-042", "--in-place", "--yes"]) == 1
+    assert "busy with another run" in capsys.readouterr().err
+    assert (tree / "a").read_text() == "changed since"
+    assert [r["action"] for r in place.log(capsys)] == ["backup", "prune"]

@@ -17,6 +17,7 @@ from typing import Any
 from recoverd.controller import Controller
 from recoverd.engine import Engine, Outcome, ProgressCallback, Snapshot
 from recoverd.errors import UsageError
+from recoverd.locks import machine_lock
 from recoverd.log import RunFilter
 from recoverd.policy.model import Level, Machine
 from recoverd.restore import RestorePlan, RestoreRequest, RestoreTarget, Verification
@@ -224,7 +225,11 @@ class PreparedRestore(AbstractContextManager["PreparedRestore"]):
             "symptom": order.symptom,
             "repository": self.level.repository,
         }
-        with recorded_run(self.ctl.log, **start) as run:
+        # Never beside another run of ours on the machine (a backup reading what we overwrite).
+        with (
+            machine_lock(self.ctl.state_dir, self.machine),
+            recorded_run(self.ctl.log, **start) as run,
+        ):
             started = time.monotonic()
             stats: dict[str, Any] = {
                 "target": plan.target,
