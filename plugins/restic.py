@@ -208,6 +208,11 @@ def classify_failure(outcome: CommandOutcome, what: str, program: str) -> Except
         )
     if status == 11 or "repository is already locked" in text or "unable to create lock" in text:
         return RepositoryLocked(f"{what}: the repository is locked by another process: {tail}")
+    if "no space left on device" in text.lower():
+        return EngineError(
+            f"{what}: no space left on device (the repository's storage, or restic's cache on "
+            f"the machine, is full; free space there and run again): {tail}"
+        )
     if status == 10 or "Is there a repository at the following location?" in text:
         return EngineError(f"{what}: the repository does not exist or cannot be opened: {tail}")
     return EngineError(f"{what}: restic exited with status {status}: {tail}")
@@ -587,6 +592,54 @@ class ResticEngine(Engine):
         outcome = self.restic(repository, ["forget", snapshot], timeout=600)
         if not outcome.ok:
             raise classify_failure(outcome, f"forget snapshot {snapshot}", self.program)
+
+    def remove_stale_locks(self, repository: Repository) -> int:
+        """Remove the repository's locks whose owner is gone; return how many there were.
+
+        A lock is stale when restic wrote it on this very machine (its ``hostname``) and its
+        ``pid`` no longer runs there: a restic killed with its connection or its controller.
+        Locks of live processes and of other hosts are left alone, so a live run never loses
+        its lock. Only then does ``restic unlock`` run (it removes stale locks only). Return 0
+        on Windows machines (their process ids cannot be checked this way). Raise EngineError
+        if restic cannot list or read the locks.
+        """
+        if self.transport.os_family != "posix":
+            return 0
+        listed = self.restic(repository, ["--no-lock", "list", "locks"], timeout=300)
+        if not listed.ok:
+            raise classify_failure(listed, f"list locks of {repository.name}", self.program)
+        owners = []
+        for lock_id in listed.stdout.decode().split():
+            shown = self.restic(repository, ["--no-lock", "cat", "lock", lock_id], timeout=300)
+            lock = _json(shown.stdout.decode("utf-8", "replace").strip()) if shown.ok else None
+            if lock is None:  # removed meanwhile: its owner finished
+                continue
+            owners.append((str(lock.get("hostname")), int(lock.get("pid") or 0)))
+        if not owners:
+            return 0
+        # One command: the machine's name as restic sees it, then the pids still running.
+        probe = self.transport.run(
+            CommandRequest(
+                [
+                    "sh",
+                    "-c",
+                    'uname -n; for p; do ps -p "$p" >/dev/null 2>&1 && echo "$p"; done; true',
+                    "recoverd-locks",
+                    *sorted({str(pid) for _host, pid in owners}),
+                ],
+                timeout=60,
+            )
+        )
+        if not probe.ok:
+            raise EngineError(f"cannot check the lock owners on {self.transport.machine.name}")
+        hostname, *running = probe.stdout.decode("utf-8", "replace").split()
+        stale = [(h, p) for h, p in owners if h == hostname and p and str(p) not in running]
+        if len(stale) != len(owners):
+            return 0  # someone alive holds a lock: never take it away
+        unlocked = self.restic(repository, ["unlock"], timeout=300)
+        if not unlocked.ok:
+            raise classify_failure(unlocked, f"unlock {repository.name}", self.program)
+        return len(stale)
 
 
 @recoverd.hookimpl
