@@ -13,15 +13,21 @@ tests/test_daemon_process.py::test_kill_9_mid_run_then_restart_records_interrupt
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import paramiko
 import pytest
+from hypothesis import HealthCheck, given, settings
 from test_backup_e2e import PASSWORD, Workplace
+from test_policy import mutated_policies, to_toml
 
 from recoverd.cli import main
 from recoverd.engine import Progress
@@ -175,3 +181,198 @@ def test_fault_stale_lock_removed_only_when_its_owner_is_dead(
     finally:
         holder.kill()
         holder.wait()
+
+
+@pytest.fixture
+def small_mount(tmp_path: Path) -> Iterator[Path]:
+    """A 12 MiB tmpfs: a repository's disk that fills up. Skipped where mounting is not
+    allowed (no root, a CI container)."""
+    mountpoint = tmp_path / "small"
+    mountpoint.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=12m", "tmpfs", str(mountpoint)],
+        capture_output=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        yield mountpoint
+    finally:
+        subprocess.run(["umount", "-l", str(mountpoint)], check=False)
+
+
+def test_enospc_disk_full_repository_fails_with_no_space_then_succeeds_after_cleanup(
+    place: Workplace, small_mount: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tree = place.root / "data"
+    tree.mkdir()
+    (tree / "big.bin").write_bytes(os.urandom(30 << 20))
+    place.repo = small_mount / "repo"
+    place.write_policy([tree])
+    assert main(["backup", "ws-042"]) == 1
+    (full,) = place.log(capsys)
+    assert full["state"] == "failed" and "no space left on device" in full["error"]
+    assert restic(place.repo, "--no-lock", "check").returncode == 0  # nothing corrupt
+
+    # The operator frees space (here: grows the filesystem); the next run stores everything.
+    subprocess.run(["mount", "-o", "remount,size=96m", str(small_mount)], check=True)
+    assert main(["backup", "ws-042"]) == 0
+    backup = [r for r in place.log(capsys) if r["action"] == "backup"][-1]
+    assert backup["state"] == "succeeded" and backup["stats"]["files_processed"] == 1
+    assert restic(place.repo, "check").returncode == 0
+
+
+def test_fault_host_key_changed_between_runs_is_refused_recorded_and_sends_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with ThrowawaySSHD() as reinstalled:
+        place = Workplace(tmp_path, reinstalled, monkeypatch)
+        tree = place.root / "data"
+        tree.mkdir()
+        (tree / "a").write_bytes(os.urandom(1000))
+        place.write_policy([tree])  # pins the key the machine has now
+        assert main(["backup", "ws-042"]) == 0
+        packs = sorted(place.repo.rglob("*"))
+        (tree / "b").write_bytes(os.urandom(1000))
+        reinstalled.regenerate_host_key()
+        assert main(["backup", "ws-042"]) == 1
+        refused = place.log(capsys)[-1]
+        assert refused["state"] == "failed" and refused["action"] == "backup"
+        assert "changed" in refused["error"].lower() and "host_key" in refused["error"]
+        assert sorted(place.repo.rglob("*")) == packs  # nothing reached the repository
+
+
+@settings(
+    max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(document=mutated_policies())
+def test_fault_malformed_policies_through_check_exit_2_with_paths_never_a_traceback(
+    tmp_path: Path, document: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "mutant.toml"
+    path.write_text(to_toml(document), encoding="utf-8")
+    capsys.readouterr()
+    code = main(["--policies", str(tmp_path), "--state", str(tmp_path / "state"), "check"])
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    if code == 0:
+        return  # the mutation happened to leave a valid policy
+    assert code == 2
+    *problems, summary = err.rstrip("\n").split("\n")  # keys may hold \x85, \u2028
+    assert summary == f"recoverd: {len(problems)} policy problem(s)"
+    assert problems
+    for problem in problems:
+        assert problem.startswith(f"{path}: "), problem
+
+
+def test_fault_two_backups_of_one_machine_at_once_second_refuses_one_restic_writer(
+    place: Workplace, big_tree: Path
+) -> None:
+    place.write_policy([big_tree])
+    recoverd = str(Path(sys.executable).parent / "recoverd")
+    env = {
+        **os.environ,
+        "TEST_REPO_PASSWORD": PASSWORD,
+        "RECOVERD_POLICIES": str(place.policies),
+        "RECOVERD_STATE": str(place.state),
+    }
+
+    def start() -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [recoverd, "backup", "ws-042"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    first = start()
+    # The second shell starts once the first one works on the machine.
+    wait_for(lambda: (place.state / "locks").exists(), 20, "the first backup to take its lock")
+    second = start()
+    writers = 0
+    while first.poll() is None or second.poll() is None:
+        writers = max(writers, _restic_backups(place.repo))
+        time.sleep(0.05)
+    outputs = [p.communicate() for p in (first, second)]
+    codes = sorted(p.returncode for p in (first, second))
+    assert codes == [0, 1], outputs
+    refused_err = outputs[[first.returncode, second.returncode].index(1)][1]
+    assert "busy with another run" in refused_err and "Traceback" not in refused_err
+    assert writers <= 1
+    snapshots = json.loads(restic(place.repo, "snapshots", "--json").stdout)
+    assert len(snapshots) == 1
+
+
+def _restic_backups(repo: Path) -> int:
+    """Return how many ``restic backup`` processes work on ``repo`` now."""
+    count = 0
+    for proc in Path("/proc").iterdir():
+        with contextlib.suppress(OSError):
+            if not proc.name.isdigit() or (proc / "comm").read_text().strip() != "restic":
+                continue
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+            environ = (proc / "environ").read_bytes()
+            count += b"backup" in argv and f"RESTIC_REPOSITORY={repo}".encode() in environ
+    return count
+
+
+IMAGE_POLICY = """\
+[client]
+name = "Acme"
+[repositories.nas]
+url = "{repo}"
+password = "env:TEST_REPO_PASSWORD"
+[machines.ws-042]
+address = "127.0.0.1"
+port = {port}
+user = "root"
+identity = "{identity}"
+host_key = "{host_key}"
+[[machines.ws-042.levels]]
+name = "image"
+kind = "image"
+repository = "nas"
+device = "{device}"
+via = "controller"
+"""
+REKEY_BYTES = 32 << 20
+"""paramiko re-keys every 512 MiB; at 32 MiB a 256 MiB image crosses several rekeys."""
+
+
+def test_rekey_image_stream_via_controller_survives_several_rekeys(
+    place: Workplace,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    device = place.root / "disk.raw"
+    size = 256 << 20
+    with device.open("wb") as disk:
+        for _ in range(size >> 20):
+            disk.write(os.urandom(1 << 20))
+    (place.policies / "acme.toml").write_text(
+        IMAGE_POLICY.format(
+            repo=place.repo,
+            port=place.sshd.port,
+            identity=place.sshd.client_key,
+            host_key=place.sshd.host_key_line,
+            device=device,
+        )
+    )
+    rekeys = [0]
+    activate = paramiko.Transport._activate_inbound
+
+    def counting(self: paramiko.Transport) -> None:
+        rekeys[0] += 1
+        activate(self)
+
+    monkeypatch.setattr(paramiko.packet.Packetizer, "REKEY_BYTES", REKEY_BYTES)
+    monkeypatch.setattr(paramiko.Transport, "_activate_inbound", counting)
+    assert main(["backup", "ws-042"]) == 0
+    assert rekeys[0] >= 1 + size // REKEY_BYTES // 2  # the first key exchange, then rekeys
+    (run,) = [r for r in place.log(capsys) if r["action"] == "backup"]
+    assert run["state"] == "succeeded"
+    assert run["stats"]["image_size"] == size
+    assert run["stats"]["image_sha256"] == hashlib.sha256(device.read_bytes()).hexdigest()
+    assert restic(place.repo, "check").returncode == 0
