@@ -186,6 +186,14 @@ def _error_text(error: Any) -> str:
     return str(error)
 
 
+def repository_missing(exit_status: int | None, stderr: str) -> bool:
+    """Given how a restic command ended, return True if it found no repository at all."""
+    text = stderr.lower()
+    # 0.17+ says so with exit 10; 0.14 only with its text ("unable to open config file:
+    # stat .../config: no such file or directory").
+    return exit_status == 10 or ("unable to open config file" in text and "no such file" in text)
+
+
 def classify_failure(outcome: CommandOutcome, what: str, program: str) -> Exception:
     """Given a failed restic command, return the typed error that says what to fix."""
     text = redact(outcome.stderr.decode("utf-8", "replace"))
@@ -338,13 +346,7 @@ class ResticEngine(Engine):
         probe = self.restic(repository, ["cat", "config"], timeout=300)
         if probe.ok:
             return False
-        text = probe.stderr.decode("utf-8", "replace").lower()
-        # 0.17+ says so with exit 10; 0.14 only with its text ("unable to open config file:
-        # stat .../config: no such file or directory").
-        missing = probe.exit_status == 10 or (
-            "unable to open config file" in text and "no such file" in text
-        )
-        if not missing:
+        if not repository_missing(probe.exit_status, probe.stderr.decode("utf-8", "replace")):
             raise classify_failure(probe, f"open repository {repository.name}", self.program)
         created = self.restic(repository, ["init"], timeout=300)
         if created.ok:
@@ -358,7 +360,6 @@ class ResticEngine(Engine):
     def backup(self, request: BackupRequest, progress: ProgressCallback | None = None) -> Outcome:
         """Back up the level's paths; ``partial`` lists the files restic could not read."""
         version = self.version()
-        created = self.ensure_repository(request.repository)
         level, machine = request.level, request.machine
         args = [
             "backup",
@@ -373,13 +374,13 @@ class ResticEngine(Engine):
         if level.vss and self.transport.os_family == "windows":
             args.append("--use-fs-snapshot")  # a VSS snapshot: open and locked files included
         args += ["--", *level.paths]
-        parsed = BackupOutput(progress)
-        out, err = LineSplitter(parsed.stdout_line), LineSplitter(parsed.stderr_line)
-        started = time.monotonic()
-        outcome = self.restic(request.repository, args, on_stdout=out, on_stderr=err)
-        out.flush()
-        err.flush()
-        duration = time.monotonic() - started
+        # A repository is opened (a key derivation: about half a second) only by the backup
+        # itself; only when that finds no repository is it created, and the backup run again.
+        created = False
+        parsed, outcome, duration = self._backup_command(request.repository, args, progress)
+        if repository_missing(outcome.exit_status, "\n".join(parsed.messages)):
+            created = self.ensure_repository(request.repository)
+            parsed, outcome, duration = self._backup_command(request.repository, args, progress)
         if outcome.exit_status not in (0, 3) or parsed.summary is None:
             if parsed.messages:
                 outcome.stderr = "\n".join(parsed.messages).encode()
@@ -407,6 +408,18 @@ class ResticEngine(Engine):
             shown = ", ".join(unreadable[:5]) + (" ..." if len(unreadable) > 5 else "")
             error = f"{len(unreadable)} item(s) could not be read: {shown}"
         return Outcome(state, summary.get("snapshot_id"), stats, error)
+
+    def _backup_command(
+        self, repository: Repository, args: list[str], progress: ProgressCallback | None
+    ) -> tuple[BackupOutput, CommandOutcome, float]:
+        """Run ``restic backup`` ARGS; return its parsed output, how it ended and its seconds."""
+        parsed = BackupOutput(progress)
+        out, err = LineSplitter(parsed.stdout_line), LineSplitter(parsed.stderr_line)
+        started = time.monotonic()
+        outcome = self.restic(repository, args, on_stdout=out, on_stderr=err)
+        out.flush()
+        err.flush()
+        return parsed, outcome, time.monotonic() - started
 
     def snapshots(
         self, client: str, machine: Machine, repository: Repository, level: str | None = None
