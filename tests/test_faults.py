@@ -16,8 +16,10 @@ import contextlib
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -116,7 +118,7 @@ def test_fault_connection_killed_mid_backup_fails_repository_intact_next_run_suc
     # The cut leaves restic running on the machine (SSH cannot signal it, and it survives
     # its closed stdout): it may still finish its snapshot. Whatever it wrote is consistent
     # (restic writes packs, then the index, the snapshot last).
-    wait_for(lambda: not _restic_running(place.repo), 60, "the orphaned restic to end")
+    wait_for(lambda: not restic_pids(place.repo), 60, "the orphaned restic to end")
     assert restic(place.repo, "--no-lock", "check").returncode == 0
 
     monkeypatch.undo()
@@ -132,17 +134,47 @@ def test_fault_connection_killed_mid_backup_fails_repository_intact_next_run_suc
     assert restic(place.repo, "check").returncode == 0
 
 
-def _restic_running(repo: Path) -> bool:
-    """Return True while a restic process works on ``repo`` (its environment names it)."""
+def test_fault_connection_killed_mid_restore_names_the_files_not_restored(
+    place: Workplace, big_tree: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    place.write_policy([big_tree])
+    assert main(["backup", "ws-042", "--json"]) == 0
+    target = place.root / "restored"
+    codes: list[int] = []
+    restoring = threading.Thread(
+        target=lambda: codes.append(main(["restore", "ws-042", "--to", str(target), "--yes"]))
+    )
+    restoring.start()
+    try:
+        wait_for(lambda: any(target.rglob("part-*")), 60, "the restore to write files")
+        assert place.sshd.kill_sessions()
+        # A machine whose restic died with the connection (else it would finish by itself).
+        for pid in restic_pids(place.repo, "restore"):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    finally:
+        restoring.join(120)
+    assert codes == [1]
+    restore = place.log(capsys)[-1]
+    assert restore["action"] == "restore" and restore["state"] == "failed"
+    assert "connection to ws-042" in restore["error"] and "not restored" in restore["error"]
+    assert str(target) in restore["error"].split("not restored: ", 1)[1]
+
+
+def restic_pids(repo: Path, subcommand: str | None = None) -> list[int]:
+    """Return the pids of the restic processes working on ``repo`` now (running
+    ``subcommand``, if given): the machine's processes, since the machine is this host."""
+    pids = []
     for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
         with contextlib.suppress(OSError):
-            if (proc / "comm").read_text().strip() != "restic":
+            if not proc.name.isdigit() or (proc / "comm").read_text().strip() != "restic":
+                continue
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+            if subcommand is not None and subcommand.encode() not in argv:
                 continue
             if f"RESTIC_REPOSITORY={repo}".encode() in (proc / "environ").read_bytes():
-                return True
-    return False
+                pids.append(int(proc.name))
+    return pids
 
 
 def test_fault_stale_lock_removed_only_when_its_owner_is_dead(
@@ -293,7 +325,7 @@ def test_fault_two_backups_of_one_machine_at_once_second_refuses_one_restic_writ
     second = start()
     writers = 0
     while first.poll() is None or second.poll() is None:
-        writers = max(writers, _restic_backups(place.repo))
+        writers = max(writers, len(restic_pids(place.repo, "backup")))
         time.sleep(0.05)
     outputs = [p.communicate() for p in (first, second)]
     codes = sorted(p.returncode for p in (first, second))
@@ -303,19 +335,6 @@ def test_fault_two_backups_of_one_machine_at_once_second_refuses_one_restic_writ
     assert writers <= 1
     snapshots = json.loads(restic(place.repo, "snapshots", "--json").stdout)
     assert len(snapshots) == 1
-
-
-def _restic_backups(repo: Path) -> int:
-    """Return how many ``restic backup`` processes work on ``repo`` now."""
-    count = 0
-    for proc in Path("/proc").iterdir():
-        with contextlib.suppress(OSError):
-            if not proc.name.isdigit() or (proc / "comm").read_text().strip() != "restic":
-                continue
-            argv = (proc / "cmdline").read_bytes().split(b"\0")
-            environ = (proc / "environ").read_bytes()
-            count += b"backup" in argv and f"RESTIC_REPOSITORY={repo}".encode() in environ
-    return count
 
 
 IMAGE_POLICY = """\
