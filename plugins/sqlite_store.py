@@ -221,11 +221,22 @@ class SQLiteStore:
         query = (
             f"SELECT {COLUMNS} FROM entries s "
             "WHERE type = 'start' AND NOT EXISTS "
-            "(SELECT 1 FROM entries e WHERE e.run_id = s.run_id AND e.type = 'end') ORDER BY seq"
+            "(SELECT 1 FROM entries e WHERE e.run_id = s.run_id AND e.type = 'end') "
+            "ORDER BY seq DESC LIMIT ?"
+        )
+        counts = (
+            "SELECT (SELECT count(*) FROM entries WHERE type = 'start') - "
+            "(SELECT count(*) FROM entries WHERE type = 'end')"
         )
         with self._lock:
-            rows = self._db.execute(query).fetchall()
-        return [Entry(r[0], r[1], r[2], r[3], _body(r[4]), *r[5:]) for r in rows]
+            # Every open of the log looks for open runs. A run has one end, after its start:
+            # there are as many open runs as starts outnumber ends, and they are almost always
+            # the newest, so the search goes backwards and stops once it found them all.
+            missing_ends = self._db.execute(counts).fetchone()[0]
+            if missing_ends <= 0:
+                return []
+            rows = self._db.execute(query, (missing_ends,)).fetchall()
+        return [Entry(r[0], r[1], r[2], r[3], _body(r[4]), *r[5:]) for r in reversed(rows)]
 
     def close(self) -> None:
         with self._lock:

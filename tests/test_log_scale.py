@@ -47,3 +47,17 @@ def test_run_queries_by_machine_or_date_use_an_index(tmp_path: Path) -> None:
     ).fetchall()
     assert "entries_type_at" in str(by_date)
     assert mlog.runs(RunFilter(machine="ws-1")) == []
+
+
+def test_open_runs_finds_old_and_new_unfinished_runs_among_finished_ones(tmp_path: Path) -> None:
+    mlog = make_log(tmp_path)
+    common = {"client": "acme", "level": "n", "kind": "files", "action": "backup"}
+    old = mlog.start(machine="ws-old", **common)
+    for _ in range(5):
+        mlog.finish(mlog.start(machine="ws-1", **common), "succeeded")
+    new = mlog.start(machine="ws-new", **common)
+    mlog.finish(mlog.start(machine="ws-2", **common), "failed")
+    assert [e.run_id for e in mlog.store.open_runs()] == [old, new]
+    mlog.finish(old, "succeeded")
+    mlog.finish(new, "succeeded")
+    assert mlog.store.open_runs() == []
