@@ -29,6 +29,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -74,12 +75,14 @@ def wave(root: Path, parallel: int) -> dict[str, float]:
     daemon = Daemon(ctl, max_parallel=parallel)
     before = resource.getrusage(resource.RUSAGE_SELF)
     started = time.monotonic()
+    serving = threading.Thread(target=daemon.serve)  # the daemon's own loop, as in production
+    serving.start()
     while daemon.started < machines:
-        daemon.tick()
-        daemon._wake.wait(0.05)  # woken when a run ends
-        daemon._wake.clear()
+        time.sleep(0.05)
     daemon.wait_idle()
     wall = time.monotonic() - started
+    daemon.request_stop()
+    serving.join()
     after = resource.getrusage(resource.RUSAGE_SELF)
     runs = ctl.log.runs(RunFilter(action="backup"))
     restic_s = sum((r["stats"] or {}).get("duration_s") or 0 for r in runs)
