@@ -376,7 +376,11 @@ class ResticEngine(Engine):
         args += ["--", *level.paths]
         # A repository is opened (a key derivation: about half a second) only by the backup
         # itself; only when that finds no repository is it created, and the backup run again.
+        # On Windows it is probed first: a backup that finds none would take a VSS snapshot for
+        # nothing.
         created = False
+        if self.transport.os_family == "windows":
+            created = self.ensure_repository(request.repository)
         parsed, outcome, duration = self._backup_command(request.repository, args, progress)
         if repository_missing(outcome.exit_status, "\n".join(parsed.messages)):
             created = self.ensure_repository(request.repository)
