@@ -615,10 +615,11 @@ class ResticEngine(Engine):
 
         A lock is stale when restic wrote it on this very machine (its ``hostname``) and its
         ``pid`` no longer runs there: a restic killed with its connection or its controller.
-        Locks of live processes and of other hosts are left alone, so a live run never loses
-        its lock. Only then does ``restic unlock`` run (it removes stale locks only). Return 0
-        on Windows machines (their process ids cannot be checked this way). Raise EngineError
-        if restic cannot list or read the locks.
+        ``restic unlock`` (which removes stale locks only) runs only if every lock is such a
+        stale one: a lock of a live process, or of another host, leaves everything in place, so
+        a live run never loses its lock. A pid reused by another process counts as alive. Return
+        0 on Windows machines (their process ids cannot be checked this way). Raise EngineError
+        if restic cannot list the locks or the owners cannot be checked.
         """
         if self.transport.os_family != "posix":
             return 0
