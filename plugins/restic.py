@@ -186,6 +186,14 @@ def _error_text(error: Any) -> str:
     return str(error)
 
 
+def repository_missing(exit_status: int | None, stderr: str) -> bool:
+    """Given how a restic command ended, return True if it found no repository at all."""
+    text = stderr.lower()
+    # 0.17+ says so with exit 10; 0.14 only with its text ("unable to open config file:
+    # stat .../config: no such file or directory").
+    return exit_status == 10 or ("unable to open config file" in text and "no such file" in text)
+
+
 def classify_failure(outcome: CommandOutcome, what: str, program: str) -> Exception:
     """Given a failed restic command, return the typed error that says what to fix."""
     text = redact(outcome.stderr.decode("utf-8", "replace"))
@@ -208,6 +216,11 @@ def classify_failure(outcome: CommandOutcome, what: str, program: str) -> Except
         )
     if status == 11 or "repository is already locked" in text or "unable to create lock" in text:
         return RepositoryLocked(f"{what}: the repository is locked by another process: {tail}")
+    if "no space left on device" in text.lower():
+        return EngineError(
+            f"{what}: no space left on device (the repository's storage, or restic's cache on "
+            f"the machine, is full; free space there and run again): {tail}"
+        )
     if status == 10 or "Is there a repository at the following location?" in text:
         return EngineError(f"{what}: the repository does not exist or cannot be opened: {tail}")
     return EngineError(f"{what}: restic exited with status {status}: {tail}")
@@ -333,13 +346,7 @@ class ResticEngine(Engine):
         probe = self.restic(repository, ["cat", "config"], timeout=300)
         if probe.ok:
             return False
-        text = probe.stderr.decode("utf-8", "replace").lower()
-        # 0.17+ says so with exit 10; 0.14 only with its text ("unable to open config file:
-        # stat .../config: no such file or directory").
-        missing = probe.exit_status == 10 or (
-            "unable to open config file" in text and "no such file" in text
-        )
-        if not missing:
+        if not repository_missing(probe.exit_status, probe.stderr.decode("utf-8", "replace")):
             raise classify_failure(probe, f"open repository {repository.name}", self.program)
         created = self.restic(repository, ["init"], timeout=300)
         if created.ok:
@@ -353,7 +360,6 @@ class ResticEngine(Engine):
     def backup(self, request: BackupRequest, progress: ProgressCallback | None = None) -> Outcome:
         """Back up the level's paths; ``partial`` lists the files restic could not read."""
         version = self.version()
-        created = self.ensure_repository(request.repository)
         level, machine = request.level, request.machine
         args = [
             "backup",
@@ -368,13 +374,17 @@ class ResticEngine(Engine):
         if level.vss and self.transport.os_family == "windows":
             args.append("--use-fs-snapshot")  # a VSS snapshot: open and locked files included
         args += ["--", *level.paths]
-        parsed = BackupOutput(progress)
-        out, err = LineSplitter(parsed.stdout_line), LineSplitter(parsed.stderr_line)
-        started = time.monotonic()
-        outcome = self.restic(request.repository, args, on_stdout=out, on_stderr=err)
-        out.flush()
-        err.flush()
-        duration = time.monotonic() - started
+        # A repository is opened (a key derivation: about half a second) only by the backup
+        # itself; only when that finds no repository is it created, and the backup run again.
+        # On Windows it is probed first: a backup that finds none would take a VSS snapshot for
+        # nothing.
+        created = False
+        if self.transport.os_family == "windows":
+            created = self.ensure_repository(request.repository)
+        parsed, outcome, duration = self._backup_command(request.repository, args, progress)
+        if repository_missing(outcome.exit_status, "\n".join(parsed.messages)):
+            created = self.ensure_repository(request.repository)
+            parsed, outcome, duration = self._backup_command(request.repository, args, progress)
         if outcome.exit_status not in (0, 3) or parsed.summary is None:
             if parsed.messages:
                 outcome.stderr = "\n".join(parsed.messages).encode()
@@ -402,6 +412,18 @@ class ResticEngine(Engine):
             shown = ", ".join(unreadable[:5]) + (" ..." if len(unreadable) > 5 else "")
             error = f"{len(unreadable)} item(s) could not be read: {shown}"
         return Outcome(state, summary.get("snapshot_id"), stats, error)
+
+    def _backup_command(
+        self, repository: Repository, args: list[str], progress: ProgressCallback | None
+    ) -> tuple[BackupOutput, CommandOutcome, float]:
+        """Run ``restic backup`` ARGS; return its parsed output, how it ended and its seconds."""
+        parsed = BackupOutput(progress)
+        out, err = LineSplitter(parsed.stdout_line), LineSplitter(parsed.stderr_line)
+        started = time.monotonic()
+        outcome = self.restic(repository, args, on_stdout=out, on_stderr=err)
+        out.flush()
+        err.flush()
+        return parsed, outcome, time.monotonic() - started
 
     def snapshots(
         self, client: str, machine: Machine, repository: Repository, level: str | None = None
@@ -651,6 +673,55 @@ class ResticEngine(Engine):
         outcome = self.restic(repository, ["forget", snapshot], timeout=600)
         if not outcome.ok:
             raise classify_failure(outcome, f"forget snapshot {snapshot}", self.program)
+
+    def remove_stale_locks(self, repository: Repository) -> int:
+        """Remove the repository's locks whose owner is gone; return how many there were.
+
+        A lock is stale when restic wrote it on this very machine (its ``hostname``) and its
+        ``pid`` no longer runs there: a restic killed with its connection or its controller.
+        ``restic unlock`` (which removes stale locks only) runs only if every lock is such a
+        stale one: a lock of a live process, or of another host, leaves everything in place, so
+        a live run never loses its lock. A pid reused by another process counts as alive. Return
+        0 on Windows machines (their process ids cannot be checked this way). Raise EngineError
+        if restic cannot list the locks or the owners cannot be checked.
+        """
+        if self.transport.os_family != "posix":
+            return 0
+        listed = self.restic(repository, ["--no-lock", "list", "locks"], timeout=300)
+        if not listed.ok:
+            raise classify_failure(listed, f"list locks of {repository.name}", self.program)
+        owners = []
+        for lock_id in listed.stdout.decode().split():
+            shown = self.restic(repository, ["--no-lock", "cat", "lock", lock_id], timeout=300)
+            lock = _json(shown.stdout.decode("utf-8", "replace").strip()) if shown.ok else None
+            if lock is None:  # removed meanwhile: its owner finished
+                continue
+            owners.append((str(lock.get("hostname")), int(lock.get("pid") or 0)))
+        if not owners:
+            return 0
+        # One command: the machine's name as restic sees it, then the pids still running.
+        probe = self.transport.run(
+            CommandRequest(
+                [
+                    "sh",
+                    "-c",
+                    'uname -n; for p; do ps -p "$p" >/dev/null 2>&1 && echo "$p"; done; true',
+                    "recoverd-locks",
+                    *sorted({str(pid) for _host, pid in owners}),
+                ],
+                timeout=60,
+            )
+        )
+        if not probe.ok:
+            raise EngineError(f"cannot check the lock owners on {self.transport.machine.name}")
+        hostname, *running = probe.stdout.decode("utf-8", "replace").split()
+        stale = [(h, p) for h, p in owners if h == hostname and p and str(p) not in running]
+        if len(stale) != len(owners):
+            return 0  # someone alive holds a lock: never take it away
+        unlocked = self.restic(repository, ["unlock"], timeout=300)
+        if not unlocked.ok:
+            raise classify_failure(unlocked, f"unlock {repository.name}", self.program)
+        return len(stale)
 
 
 @recoverd.hookimpl

@@ -42,7 +42,11 @@ CREATE TABLE IF NOT EXISTS entries (
 );
 CREATE INDEX IF NOT EXISTS entries_run ON entries (run_id, type);
 CREATE INDEX IF NOT EXISTS entries_machine ON entries (client, machine, seq);
+CREATE INDEX IF NOT EXISTS entries_machine_at ON entries (machine, type, at);
+CREATE INDEX IF NOT EXISTS entries_type_at ON entries (type, at);
 """
+MAX_VARIABLES = 30_000
+"""Run ids bound in one query (SQLite allows 32,766 variables per statement)."""
 
 
 def _body(text: str) -> dict[str, Any]:
@@ -173,14 +177,16 @@ class SQLiteStore:
     def entries(self, run_ids: list[str] | None = None) -> Iterator[Entry]:
         """Yield every entry in log order, or only those of ``run_ids``."""
         query = f"SELECT {COLUMNS} FROM entries"
-        params: list[Any] = []
-        if run_ids is not None:
-            if not run_ids:
-                return
-            query += f" WHERE run_id IN ({','.join('?' * len(run_ids))})"
-            params = list(run_ids)
         with self._lock:
-            rows = self._db.execute(query + " ORDER BY seq", params).fetchall()
+            if run_ids is None:
+                rows = self._db.execute(query + " ORDER BY seq").fetchall()
+            else:
+                rows = []
+                for first in range(0, len(run_ids), MAX_VARIABLES):
+                    chunk = run_ids[first : first + MAX_VARIABLES]
+                    where = f" WHERE run_id IN ({','.join('?' * len(chunk))})"
+                    rows += self._db.execute(query + where, chunk).fetchall()
+                rows.sort()  # by seq, the first column
         for seq, run_id, type_, at, body, prev, digest, signature in rows:
             yield Entry(seq, run_id, type_, at, _body(body), prev, digest, signature)
 
@@ -215,11 +221,22 @@ class SQLiteStore:
         query = (
             f"SELECT {COLUMNS} FROM entries s "
             "WHERE type = 'start' AND NOT EXISTS "
-            "(SELECT 1 FROM entries e WHERE e.run_id = s.run_id AND e.type = 'end') ORDER BY seq"
+            "(SELECT 1 FROM entries e WHERE e.run_id = s.run_id AND e.type = 'end') "
+            "ORDER BY seq DESC LIMIT ?"
+        )
+        counts = (
+            "SELECT (SELECT count(*) FROM entries WHERE type = 'start') - "
+            "(SELECT count(*) FROM entries WHERE type = 'end')"
         )
         with self._lock:
-            rows = self._db.execute(query).fetchall()
-        return [Entry(r[0], r[1], r[2], r[3], _body(r[4]), *r[5:]) for r in rows]
+            # Every open of the log looks for open runs. A run has one end, after its start:
+            # there are as many open runs as starts outnumber ends, and they are almost always
+            # the newest, so the search goes backwards and stops once it found them all.
+            missing_ends = self._db.execute(counts).fetchone()[0]
+            if missing_ends <= 0:
+                return []
+            rows = self._db.execute(query, (missing_ends,)).fetchall()
+        return [Entry(r[0], r[1], r[2], r[3], _body(r[4]), *r[5:]) for r in reversed(rows)]
 
     def close(self) -> None:
         with self._lock:

@@ -31,3 +31,12 @@ def ssh_machine(sshd: ThrowawaySSHD) -> Machine:
         host_key=sshd.host_key_line,
         connect_timeout=5,
     )
+
+
+@pytest.fixture(autouse=True)
+def fresh_redactions(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test is its own recoverd process: secrets resolved by one test are not masked in
+    the next (a test's password "wrong password" would otherwise hide that very message)."""
+    import recoverd.secrets
+
+    monkeypatch.setattr(recoverd.secrets, "_known", set())

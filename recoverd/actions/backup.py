@@ -10,20 +10,22 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import replace
 from datetime import timedelta
-from typing import Any
+from functools import partial
+from typing import Any, TypeVar
 
 from recoverd.controller import Controller
-from recoverd.engine import BackupRequest, CopyRequest, Engine, Progress
-from recoverd.errors import RecoverdError, UsageError
+from recoverd.engine import BackupRequest, CopyRequest, Engine, Outcome, Progress
+from recoverd.errors import RecoverdError, RepositoryLocked, UsageError
 from recoverd.locks import machine_lock
 from recoverd.log import RunFilter
 from recoverd.log.maintenance import utc_now
-from recoverd.policy.model import BACKUP_KINDS, Level, Machine
+from recoverd.policy.model import BACKUP_KINDS, Level, Machine, Repository
 from recoverd.runs import recorded_run
 
 PRUNE_INTERVAL = timedelta(days=7)
 """A repository is pruned at most this often (prune rewrites packs: slow and heavy)."""
 
+T = TypeVar("T")
 ProgressFactory = Callable[[str], Callable[[Progress], None]]
 ExclusiveGate = Callable[[str], AbstractContextManager[object]]
 """Given ``client/repository``, a context in which nothing else writes to that repository."""
@@ -110,7 +112,9 @@ def backup_machine(
                         if level.kind == "copy":
                             run.outcome = engine.copy(copy_request(ctl, machine, level))
                         else:
-                            run.outcome = engine.backup(backup_request(ctl, machine, level), report)
+                            request = backup_request(ctl, machine, level)
+                            backup = partial(engine.backup, request, report)
+                            run.outcome = after_stale_locks(engine, request.repository, backup)
                     finally:
                         if report is not None and hasattr(report, "done"):
                             report.done()
@@ -192,7 +196,7 @@ def apply_retention(
         if v["repository"] == repository.name and (v["stats"] or {}).get("pruned")
     ]
     with recorded_run(ctl.log, **{**start, "action": "prune"}) as run:
-        outcome = engine.forget(request)
+        outcome = after_stale_locks(engine, repository, partial(engine.forget, request))
         outcome.stats["pruned"] = False
         if not last_prune:
             pruned = engine.prune(request.client, request.machine, repository)
@@ -200,3 +204,24 @@ def apply_retention(
             outcome.stats["prune_duration_s"] = pruned.stats.get("duration_s")
         run.outcome = outcome
     return run.view
+
+
+def after_stale_locks(engine: Engine, repository: Repository, operation: Callable[[], T]) -> T:
+    """Given an engine operation on ``repository``, run it; if the repository is locked, remove
+    the locks whose owner is gone (a restic killed with its connection or controller) and, if
+    there were any, run it once more. Return its result.
+
+    Raise RepositoryLocked if a live process holds the lock (its lock is never removed) or the
+    engine cannot tell stale locks (it has no ``remove_stale_locks``).
+    """
+    try:
+        return operation()
+    except RepositoryLocked:
+        remove = getattr(engine, "remove_stale_locks", None)
+        removed = remove(repository) if remove is not None else 0
+        if not removed:
+            raise
+    result = operation()
+    if isinstance(result, Outcome):
+        result.stats["stale_locks_removed"] = removed
+    return result

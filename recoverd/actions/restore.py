@@ -16,7 +16,7 @@ from typing import Any
 
 from recoverd.controller import Controller
 from recoverd.engine import Engine, Outcome, ProgressCallback, Snapshot
-from recoverd.errors import UsageError
+from recoverd.errors import EngineError, RecoverdError, TransportError, UsageError
 from recoverd.locks import machine_lock
 from recoverd.log import RunFilter
 from recoverd.policy.model import Level, Machine
@@ -239,7 +239,10 @@ class PreparedRestore(AbstractContextManager["PreparedRestore"]):
                 "files_created": len(plan.created),
                 **plan.details,
             }
-            stats.update(self.target.write(self.request, plan, progress))
+            try:
+                stats.update(self.target.write(self.request, plan, progress))
+            except (TransportError, EngineError) as exc:
+                raise self._not_restored(exc) from None
             stats["restore_s"] = round(time.monotonic() - started, 3)
             checked = time.monotonic()
             verification = self.target.verify(self.request, plan, progress)
@@ -249,3 +252,22 @@ class PreparedRestore(AbstractContextManager["PreparedRestore"]):
             state = "succeeded" if verification.ok else "failed"
             run.outcome = Outcome(state, self.request.snapshot.short_id, stats, error)
         return run.view
+
+    def _not_restored(self, exc: RecoverdError) -> RecoverdError:
+        """Given the error that cut the restore short, return it naming the files that are not
+        (or not wholly) back, found by verifying over a new connection; return it as it is if
+        that cannot be done (the machine stays unreachable) or every file is back.
+        """
+        try:
+            self.transport.close()
+            self.transport.connect()
+            verification = self.target.verify(self.request, self.plan, None)
+        except RecoverdError:
+            return exc
+        if verification.ok:
+            return exc
+        missing = verification.mismatches
+        shown = "; ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
+        return type(exc)(
+            f"{exc}; {len(missing)} of {verification.checked} file(s) not restored: {shown}"
+        )
