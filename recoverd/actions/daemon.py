@@ -127,6 +127,8 @@ class Daemon:
         self._busy: dict[str, str] = {}
         """Machines with a run in progress (qualified name -> level)."""
         self._known: dict[str, list[Duty]] = {}
+        self._read_at: dict[str, datetime] = {}
+        """When each machine's duties in ``_known`` were read from the log."""
         """Each machine's duties at the last look: reading the log again is only needed once
         one falls due, a run of the machine ends, or the policies change."""
         self._ended: set[str] = set()
@@ -160,7 +162,7 @@ class Daemon:
         for duty in order:
             if self._stop.is_set():
                 break
-            self._dispatch(duty, pending)
+            self._dispatch(duty, pending, now)
         upcoming = [d.run_at for d in duties if d.run_at is not None and d.run_at > now]
         return min([*upcoming, now + timedelta(seconds=self.tick_seconds)])
 
@@ -171,12 +173,22 @@ class Daemon:
             ended = name in self._ended
             self._ended.discard(name)
         known = self._known.get(name)
-        if ended or known is None or any(d.run_at is None or d.run_at <= now for d in known):
+        read_at = self._read_at.get(name)
+        # Re-read when a due time arrived since the last read, not merely because a level is
+        # due: a machine queued behind max_parallel stays as read until its own run ends (else
+        # every finished run re-reads every queued machine: quadratic in the fleet).
+        if (
+            ended
+            or known is None
+            or read_at is None
+            or any(d.run_at is None or read_at < d.run_at <= now for d in known)
+        ):
             timezone = self.ctl.policies.clients[machine.client].timezone
             known = self._known[name] = machine_duties(self.ctl.log, machine, timezone, now)
+            self._read_at[name] = now
         return known
 
-    def _dispatch(self, duty: Duty, pending: set[tuple[str, str]]) -> bool:
+    def _dispatch(self, duty: Duty, pending: set[tuple[str, str]], now: datetime) -> bool:
         machine, level = duty.machine, duty.level
         if level.of and (machine.qualified_name, level.of) in pending:
             return False  # its source runs first; this one follows on a later tick
@@ -185,7 +197,7 @@ class Daemon:
         with self._lock:
             if len(self._busy) >= self.max_parallel or machine.qualified_name in self._busy:
                 return False
-            if self._held.get(machine.qualified_name, duty.now) > duty.now:
+            if self._held.get(machine.qualified_name, now) > now:
                 return False
             if repository is not None:
                 key = f"{machine.client}/{repository}"
@@ -264,6 +276,7 @@ class Daemon:
             return False
         self.ctl.policies = policies  # replaces the cached_property's value
         self._known.clear()
+        self._read_at.clear()
         log.info(
             "policies reloaded: %d client(s), %d machine(s)",
             len(policies.clients),
