@@ -18,7 +18,6 @@ from recoverd.controller import Controller
 from recoverd.engine import Engine, Outcome, ProgressCallback, Snapshot
 from recoverd.errors import EngineError, RecoverdError, TransportError, UsageError
 from recoverd.locks import machine_lock
-from recoverd.log import RunFilter
 from recoverd.policy.model import Level, Machine
 from recoverd.restore import RestorePlan, RestoreRequest, RestoreTarget, Verification
 from recoverd.runs import recorded_run
@@ -124,19 +123,7 @@ def choose_snapshot(
                 f"(see `recoverd snapshots {machine.qualified_name} --level {level.name}`)"
             )
         return found[0]
-    good = {
-        v["snapshot"]
-        for v in ctl.log.runs(
-            RunFilter(
-                client=machine.client,
-                machine=machine.name,
-                level=level.name,
-                action="backup",
-                state="succeeded",
-            )
-        )
-        if v["snapshot"]
-    }
+    good = {v["snapshot"] for v in ctl.log.good_backups(machine.client, machine.name, level.name)}
     for snapshot in reversed(snapshots):
         if snapshot.id in good or snapshot.short_id in good:
             return snapshot

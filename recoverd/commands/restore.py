@@ -12,7 +12,6 @@ from recoverd.actions.restore import PreparedRestore, RestoreOrder
 from recoverd.commands import AddCommand
 from recoverd.controller import Controller
 from recoverd.errors import RestoreRefused, UsageError
-from recoverd.log import RunFilter
 from recoverd.output import emit_json, format_table, human_bytes, local_time
 from recoverd.policy.model import BACKUP_KINDS, Machine
 from recoverd.progress import ProgressLine
@@ -183,19 +182,7 @@ def machine_card(ctl: Controller, machine: Machine) -> dict[str, Any]:
     for level in machine.levels:
         if level.kind not in BACKUP_KINDS:
             continue
-        good = [
-            v
-            for v in ctl.log.runs(
-                RunFilter(
-                    client=client.id,
-                    machine=machine.name,
-                    level=level.name,
-                    action="backup",
-                    state="succeeded",
-                )
-            )
-            if v["snapshot"]
-        ]
+        good = ctl.log.good_backups(client.id, machine.name, level.name)
         for view in good[-3:][::-1]:
             stats = view["stats"] or {}
             points.append(

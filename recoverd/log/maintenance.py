@@ -246,6 +246,14 @@ class MaintenanceLog:
             and (where.action is None or v["action"] == where.action)
         ]
 
+    def good_backups(self, client: str, machine: str, level: str) -> list[dict[str, Any]]:
+        """Return the succeeded backup runs of a machine's level that made a snapshot: the
+        restore points recoverd vouches for, oldest first."""
+        where = RunFilter(
+            client=client, machine=machine, level=level, action="backup", state="succeeded"
+        )
+        return [v for v in self.runs(where) if v["snapshot"]]
+
     def last_run(
         self, client: str, machine: str, level: str, state: str | None = None
     ) -> dict[str, Any] | None:
