@@ -105,7 +105,13 @@ def test_fault_connection_killed_mid_backup_fails_repository_intact_next_run_suc
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    place.write_policy([big_tree])
+    # restic reads 192 MiB in under a second on an idle machine, before its first progress
+    # report (one a second): a sparse 1 GiB file keeps it reading for seconds, costing no disk.
+    slow = place.root / "slow"
+    slow.mkdir()
+    with (slow / "zeros.img").open("wb") as f:
+        f.truncate(1 << 30)
+    place.write_policy([big_tree, slow])
     cutter = CutOnFirstData(place.sshd)
     monkeypatch.setattr("recoverd.commands.backup.ProgressLine", cutter)
     assert main(["backup", "ws-042"]) == 1
@@ -128,7 +134,7 @@ def test_fault_connection_killed_mid_backup_fails_repository_intact_next_run_suc
     assert main(["backup", "ws-042"]) == 0
     runs = place.log(capsys)
     backup, prune = runs[-2:]
-    assert backup["state"] == "succeeded" and backup["stats"]["files_processed"] == BIG_FILES
+    assert backup["state"] == "succeeded" and backup["stats"]["files_processed"] == BIG_FILES + 1
     assert prune["state"] == "succeeded"
     assert restic_locks(place.repo) == []
     assert restic(place.repo, "check").returncode == 0
