@@ -32,7 +32,7 @@ import threading
 import time
 from abc import abstractmethod
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -299,6 +299,52 @@ def image_facts(snapshot: Snapshot) -> dict[str, Any]:
     }
 
 
+def relay(
+    produce: Callable[[Callable[[bytes], None]], CommandOutcome],
+    consume: Callable[[Iterable[bytes]], CommandOutcome],
+    report: StreamReport,
+    name: str,
+) -> StreamResult:
+    """Run ``produce`` on a thread, its output passing through a bounded queue into
+    ``consume`` here (so the slower side paces the other); hash and count what passes.
+
+    Return what passed. Raise the producer's error, if it had one.
+    """
+    chunks = ByteQueue()
+    digest = StreamDigest(on_bytes=report.report)
+    produced: dict[str, Any] = {}
+
+    def run_producer() -> None:
+        try:
+            produced["outcome"] = produce(chunks.put)
+        except StreamAborted:
+            produced["outcome"] = CommandOutcome(None, signal="PIPE")
+        except BaseException as exc:  # handed to the main thread below
+            produced["error"] = exc
+        finally:
+            chunks.close()
+
+    def passing() -> Iterator[bytes]:
+        for chunk in chunks:
+            digest(chunk)
+            yield chunk
+
+    producer = threading.Thread(target=run_producer, name=name, daemon=True)
+    producer.start()
+    try:
+        outcome = consume(passing())
+    finally:
+        chunks.abort()  # the consumer is done: a producer still writing must stop
+        producer.join()
+    digest.done()
+    report.flush()
+    if "error" in produced:
+        raise produced["error"]
+    report.markers["producer-exit"] = str(produced["outcome"].exit_status)
+    report.markers["consumer-exit"] = str(outcome.exit_status)
+    return StreamResult(digest.size, digest.sha256, digest.seconds)
+
+
 class ImageEngine(Engine):
     """Disk images of POSIX machines: partclone or raw, into restic."""
 
@@ -554,44 +600,17 @@ class ImageEngine(Engine):
     ) -> StreamResult:
         """Run ``producer`` on the machine and store its output with restic on the controller;
         the stream passes through a bounded queue, so a slow restic slows the SSH reader."""
-        chunks = ByteQueue()
-        digest = StreamDigest(on_bytes=report.report)
         machine_side = report.source()
-        pulled: dict[str, Any] = {}
-
-        def pull() -> None:
-            try:
-                pulled["outcome"] = self.transport.run(
-                    CommandRequest(producer, on_stdout=chunks.put, on_stderr=machine_side)
-                )
-            except StreamAborted:
-                pulled["outcome"] = CommandOutcome(None, signal="PIPE")
-            except BaseException as exc:  # handed to the main thread below
-                pulled["error"] = exc
-            finally:
-                chunks.close()
-
-        def passing() -> Any:
-            for chunk in chunks:
-                digest(chunk)
-                yield chunk
-
-        reader = threading.Thread(target=pull, name="image-pull", daemon=True)
-        reader.start()
-        try:
-            outcome = restic.restic(
-                repository, restic_args, on_stdout=on_stdout, on_stderr=report, data=passing()
-            )
-        finally:
-            chunks.abort()  # restic is done: a producer still writing must stop
-            reader.join()
-        digest.done()
-        report.flush()
-        if "error" in pulled:
-            raise pulled["error"]
-        report.markers["producer-exit"] = str(pulled["outcome"].exit_status)
-        report.markers["consumer-exit"] = str(outcome.exit_status)
-        return StreamResult(digest.size, digest.sha256, digest.seconds)
+        return relay(
+            lambda out: self.transport.run(
+                CommandRequest(producer, on_stdout=out, on_stderr=machine_side)
+            ),
+            lambda data: restic.restic(
+                repository, restic_args, on_stdout=on_stdout, on_stderr=report, data=data
+            ),
+            report,
+            "image-pull",
+        )
 
     # -- restoring ---------------------------------------------------------------------------
 
@@ -634,44 +653,15 @@ class ImageEngine(Engine):
         report: StreamReport,
     ) -> StreamResult:
         """Dump with restic on the controller and stream it into ``consumer`` on the machine."""
-        chunks = ByteQueue()
-        digest = StreamDigest(on_bytes=report.report)
         controller_side = report.source()
-        dumped: dict[str, Any] = {}
-
-        def dump() -> None:
-            try:
-                dumped["outcome"] = restic.restic(
-                    repository, restic_args, on_stdout=chunks.put, on_stderr=controller_side
-                )
-            except StreamAborted:
-                dumped["outcome"] = CommandOutcome(None, signal="PIPE")
-            except BaseException as exc:
-                dumped["error"] = exc
-            finally:
-                chunks.close()
-
-        def passing() -> Any:
-            for chunk in chunks:
-                digest(chunk)
-                yield chunk
-
-        writer = threading.Thread(target=dump, name="image-dump", daemon=True)
-        writer.start()
-        try:
-            outcome = self.transport.run(
-                CommandRequest(consumer, stdin=passing(), on_stderr=report)
-            )
-        finally:
-            chunks.abort()
-            writer.join()
-        digest.done()
-        report.flush()
-        if "error" in dumped:
-            raise dumped["error"]
-        report.markers["producer-exit"] = str(dumped["outcome"].exit_status)
-        report.markers["consumer-exit"] = str(outcome.exit_status)
-        return StreamResult(digest.size, digest.sha256, digest.seconds)
+        return relay(
+            lambda out: restic.restic(
+                repository, restic_args, on_stdout=out, on_stderr=controller_side
+            ),
+            lambda data: self.transport.run(CommandRequest(consumer, stdin=data, on_stderr=report)),
+            report,
+            "image-dump",
+        )
 
     def image_digest(
         self, path: str, facts: dict[str, Any], progress: ProgressCallback | None = None
