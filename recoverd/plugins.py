@@ -6,7 +6,9 @@ can be blocked by name (``RECOVERD_DISABLE_PLUGINS=a,b``).
 
 from __future__ import annotations
 
+import importlib
 import os
+import sys
 from dataclasses import dataclass, field
 from difflib import get_close_matches
 from importlib import metadata
@@ -28,6 +30,30 @@ KINDS = {
 """Plugin kinds and the registry hook that fills each."""
 
 BUILTIN_PACKAGE = "recoverd_plugins"
+
+
+class LazyModule:
+    """A module imported at the first use of one of its attributes.
+
+    Every command loads every plugin; a plugin holds its heavy library (paramiko, pywinrm) in
+    one of these so that commands which never connect (``log``, ``status``) do not pay for
+    importing it. The import itself is the interpreter's, so it is thread-safe.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(importlib.import_module(self._name), attr)
+
+    def __repr__(self) -> str:
+        return f"<lazily imported module {self._name!r}>"
+
+
+def lazy_import(name: str) -> Any:
+    """Given a module name, return the module if it is imported already, else a
+    :class:`LazyModule` that imports it at its first attribute access."""
+    return sys.modules.get(name) or LazyModule(name)
 
 
 @dataclass
