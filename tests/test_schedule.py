@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import json
+import random
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
+from recoverd.actions.due import level_duty, machine_duties
 from recoverd.cli import main
 from recoverd.clock import FakeClock, use_clock
 from recoverd.controller import Controller
 from recoverd.errors import MachineBusy
 from recoverd.locks import machine_lock
+from recoverd.log import RunFilter
 from recoverd.policy.schedule import Schedule
 
 
@@ -218,3 +221,34 @@ def test_daemon_with_a_broken_policy_does_not_start(
     assert main(["daemon"]) == 2
     assert "'25:00' is not a time HH:MM" in capsys.readouterr().err
     assert not (acme.state_dir / "daemon.lock").exists()
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_machine_duties_from_index_lookups_match_the_whole_history(
+    acme: Controller, seed: int
+) -> None:
+    # machine_duties asks the log only for each level's newest run, last good run and the
+    # attempts at the current slot; level_duty given every run of the level must agree.
+    rng = random.Random(seed)
+    states = ["succeeded", "partial", "failed", "interrupted", "skipped", None]
+    for _ in range(rng.randrange(0, 120)):
+        level = rng.choice(["nightly", "hourly", "manual"])
+        action = "prune" if rng.random() < 0.2 else "backup"
+        at = NOW - timedelta(minutes=rng.randrange(30 * 24 * 60))  # not in log order
+        run = acme.log.start(
+            client="acme", machine="ws-1", level=level, kind="files", action=action, at=at
+        )
+        state = rng.choice(states)
+        if state is not None:  # else left running (this process is alive)
+            stats = {"transient": True} if rng.random() < 0.5 else {}
+            end = at + timedelta(minutes=rng.randrange(1, 90))
+            acme.log.finish(run, state, stats=stats, error="x", at=end)
+    machine = acme.policies.find_machine("ws-1")
+    zone = acme.policies.clients["acme"].timezone
+    history = acme.log.runs(RunFilter(client="acme", machine="ws-1"))
+    expected = []
+    for level in machine.levels:
+        if level.every:
+            runs = [v for v in history if v["level"] == level.name and v["action"] == "backup"]
+            expected.append(level_duty(machine, level, Schedule.of(level.every, zone), runs, NOW))
+    assert machine_duties(acme.log, machine, zone, NOW) == expected
