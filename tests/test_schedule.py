@@ -252,3 +252,20 @@ def test_machine_duties_from_index_lookups_match_the_whole_history(
             runs = [v for v in history if v["level"] == level.name and v["action"] == "backup"]
             expected.append(level_duty(machine, level, Schedule.of(level.every, zone), runs, NOW))
     assert machine_duties(acme.log, machine, zone, NOW) == expected
+
+
+@pytest.mark.parametrize(
+    "every",
+    ["day at 01:30", "sunday at 03:00", "mon,wed,fri at 23:59", "month on day 31 at 02:30",
+     "month on last day at 05:00", "weekday at 00:00"],
+)  # fmt: skip
+def test_latest_and_next_slot_are_those_of_the_whole_search_window(every: str) -> None:
+    # latest_slot/next_slot look near the moment first; they must agree with a month's slots.
+    rng = random.Random(every)
+    window = timedelta(days=33)
+    for zone in ("Asia/Shanghai", "Europe/Berlin", "America/New_York"):
+        schedule = Schedule.of(every, zone)
+        for _ in range(40):
+            moment = datetime(2026, 1, 1, tzinfo=UTC) + timedelta(minutes=rng.randrange(525_600))
+            assert schedule.latest_slot(moment) == schedule.slots(moment - window, moment)[-1]
+            assert schedule.next_slot(moment) == schedule.slots(moment, moment + window)[0]
