@@ -45,7 +45,7 @@ CREATE INDEX IF NOT EXISTS entries_machine ON entries (client, machine, seq);
 CREATE INDEX IF NOT EXISTS entries_machine_at ON entries (machine, type, at);
 CREATE INDEX IF NOT EXISTS entries_type_at ON entries (type, at);
 CREATE INDEX IF NOT EXISTS entries_level ON entries (
-    client, machine, json_extract(body, '$.level'), json_extract(body, '$.action'), seq
+    client, machine, json_extract(body, '$.level'), seq
 ) WHERE type = 'start';
 CREATE TABLE IF NOT EXISTS marks (name TEXT PRIMARY KEY, seq INTEGER NOT NULL);
 """
@@ -57,11 +57,17 @@ ENDED_UP_TO = "ended_up_to"
 runs starts above it. It is derived from the entries, not part of the record: an index for the
 search, which `log verify` does not need."""
 
-# A level's runs are those whose start entry names the level and the action (its retention runs
-# share the level's name). entries_level indexes these fields of the hashed body.
+# The start entries of a machine's level, newest first along entries_level (an index on the
+# hashed body's level). Its retention runs share the level's name; the action tells them apart.
 _LEVEL_START = (
     "type = 'start' AND client = :client AND machine = :machine "
-    "AND json_extract(body, '$.level') = :level AND json_extract(body, '$.action') = :action"
+    "AND json_extract(body, '$.level') = :level"
+)
+_ACTION = "json_extract(body, '$.action') = :action"
+# The state of run s is that of its last end entry (an end is never edited, only added).
+_STATE = (
+    "(SELECT json_extract(e.body, '$.state') FROM entries e "
+    "WHERE e.run_id = s.run_id AND e.type = 'end' ORDER BY e.seq DESC LIMIT 1)"
 )
 
 
@@ -275,26 +281,24 @@ class SQLiteStore:
         newest run, its newest run that ended in one of ``good_states`` (however old), and
         every run of it started at or after ``since``.
 
-        Three index searches (entries_level, and entries_machine_at for ``since``), however
-        long the history.
+        Index walks from the newest start of the level (entries_level) and a search by date
+        (entries_machine_at), however long the history.
         """
         states = {f"s{i}": state for i, state in enumerate(good_states)}
         good = ", ".join(f":{name}" for name in states) or "NULL"
-        # A run's state is that of its last end entry (an end is never edited, only added).
         query = f"""
             SELECT run_id, seq FROM (
-                SELECT run_id, seq FROM entries WHERE {_LEVEL_START} ORDER BY seq DESC LIMIT 1
-            )
-            UNION
-            SELECT run_id, seq FROM (
-                SELECT run_id, seq FROM entries s WHERE {_LEVEL_START} AND (
-                    SELECT json_extract(e.body, '$.state') FROM entries e
-                    WHERE e.run_id = s.run_id AND e.type = 'end' ORDER BY e.seq DESC LIMIT 1
-                ) IN ({good})
+                SELECT run_id, seq FROM entries WHERE {_LEVEL_START} AND {_ACTION}
                 ORDER BY seq DESC LIMIT 1
             )
             UNION
-            SELECT run_id, seq FROM entries WHERE {_LEVEL_START} AND at >= :since
+            SELECT run_id, seq FROM (
+                SELECT run_id, seq FROM entries s
+                WHERE {_LEVEL_START} AND {_ACTION} AND {_STATE} IN ({good})
+                ORDER BY seq DESC LIMIT 1
+            )
+            UNION
+            SELECT run_id, seq FROM entries WHERE {_LEVEL_START} AND {_ACTION} AND at >= :since
             ORDER BY seq
         """
         params = {
@@ -307,6 +311,28 @@ class SQLiteStore:
         }
         with self._lock:
             return [r[0] for r in self._db.execute(query, params)]
+
+    def newest_level_run_id(
+        self, client: str, machine: str, level: str, state: str | None = None
+    ) -> str | None:
+        """Return the id of the newest run of a machine's level (any action), or of the newest
+        in ``state``; None if there is none. An index walk from the newest start."""
+        if state is None:
+            condition = "1"
+        elif state == "running":
+            condition = (
+                "NOT EXISTS (SELECT 1 FROM entries e WHERE e.run_id = s.run_id AND e.type = 'end')"
+            )
+        else:
+            condition = f"{_STATE} = :state"
+        query = (
+            f"SELECT run_id FROM entries s WHERE {_LEVEL_START} AND {condition} "
+            "ORDER BY seq DESC LIMIT 1"
+        )
+        params = {"client": client, "machine": machine, "level": level, "state": state}
+        with self._lock:
+            row = self._db.execute(query, params).fetchone()
+        return row[0] if row else None
 
     def close(self) -> None:
         with self._lock:

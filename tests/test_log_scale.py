@@ -183,3 +183,30 @@ def test_loading_the_plugins_imports_no_transport_library() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def test_last_run_of_a_level_by_state_walks_the_level_index(tmp_path: Path) -> None:
+    mlog = make_log(tmp_path)
+    who = {"client": "acme", "machine": "ws-1", "level": "nightly", "kind": "files"}
+    good = mlog.start(action="backup", **who)
+    mlog.finish(good, "succeeded")
+    pruned = mlog.start(action="prune", **who)  # retention runs are runs of the level too
+    mlog.finish(pruned, "succeeded")
+    failed = mlog.start(action="backup", **who)
+    mlog.finish(failed, "failed")
+    running = mlog.start(action="backup", **who)
+    mlog.finish(mlog.start(action="backup", **{**who, "machine": "ws-2"}), "succeeded")
+
+    def last(state: str | None) -> str | None:
+        view = mlog.last_run("acme", "ws-1", "nightly", state)
+        return view["id"] if view else None
+
+    assert last(None) == running and last("running") == running
+    assert last("succeeded") == pruned and last("failed") == failed
+    assert last("partial") is None and mlog.last_run("acme", "ws-1", "other") is None
+    statements: list[str] = []
+    mlog.store._db.set_trace_callback(statements.append)
+    mlog.store.newest_level_run_id("acme", "ws-1", "nightly", "succeeded")
+    mlog.store._db.set_trace_callback(None)
+    plan = str(mlog.store._db.execute("EXPLAIN QUERY PLAN " + statements[-1]).fetchall())
+    assert "USING INDEX entries_level (" in plan and "TEMP B-TREE" not in plan

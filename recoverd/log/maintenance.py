@@ -279,8 +279,8 @@ class MaintenanceLog:
         self, client: str, machine: str, level: str, state: str | None = None
     ) -> dict[str, Any] | None:
         """Return the newest run of a machine's level (in ``state`` if given), or None."""
-        runs = self.runs(RunFilter(client=client, machine=machine, level=level, state=state))
-        return runs[-1] if runs else None
+        run_id = self.store.newest_level_run_id(client, machine, level, state)
+        return self.run(run_id) if run_id else None
 
     def close(self) -> None:
         self.store.close()
