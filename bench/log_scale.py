@@ -180,7 +180,7 @@ def run(
             # A log from before this tree's schema gets its indexes on the first open.
             took, _code = fresh_process(python, ["log", "--machine", "m0", "--since", "1d"],
                                         envs[name])  # fmt: skip
-            print(f"{name}: first open of the built log (schema migration, once) {took:.1f} s")
+            print(f"{name}: first open of its copy (cold cache; any schema migration) {took:.1f} s")
         since = (NOW - timedelta(days=7)).date().isoformat()
         month = f"{(NOW.replace(day=1) - timedelta(days=1)):%Y-%m}"
         cases: list[tuple[str, list[str], set[int]]] = [
