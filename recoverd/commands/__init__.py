@@ -31,5 +31,6 @@ MODULES = (
     "recoverd.commands.report",
     "recoverd.commands.restore",
     "recoverd.commands.verify",
+    "recoverd.commands.vault",
 )
 """The command modules, in the order their commands appear in ``recoverd --help``."""
