@@ -1,4 +1,4 @@
-"""Secret resolvers for ``env:NAME``, ``file:/path`` and ``command:...`` references."""
+"""Secret resolvers for ``env:NAME``, ``file:/path``, ``command:...`` and ``vault:NAME``."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import Any
 
 import recoverd
 from recoverd.errors import SecretError
+from recoverd.vault import VaultResolver
 
 COMMAND_TIMEOUT = 30
 
@@ -58,3 +59,4 @@ def recoverd_add_secret_resolvers(register: Any) -> None:
     register.add("env", resolve_env)
     register.add("file", resolve_file)
     register.add("command", resolve_command)
+    register.add("vault", VaultResolver)

@@ -31,7 +31,12 @@ class Controller:
 
     @cached_property
     def secrets(self) -> SecretResolver:
-        return SecretResolver(dict(self.plugins["secret_resolvers"].entries))
+        # A resolver registered as a class is built with the state directory (the vault).
+        resolvers = {
+            scheme: resolver(self.state_dir) if isinstance(resolver, type) else resolver
+            for scheme, resolver in self.plugins["secret_resolvers"].entries.items()
+        }
+        return SecretResolver(resolvers)
 
     @cached_property
     def policies(self) -> PolicySet:

@@ -83,5 +83,7 @@ def recoverd_add_secret_resolvers(register: Kind) -> None:
 
     :param register: ``register.add("env", resolve_env)``; the callable gets the part after
         ``scheme:`` and returns the secret, or raises :class:`recoverd.errors.SecretError`
-        with a message that says what to fix (never the secret).
+        with a message that says what to fix (never the secret). A class registered instead
+        (``register.add("vault", VaultResolver)``) is built with the state directory first and
+        its instances are called the same way.
     """

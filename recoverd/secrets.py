@@ -1,4 +1,5 @@
-"""Secret references (``env:NAME``, ``file:/path``, ``command:...``) and their redaction.
+"""Secret references (``env:NAME``, ``file:/path``, ``command:...``, ``vault:NAME``) and their
+redaction.
 
 A policy never holds a secret, only a reference; the resolver plugins turn references into
 values at run time. Every resolved value is remembered so that :func:`redact` can mask it in
@@ -15,6 +16,8 @@ from recoverd.errors import SecretError
 
 REFERENCE = re.compile(r"^(?P<scheme>[a-z][a-z0-9_-]*):(?P<value>.+)$", re.S)
 MASK = "[redacted]"
+VAULT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]*")
+"""What ``vault:NAME`` may name."""
 
 Resolver = Callable[[str], str]
 """Given the part after ``scheme:``, return the secret. Raise SecretError if it cannot."""

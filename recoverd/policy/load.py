@@ -35,6 +35,7 @@ from recoverd.policy.model import (
     PolicySet,
     Repository,
 )
+from recoverd.secrets import VAULT_NAME
 
 SECRET_SCHEMES = ("env", "file", "command", "vault")
 ROLES = ("workstation", "server")
@@ -95,7 +96,6 @@ _DURATION = re.compile(r"(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?")
 _RESTIC_DURATION = re.compile(r"(?:\d+[ymdh])+")
 _MAC = re.compile(r"[0-9a-f]{2}(?::[0-9a-f]{2}){5}")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_VAULT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]*")
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 _TABLE_HEADER = re.compile(r"^[ \t]*\[\[?([^\]\n]*)\]", re.M)
 _TOML_POSITION = re.compile(r"^(.*) \(at (?:line (\d+), column (\d+)|end of document)\)$", re.S)
@@ -920,7 +920,7 @@ def _secret(value: Any, schemes: tuple[str, ...]) -> str:
         _fail("env: needs an environment variable name (letters, digits and '_')")
     if scheme == "file" and not rest.startswith("/"):
         _fail("file: needs an absolute path (file:/path)")
-    if scheme == "vault" and not _VAULT_NAME.fullmatch(rest):
+    if scheme == "vault" and not VAULT_NAME.fullmatch(rest):
         _fail("vault: needs a secret name (letters, digits, '.', '_', '-', '/')")
     if not rest.strip():
         _fail(f"{scheme}: needs a value after the colon")
