@@ -44,9 +44,31 @@ CREATE INDEX IF NOT EXISTS entries_run ON entries (run_id, type);
 CREATE INDEX IF NOT EXISTS entries_machine ON entries (client, machine, seq);
 CREATE INDEX IF NOT EXISTS entries_machine_at ON entries (machine, type, at);
 CREATE INDEX IF NOT EXISTS entries_type_at ON entries (type, at);
+CREATE INDEX IF NOT EXISTS entries_level ON entries (
+    client, machine, json_extract(body, '$.level'), seq
+) WHERE type = 'start';
+CREATE TABLE IF NOT EXISTS marks (name TEXT PRIMARY KEY, seq INTEGER NOT NULL);
 """
 MAX_VARIABLES = 30_000
 """Run ids bound in one query (SQLite allows 32,766 variables per statement)."""
+
+ENDED_UP_TO = "ended_up_to"
+"""The mark (in table ``marks``) below which every run has an end entry: the search for open
+runs starts above it. It is derived from the entries, not part of the record: an index for the
+search, which `log verify` does not need."""
+
+# The start entries of a machine's level, newest first along entries_level (an index on the
+# hashed body's level). Its retention runs share the level's name; the action tells them apart.
+_LEVEL_START = (
+    "type = 'start' AND client = :client AND machine = :machine "
+    "AND json_extract(body, '$.level') = :level"
+)
+_ACTION = "json_extract(body, '$.action') = :action"
+# The state of run s is that of its last end entry (an end is never edited, only added).
+_STATE = (
+    "(SELECT json_extract(e.body, '$.state') FROM entries e "
+    "WHERE e.run_id = s.run_id AND e.type = 'end' ORDER BY e.seq DESC LIMIT 1)"
+)
 
 
 def _body(text: str) -> dict[str, Any]:
@@ -217,26 +239,100 @@ class SQLiteStore:
             return [r[0] for r in self._db.execute(query + " ORDER BY seq", params)]
 
     def open_runs(self) -> list[Entry]:
-        """Return the start entries of runs that have no end entry yet."""
+        """Return the start entries of runs that have no end entry yet, oldest first.
+
+        Every open of the log asks this, so the search starts above the mark ENDED_UP_TO, which
+        it then moves up to just below the oldest run still open (or to the last entry). A
+        log without the mark (new, or from before it) is searched whole once.
+        """
         query = (
-            f"SELECT {COLUMNS} FROM entries s "
-            "WHERE type = 'start' AND NOT EXISTS "
+            # NOT INDEXED: walk the entries above the mark by seq, not every start by type.
+            f"SELECT {COLUMNS} FROM entries AS s NOT INDEXED "
+            "WHERE seq > ? AND type = 'start' AND NOT EXISTS "
             "(SELECT 1 FROM entries e WHERE e.run_id = s.run_id AND e.type = 'end') "
-            "ORDER BY seq DESC LIMIT ?"
+            "ORDER BY seq"
         )
-        counts = (
-            "SELECT (SELECT count(*) FROM entries WHERE type = 'start') - "
-            "(SELECT count(*) FROM entries WHERE type = 'end')"
-        )
+        with self.transaction():
+            row = self._db.execute("SELECT seq FROM marks WHERE name = ?", (ENDED_UP_TO,))
+            mark = (row.fetchone() or (0,))[0]
+            rows = self._db.execute(query, (mark,)).fetchall()
+            if rows:
+                ended_up_to = rows[0][0] - 1
+            else:
+                last = self._db.execute("SELECT max(seq) FROM entries").fetchone()[0]
+                ended_up_to = last or 0
+            if ended_up_to != mark:
+                self._db.execute(
+                    "INSERT OR REPLACE INTO marks (name, seq) VALUES (?, ?)",
+                    (ENDED_UP_TO, ended_up_to),
+                )
+        return [Entry(r[0], r[1], r[2], r[3], _body(r[4]), *r[5:]) for r in rows]
+
+    def level_run_ids(
+        self,
+        client: str,
+        machine: str,
+        level: str,
+        action: str,
+        since: str,
+        good_states: tuple[str, ...],
+    ) -> list[str]:
+        """Return the ids of the runs a level's schedule depends on, oldest first: the level's
+        newest run, its newest run that ended in one of ``good_states`` (however old), and
+        every run of it started at or after ``since``.
+
+        Index walks from the newest start of the level (entries_level) and a search by date
+        (entries_machine_at), however long the history.
+        """
+        states = {f"s{i}": state for i, state in enumerate(good_states)}
+        good = ", ".join(f":{name}" for name in states) or "NULL"
+        query = f"""
+            SELECT run_id, seq FROM (
+                SELECT run_id, seq FROM entries WHERE {_LEVEL_START} AND {_ACTION}
+                ORDER BY seq DESC LIMIT 1
+            )
+            UNION
+            SELECT run_id, seq FROM (
+                SELECT run_id, seq FROM entries s
+                WHERE {_LEVEL_START} AND {_ACTION} AND {_STATE} IN ({good})
+                ORDER BY seq DESC LIMIT 1
+            )
+            UNION
+            SELECT run_id, seq FROM entries WHERE {_LEVEL_START} AND {_ACTION} AND at >= :since
+            ORDER BY seq
+        """
+        params = {
+            "client": client,
+            "machine": machine,
+            "level": level,
+            "action": action,
+            "since": since,
+            **states,
+        }
         with self._lock:
-            # Every open of the log looks for open runs. A run has one end, after its start:
-            # there are as many open runs as starts outnumber ends, and they are almost always
-            # the newest, so the search goes backwards and stops once it found them all.
-            missing_ends = self._db.execute(counts).fetchone()[0]
-            if missing_ends <= 0:
-                return []
-            rows = self._db.execute(query, (missing_ends,)).fetchall()
-        return [Entry(r[0], r[1], r[2], r[3], _body(r[4]), *r[5:]) for r in reversed(rows)]
+            return [r[0] for r in self._db.execute(query, params)]
+
+    def newest_level_run_id(
+        self, client: str, machine: str, level: str, state: str | None = None
+    ) -> str | None:
+        """Return the id of the newest run of a machine's level (any action), or of the newest
+        in ``state``; None if there is none. An index walk from the newest start."""
+        if state is None:
+            condition = "1"
+        elif state == "running":
+            condition = (
+                "NOT EXISTS (SELECT 1 FROM entries e WHERE e.run_id = s.run_id AND e.type = 'end')"
+            )
+        else:
+            condition = f"{_STATE} = :state"
+        query = (
+            f"SELECT run_id FROM entries s WHERE {_LEVEL_START} AND {condition} "
+            "ORDER BY seq DESC LIMIT 1"
+        )
+        params = {"client": client, "machine": machine, "level": level, "state": state}
+        with self._lock:
+            row = self._db.execute(query, params).fetchone()
+        return row[0] if row else None
 
     def close(self) -> None:
         with self._lock:

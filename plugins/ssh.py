@@ -20,8 +20,6 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
-import paramiko
-
 import recoverd
 from recoverd.errors import (
     AuthenticationFailed,
@@ -31,6 +29,7 @@ from recoverd.errors import (
     TransportError,
     Unreachable,
 )
+from recoverd.plugins import lazy_import
 from recoverd.transport import (
     CommandOutcome,
     CommandRequest,
@@ -56,8 +55,13 @@ POLL_S = 0.5
 STDIN_GRACE_S = 5.0
 """How long to wait, after the command ended, for the stdin thread to notice and stop."""
 
-CHANNEL_ERRORS = (paramiko.SSHException, OSError, EOFError)
-"""What paramiko raises when a channel operation fails (EOFError: the socket closed)."""
+paramiko = lazy_import("paramiko")  # imported at the first connection, not with the plugin
+
+
+def channel_errors() -> tuple[type[BaseException], ...]:
+    """Return what paramiko raises when a channel operation fails (EOFError: the socket
+    closed)."""
+    return (paramiko.SSHException, OSError, EOFError)
 
 
 class SSHTransport(Transport):
@@ -288,7 +292,7 @@ class SSHTransport(Transport):
         stderr = OutputBuffer(request.on_stderr)
         try:
             channel = transport.open_session(timeout=self.machine.connect_timeout)
-        except CHANNEL_ERRORS as exc:
+        except channel_errors() as exc:
             raise self._refused(request, transport, exc) from None
 
         def send_stdin(chunk: bytes) -> None:
@@ -308,7 +312,7 @@ class SSHTransport(Transport):
         try:
             try:
                 channel.exec_command(self.quote(request.argv))
-            except CHANNEL_ERRORS as exc:
+            except channel_errors() as exc:
                 raise self._refused(request, transport, exc) from None
             feeder.start()
             self._pump(channel, request, feeder, stdout, stderr, deadline)
@@ -367,7 +371,7 @@ class SSHTransport(Transport):
                         continue
                     try:
                         chunk = recv(CHUNK)
-                    except CHANNEL_ERRORS as exc:
+                    except channel_errors() as exc:
                         raise self._lost(request, str(exc) or type(exc).__name__) from None
                     if chunk:
                         sink(chunk)
@@ -424,8 +428,12 @@ class SSHTransport(Transport):
         )
 
 
-class _RejectUnknownKey(paramiko.MissingHostKeyPolicy):
-    """Refuse a host key that is neither pinned nor known, with a message on how to pin it."""
+class _RejectUnknownKey:
+    """Refuse a host key that is neither pinned nor known, with a message on how to pin it.
+
+    A paramiko MissingHostKeyPolicy by duck typing (paramiko only calls ``missing_host_key``),
+    so that defining it does not import paramiko.
+    """
 
     def __init__(self, transport: SSHTransport) -> None:
         self.transport = transport

@@ -18,17 +18,6 @@ import re
 import time
 from typing import TYPE_CHECKING
 
-import requests
-import winrm.transport
-from winrm.exceptions import (
-    InvalidCredentialsError,
-    WinRMError,
-    WinRMOperationTimeoutError,
-    WinRMTransportError,
-    WSManFaultError,
-)
-from winrm.protocol import Protocol
-
 import recoverd
 from recoverd.errors import (
     AuthenticationFailed,
@@ -38,6 +27,7 @@ from recoverd.errors import (
     TransportError,
     Unreachable,
 )
+from recoverd.plugins import lazy_import
 from recoverd.powershell import command_line
 from recoverd.transport import (
     CommandOutcome,
@@ -48,6 +38,8 @@ from recoverd.transport import (
 )
 
 if TYPE_CHECKING:
+    from winrm.protocol import Protocol
+
     from recoverd.plugins import Kind
     from recoverd.policy.model import Machine
     from recoverd.secrets import SecretResolver
@@ -78,8 +70,20 @@ program of a command."""
 OPTIONAL_AUTHS = {"kerberos": "HAVE_KERBEROS", "credssp": "HAVE_CREDSSP"}
 """Auths whose libraries are pywinrm extras, and the flag pywinrm sets when they load."""
 
-HTTP_ERRORS = (requests.exceptions.RequestException, WinRMError, WinRMTransportError)
-"""What a pywinrm call raises when the exchange with the machine fails."""
+# pywinrm and requests are imported at the first connection, not with the plugin.
+requests = lazy_import("requests")
+winrm_errors = lazy_import("winrm.exceptions")
+winrm_protocol = lazy_import("winrm.protocol")
+winrm_transport = lazy_import("winrm.transport")
+
+
+def http_errors() -> tuple[type[BaseException], ...]:
+    """Return what a pywinrm call raises when the exchange with the machine fails."""
+    return (
+        requests.exceptions.RequestException,
+        winrm_errors.WinRMError,
+        winrm_errors.WinRMTransportError,
+    )
 
 
 class WinRMTransport(Transport):
@@ -132,7 +136,7 @@ class WinRMTransport(Transport):
         """Return a pywinrm Protocol for the machine. Raise TransportError if it cannot be made."""
         machine = self.machine
         auth = machine.auth
-        if auth in OPTIONAL_AUTHS and not getattr(winrm.transport, OPTIONAL_AUTHS[auth]):
+        if auth in OPTIONAL_AUTHS and not getattr(winrm_transport, OPTIONAL_AUTHS[auth]):
             raise TransportError(
                 f"WinRM auth {auth!r} of {machine.name} needs pywinrm's {auth} extra on the "
                 f"controller: pip install 'pywinrm[{auth}]'"
@@ -143,7 +147,7 @@ class WinRMTransport(Transport):
                 machine.password, what=f"WinRM password of {machine.name}"
             )
         try:
-            protocol = Protocol(
+            protocol = winrm_protocol.Protocol(
                 self.endpoint,
                 transport=PYWINRM_AUTH[auth],  # type: ignore[arg-type]
                 username=machine.user,
@@ -158,7 +162,7 @@ class WinRMTransport(Transport):
                 message_encryption="auto" if self.https else "always",
                 proxy=None,  # machines are reached directly, never through an environment proxy
             )
-        except WinRMError as exc:  # missing certificate files, unsupported auth
+        except winrm_errors.WinRMError as exc:  # missing certificate files, unsupported auth
             raise TransportError(
                 f"cannot use WinRM auth {auth!r} for {machine.name}: {exc}"
             ) from None
@@ -176,7 +180,7 @@ class WinRMTransport(Transport):
         try:
             if shell is not None:
                 protocol.close_shell(shell, close_session=True)
-        except (*HTTP_ERRORS, AssertionError):
+        except (*http_errors(), AssertionError):
             # The machine is gone or refuses: WinRM deletes an idle shell by itself
             # (IdleTimeout), nothing more can be done from here.
             pass
@@ -203,7 +207,7 @@ class WinRMTransport(Transport):
         stderr = OutputBuffer(request.on_stderr)
         try:
             command = protocol.run_command(shell, self.quote(request.argv), skip_cmd_shell=True)
-        except WSManFaultError as exc:
+        except winrm_errors.WSManFaultError as exc:
             if exc.wsman_fault_code in NOT_FOUND_CODES:
                 # As under a POSIX shell: engines tell a missing program by status 127.
                 return CommandOutcome(127, stderr=f"{request.argv[0]}: not found\n".encode())
@@ -231,7 +235,7 @@ class WinRMTransport(Transport):
         def write(chunk: bytes) -> None:
             try:
                 protocol.send_command_input(shell, command, chunk)
-            except WSManFaultError as exc:
+            except winrm_errors.WSManFaultError as exc:
                 # The command no longer reads (it ended or closed its stdin): its exit status
                 # tells what that means.
                 raise BrokenPipeError(str(exc)) from None
@@ -240,7 +244,7 @@ class WinRMTransport(Transport):
             if feeder.error is None:
                 try:
                     protocol.send_command_input(shell, command, b"", end=True)
-                except WSManFaultError as exc:
+                except winrm_errors.WSManFaultError as exc:
                     raise BrokenPipeError(str(exc)) from None
 
         feeder = StdinFeeder(request.stdin, write, end)
@@ -270,7 +274,7 @@ class WinRMTransport(Transport):
                 )
             try:
                 out, err, status, done = protocol.get_command_output_raw(shell, command)
-            except WinRMOperationTimeoutError:
+            except winrm_errors.WinRMOperationTimeoutError:
                 continue  # no output within the operation timeout: the command still runs
             if out:
                 stdout(out)
@@ -283,7 +287,7 @@ class WinRMTransport(Transport):
         """Terminate the command (a no-op once it ended) and free it on the machine."""
         try:
             protocol.cleanup_command(shell, command)
-        except (*HTTP_ERRORS, AssertionError):
+        except (*http_errors(), AssertionError):
             pass  # the shell goes with close(); an unreachable machine is reported already
 
     # -- errors ----------------------------------------------------------------------------
@@ -295,7 +299,7 @@ class WinRMTransport(Transport):
         where = f"{self.machine.name} at {self.endpoint}"
         if isinstance(exc, TransportError):
             return exc
-        if isinstance(exc, InvalidCredentialsError):
+        if isinstance(exc, winrm_errors.InvalidCredentialsError):
             return AuthenticationFailed(
                 f"wrong credentials for {self.machine.name}: {self.machine.user or 'the client'} "
                 f"was refused by {self.endpoint} (auth {self.machine.auth}); check user and "
@@ -329,14 +333,14 @@ class WinRMTransport(Transport):
             return ConnectionLost(
                 f"connection to {where} was lost while trying to {doing}: {_connection_reason(exc)}"
             )
-        if isinstance(exc, WSManFaultError):
+        if isinstance(exc, winrm_errors.WSManFaultError):
             return TransportError(f"{where} refused to {doing}: {exc.reason}")
-        if isinstance(exc, WinRMTransportError):
+        if isinstance(exc, winrm_errors.WinRMTransportError):
             return TransportError(
                 f"{where} answered HTTP {exc.code} when asked to {doing}; is WinRM enabled "
                 "there (winrm quickconfig)?"
             )
-        if isinstance(exc, WinRMError):
+        if isinstance(exc, winrm_errors.WinRMError):
             return TransportError(f"WinRM with {where} failed while trying to {doing}: {exc}")
         return None
 

@@ -25,7 +25,9 @@ def default_state_dir() -> Path:
     return Path(base) / "recoverd"
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """Return the parser of every command, or only of the command module that has
+    ``command`` (the others are not imported)."""
     # SUPPRESS lets the global options stand before or after the command without the
     # subcommand's defaults overriding what was given before it.
     common = argparse.ArgumentParser(add_help=False)
@@ -54,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"recoverd {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    def command(
+    def add_command(
         name: str, handler: Handler, help_text: str, *, state_option: bool = True
     ) -> argparse.ArgumentParser:
         parent = with_state if state_option else common
@@ -62,14 +64,38 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(handler=handler)
         return p
 
-    for module in MODULES:
-        importlib.import_module(module).register(command)
+    wanted = [m for m, names in MODULES.items() if command in names] or list(MODULES)
+    for module in wanted:
+        importlib.import_module(module).register(add_command)
     return parser
+
+
+GLOBAL_VALUE_OPTIONS = ("--policies", "--state")
+"""The global options that take a value (argparse also accepts unambiguous abbreviations)."""
+
+
+def command_in(argv: Sequence[str]) -> str | None:
+    """Return the first word of ``argv`` that is neither a global option nor its value: the
+    command, if it is one. Return None if there is none."""
+    words = iter(argv)
+    for word in words:
+        if word == "--":
+            return None
+        if not word.startswith("-"):
+            return word
+        if (
+            len(word) > 2
+            and "=" not in word
+            and any(option.startswith(word) for option in GLOBAL_VALUE_OPTIONS)
+        ):
+            next(words, None)
+    return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line and return its exit code."""
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser(command_in(argv))
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse exits 2 on usage errors, 0 on --help

@@ -6,7 +6,9 @@ can be blocked by name (``RECOVERD_DISABLE_PLUGINS=a,b``).
 
 from __future__ import annotations
 
+import importlib
 import os
+import sys
 from dataclasses import dataclass, field
 from difflib import get_close_matches
 from importlib import metadata
@@ -28,6 +30,30 @@ KINDS = {
 """Plugin kinds and the registry hook that fills each."""
 
 BUILTIN_PACKAGE = "recoverd_plugins"
+
+
+class LazyModule:
+    """A module imported at the first use of one of its attributes.
+
+    Every command loads every plugin; a plugin holds its heavy library (paramiko, pywinrm) in
+    one of these so that commands which never connect (``log``, ``status``) do not pay for
+    importing it. The import itself is the interpreter's, so it is thread-safe.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(importlib.import_module(self._name), attr)
+
+    def __repr__(self) -> str:
+        return f"<lazily imported module {self._name!r}>"
+
+
+def lazy_import(name: str) -> Any:
+    """Given a module name, return the module if it is imported already, else a
+    :class:`LazyModule` that imports it at its first attribute access."""
+    return sys.modules.get(name) or LazyModule(name)
 
 
 @dataclass
@@ -82,7 +108,9 @@ class PluginHost:
         """Load the entry-point plugins, then ``extra`` (name, plugin) pairs, last-first."""
         self.pm = pluggy.PluginManager(PROJECT)
         self.pm.add_hookspecs(hookspecs)
-        self._versions: dict[str, str] = {}
+        # A distribution's version is read (its METADATA parsed) only when listed: that
+        # costs a few ms per plugin, on every command otherwise.
+        self._versions: dict[str, str | metadata.Distribution | None] = {}
         blocked = {n for n in os.environ.get("RECOVERD_DISABLE_PLUGINS", "").split(",") if n}
         for name in blocked:
             self.pm.set_blocked(name)
@@ -99,7 +127,7 @@ class PluginHost:
             except Exception as exc:  # a broken third-party package must not hide the cause
                 raise PluginError(f"plugin {ep.name!r} ({ep.value}) failed to load: {exc}") from exc
             self.pm.register(plugin, name=ep.name)
-            self._versions[ep.name] = ep.dist.version if ep.dist else "?"
+            self._versions[ep.name] = ep.dist
         for name, plugin in extra or []:
             if not self.pm.is_blocked(name):
                 self.pm.register(plugin, name=name)
@@ -121,6 +149,13 @@ class PluginHost:
     def __getitem__(self, kind: str) -> Kind:
         return self.kinds[kind]
 
+    def _version(self, name: str) -> str:
+        """Return the version of plugin ``name``: its distribution's, for an entry point."""
+        version = self._versions.get(name, "-")
+        if isinstance(version, metadata.Distribution):
+            return version.version
+        return "?" if version is None else version
+
     def describe(self) -> list[PluginInfo]:
         """Return every loaded plugin with its version, hooks and what it registered."""
         infos = []
@@ -135,7 +170,7 @@ class PluginHost:
             infos.append(
                 PluginInfo(
                     name=name,
-                    version=self._versions.get(name, "-"),
+                    version=self._version(name),
                     hooks=hooks,
                     provides={k: v for k, v in provides.items() if v},
                 )

@@ -10,10 +10,12 @@ import subprocess
 import sys
 import textwrap
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
+from recoverd.cli import main
 from recoverd.errors import WrongPassword
 from recoverd.log import MaintenanceLog, RunFilter
 from recoverd.log.record import GENESIS, VIEW_FIELDS, entry_hash
@@ -160,3 +162,35 @@ def test_concurrent_writers_extend_one_chain(tmp_path: Path, host: PluginHost) -
     assert all(rows[i][1] == rows[i - 1][2] for i in range(1, len(rows)))
     bodies = [json.loads(b) for (b,) in db.execute("SELECT body FROM entries")]
     assert all("owner" not in b or b["owner"]["pid"] for b in bodies)
+
+
+@pytest.mark.parametrize(
+    ("name", "policy"),
+    [
+        ("acme", '[client]\nname = "Acme"\ntimezone = "Asia/Shanghai"\n[machines.ws-1]\n'),
+        # [client] after other tables, an id other than the file name, a header in a string
+        (
+            "clients",
+            '[machines.ws-1]\nnote = """\n[client]\n"""\n[client]\nid = "acme"\nname = "A"\n'
+            'timezone = "Asia/Shanghai"\n',
+        ),
+    ],
+)
+def test_log_shows_local_times_also_while_a_policy_is_broken(
+    tmp_path: Path, name: str, policy: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    (policies / f"{name}.toml").write_text(policy)  # not valid: the machine lacks keys
+    (policies / "broken.toml").write_text("[client\n")
+    host = PluginHost()
+    mlog = MaintenanceLog(tmp_path / "state", host["log_sinks"])
+    at = datetime(2026, 11, 26, 12, tzinfo=UTC)
+    mlog.start(client="acme", machine="ws-1", level="n", kind="files", action="backup", at=at)
+    mlog.start(client="other", machine="x", level="n", kind="files", action="backup", at=at)
+    mlog.close()
+    args = ["--policies", str(policies), "--state", str(tmp_path / "state"), "log"]
+    assert main(args) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].startswith("2026-11-26 20:00 +08  acme")
+    assert lines[2].startswith("2026-11-26 12:00 +00  other")  # no policy: UTC

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import json
+import random
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
+from recoverd.actions.due import level_duty, machine_duties
 from recoverd.cli import main
 from recoverd.clock import FakeClock, use_clock
 from recoverd.controller import Controller
 from recoverd.errors import MachineBusy
 from recoverd.locks import machine_lock
+from recoverd.log import RunFilter
 from recoverd.policy.schedule import Schedule
 
 
@@ -218,3 +221,51 @@ def test_daemon_with_a_broken_policy_does_not_start(
     assert main(["daemon"]) == 2
     assert "'25:00' is not a time HH:MM" in capsys.readouterr().err
     assert not (acme.state_dir / "daemon.lock").exists()
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_machine_duties_from_index_lookups_match_the_whole_history(
+    acme: Controller, seed: int
+) -> None:
+    # machine_duties asks the log only for each level's newest run, last good run and the
+    # attempts at the current slot; level_duty given every run of the level must agree.
+    rng = random.Random(seed)
+    states = ["succeeded", "partial", "failed", "interrupted", "skipped", None]
+    for _ in range(rng.randrange(0, 120)):
+        level = rng.choice(["nightly", "hourly", "manual"])
+        action = "prune" if rng.random() < 0.2 else "backup"
+        at = NOW - timedelta(minutes=rng.randrange(30 * 24 * 60))  # not in log order
+        run = acme.log.start(
+            client="acme", machine="ws-1", level=level, kind="files", action=action, at=at
+        )
+        state = rng.choice(states)
+        if state is not None:  # else left running (this process is alive)
+            stats = {"transient": True} if rng.random() < 0.5 else {}
+            end = at + timedelta(minutes=rng.randrange(1, 90))
+            acme.log.finish(run, state, stats=stats, error="x", at=end)
+    machine = acme.policies.find_machine("ws-1")
+    zone = acme.policies.clients["acme"].timezone
+    history = acme.log.runs(RunFilter(client="acme", machine="ws-1"))
+    expected = []
+    for level in machine.levels:
+        if level.every:
+            runs = [v for v in history if v["level"] == level.name and v["action"] == "backup"]
+            expected.append(level_duty(machine, level, Schedule.of(level.every, zone), runs, NOW))
+    assert machine_duties(acme.log, machine, zone, NOW) == expected
+
+
+@pytest.mark.parametrize(
+    "every",
+    ["day at 01:30", "sunday at 03:00", "mon,wed,fri at 23:59", "month on day 31 at 02:30",
+     "month on last day at 05:00", "weekday at 00:00"],
+)  # fmt: skip
+def test_latest_and_next_slot_are_those_of_the_whole_search_window(every: str) -> None:
+    # latest_slot/next_slot look near the moment first; they must agree with a month's slots.
+    rng = random.Random(every)
+    window = timedelta(days=33)
+    for zone in ("Asia/Shanghai", "Europe/Berlin", "America/New_York"):
+        schedule = Schedule.of(every, zone)
+        for _ in range(40):
+            moment = datetime(2026, 1, 1, tzinfo=UTC) + timedelta(minutes=rng.randrange(525_600))
+            assert schedule.latest_slot(moment) == schedule.slots(moment - window, moment)[-1]
+            assert schedule.next_slot(moment) == schedule.slots(moment, moment + window)[0]

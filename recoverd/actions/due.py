@@ -16,7 +16,7 @@ from typing import Any
 
 from recoverd.actions.backup import level_action
 from recoverd.controller import Controller
-from recoverd.log import MaintenanceLog, RunFilter
+from recoverd.log import MaintenanceLog
 from recoverd.policy.model import Level, Machine
 from recoverd.policy.schedule import Schedule
 
@@ -28,9 +28,6 @@ MAX_ATTEMPTS = 4
 
 RETRY_BACKOFF = (timedelta(minutes=2), timedelta(minutes=10), timedelta(minutes=30))
 """Wait after the 1st, 2nd, 3rd failed attempt before the next one."""
-
-HISTORY = timedelta(days=40)
-"""How far back due-ness reads a machine's runs: longer than any calendar period."""
 
 OVERDUE_AFTER = timedelta(hours=1)
 """A due level that has not run this long after its slot is overdue (``recoverd status``)."""
@@ -93,37 +90,37 @@ def machine_duties(
 ) -> list[Duty]:
     """Return the duty of each scheduled level of ``machine`` (client zone ``timezone``).
 
-    One query reads the machine's recent history: everything due-ness needs lies within
-    HISTORY (or twice a long interval). Only a level with no good run in that window costs a
-    second look (one per machine), for its last good run however old.
+    Due-ness needs, per level, only its last good run, its newest run and the attempts at
+    the current slot: the log finds those with index searches, however long the history.
     """
-    levels = [lv for lv in machine.levels if lv.every]
-    schedules = {lv.name: Schedule.of(lv.every or "", timezone) for lv in levels}
-    horizon = max([HISTORY, *(2 * s.interval for s in schedules.values() if s.interval)])
-    who = {"client": machine.client, "machine": machine.name}
-    recent = log.runs(RunFilter(**who, since=now - horizon))
-    history: list[dict[str, Any]] | None = None
     found = []
-    for level in levels:
-        runs = _runs_of(level, recent)
-        if not any(r["state"] in GOOD_STATES for r in runs):
-            history = log.runs(RunFilter(**who)) if history is None else history
-            good = [r for r in _runs_of(level, history) if r["state"] in GOOD_STATES]
-            runs = good[-1:] + runs
-        found.append(level_duty(machine, level, schedules[level.name], runs, now))
+    for level in machine.levels:
+        if not level.every:
+            continue
+        schedule = Schedule.of(level.every, timezone)
+        runs = log.level_runs(
+            machine.client,
+            machine.name,
+            level.name,
+            level_action(level),
+            since=attempts_since(schedule, now),
+            good_states=GOOD_STATES,
+        )
+        found.append(level_duty(machine, level, schedule, runs, now))
     return found
 
 
-def _runs_of(level: Level, views: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Return the runs of ``level`` itself among a machine's ``views`` (not its retention)."""
-    action = level_action(level)
-    return [v for v in views if v["level"] == level.name and v["action"] == action]
+def attempts_since(schedule: Schedule, now: datetime) -> datetime:
+    """Return since when failed runs count as attempts at the slot that is due at ``now``:
+    the latest calendar slot, or one interval back."""
+    return schedule.latest_slot(now) if schedule.interval is None else now - schedule.interval
 
 
 def level_duty(
     machine: Machine, level: Level, schedule: Schedule, runs: list[dict[str, Any]], now: datetime
 ) -> Duty:
-    """Given a level's runs (oldest first, the last good one included), return its duty."""
+    """Given a level's runs (oldest first: at least its last good run, its newest run and
+    every run since :func:`attempts_since`), return its duty."""
     good = [r for r in runs if r["state"] in GOOD_STATES]
     last_good = good[-1] if good else None
     last = runs[-1] if runs else None
@@ -135,11 +132,10 @@ def level_duty(
         latest = schedule.latest_slot(now)
         due = last_good is None or started(last_good) < latest
         due_since = latest if last_good else None
-        since = latest  # attempts made for the slot that is due now
     else:
         due_since = started(last_good) + schedule.interval if last_good else None
         due = due_since is None or due_since <= now
-        since = now - schedule.interval
+    since = attempts_since(schedule, now)  # attempts made for the slot that is due now
     if last is not None and last["state"] == "running":
         return duty(due, due_since, None, "running")
     if not due:

@@ -22,15 +22,17 @@ class AddCommand(Protocol):
     ) -> argparse.ArgumentParser: ...
 
 
-MODULES = (
-    "recoverd.commands.inventory",
-    "recoverd.commands.backup",
-    "recoverd.commands.log",
-    "recoverd.commands.schedule",
-    "recoverd.commands.accept",
-    "recoverd.commands.report",
-    "recoverd.commands.restore",
-    "recoverd.commands.verify",
-    "recoverd.commands.vault",
-)
-"""The command modules, in the order their commands appear in ``recoverd --help``."""
+MODULES = {
+    "recoverd.commands.inventory": ("check", "machines", "plugins"),
+    "recoverd.commands.backup": ("backup", "snapshots"),
+    "recoverd.commands.log": ("log",),
+    "recoverd.commands.schedule": ("plan", "status", "daemon"),
+    "recoverd.commands.accept": ("accept",),
+    "recoverd.commands.report": ("report",),
+    "recoverd.commands.restore": ("restore", "card"),
+    "recoverd.commands.verify": ("verify",),
+    "recoverd.commands.vault": ("vault",),
+}
+"""The command modules, in the order their commands appear in ``recoverd --help``, and the
+commands each registers: the CLI imports only the module of the command it runs (the modules
+import what their commands need, and a short command must not wait for the others)."""

@@ -11,14 +11,14 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from recoverd.actions.report import Month
 from recoverd.commands import AddCommand
 from recoverd.controller import Controller
-from recoverd.errors import RecoverdError, UsageError
+from recoverd.errors import UsageError
 from recoverd.log import RunFilter
 from recoverd.log.record import STATES, VIEW_FIELDS
 from recoverd.log.signing import load_public_key, public_pem
 from recoverd.output import emit_json, format_table, local_time, run_result
+from recoverd.policy.load import client_zones
 
 
 def parse_since(text: str) -> datetime:
@@ -54,7 +54,9 @@ def cmd_log(ctl: Controller, args: argparse.Namespace) -> int:
         for view in views:
             emit_json(view)
         return 0
-    zones = {cid: c.timezone for cid, c in _clients_if_valid(ctl).items()}
+    # Only the zones, not the validated policies: the log stays quick and readable while a
+    # policy is broken.
+    zones = client_zones(ctl.policy_dir, {v["client"] for v in views})
     print(
         format_table(
             ["TIME", "CLIENT", "MACHINE", "ACTION", "LEVEL", "STATE", "ENGINEER", "RESULT", "RUN"],
@@ -75,14 +77,6 @@ def cmd_log(ctl: Controller, args: argparse.Namespace) -> int:
         )
     )
     return 0
-
-
-def _clients_if_valid(ctl: Controller) -> dict[str, Any]:
-    """The clients, or none when the policies are broken: the log must stay readable."""
-    try:
-        return ctl.policies.clients
-    except RecoverdError:
-        return {}
 
 
 def cmd_log_verify(ctl: Controller, args: argparse.Namespace) -> int:
@@ -153,6 +147,8 @@ def export_runs(views: list[dict[str, Any]], fmt: str) -> str:
 
 
 def cmd_log_export(ctl: Controller, args: argparse.Namespace) -> int:
+    from recoverd.actions.report import Month  # the report's modules only when exporting
+
     client = ctl.policies.clients.get(args.client)
     if client is None:
         known = ", ".join(sorted(ctl.policies.clients)) or "none"

@@ -234,10 +234,7 @@ class MaintenanceLog:
             machine=where.machine,
             since=iso(where.since) if where.since else None,
         )
-        grouped: dict[str, list[Entry]] = defaultdict(list)
-        for entry in self.store.entries(ids):
-            grouped[entry.run_id].append(entry)
-        views = [current_view(grouped[i]) for i in ids if i in grouped]
+        views = self._views(ids)
         return [
             v
             for v in views
@@ -245,6 +242,30 @@ class MaintenanceLog:
             and (where.level is None or v["level"] == where.level)
             and (where.action is None or v["action"] == where.action)
         ]
+
+    def level_runs(
+        self,
+        client: str,
+        machine: str,
+        level: str,
+        action: str,
+        since: datetime,
+        good_states: tuple[str, ...],
+    ) -> list[dict[str, Any]]:
+        """Return the current views of the runs a level's schedule depends on, oldest first:
+        the level's newest run, its newest run in one of ``good_states`` (however old), and
+        every run of it started at or after ``since``. ``action`` tells the level's own runs
+        from its retention runs."""
+        return self._views(
+            self.store.level_run_ids(client, machine, level, action, iso(since), good_states)
+        )
+
+    def _views(self, ids: list[str]) -> list[dict[str, Any]]:
+        """Return the current views of the runs ``ids``, in that order."""
+        grouped: dict[str, list[Entry]] = defaultdict(list)
+        for entry in self.store.entries(ids):
+            grouped[entry.run_id].append(entry)
+        return [current_view(grouped[i]) for i in ids if i in grouped]
 
     def good_backups(self, client: str, machine: str, level: str) -> list[dict[str, Any]]:
         """Return the succeeded backup runs of a machine's level that made a snapshot: the
@@ -258,8 +279,8 @@ class MaintenanceLog:
         self, client: str, machine: str, level: str, state: str | None = None
     ) -> dict[str, Any] | None:
         """Return the newest run of a machine's level (in ``state`` if given), or None."""
-        runs = self.runs(RunFilter(client=client, machine=machine, level=level, state=state))
-        return runs[-1] if runs else None
+        run_id = self.store.newest_level_run_id(client, machine, level, state)
+        return self.run(run_id) if run_id else None
 
     def close(self) -> None:
         self.store.close()

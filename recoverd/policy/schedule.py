@@ -21,6 +21,10 @@ from recoverd.policy.every import Every, parse_every
 _SEARCH = timedelta(days=33)
 """Every calendar form has a slot in any window this long (the longest month, plus DST)."""
 
+_NEAR = timedelta(days=2)
+"""A daily form has a slot in any window this long: searched first, it spares generating a
+month of slots for the common case."""
+
 
 @dataclass(frozen=True)
 class Schedule:
@@ -53,11 +57,11 @@ class Schedule:
 
     def latest_slot(self, moment: datetime) -> datetime:
         """Return the newest calendar slot at or before ``moment``."""
-        return self.slots(moment - _SEARCH, moment)[-1]
+        return (self.slots(moment - _NEAR, moment) or self.slots(moment - _SEARCH, moment))[-1]
 
     def next_slot(self, moment: datetime) -> datetime:
         """Return the first calendar slot after ``moment``."""
-        return self.slots(moment, moment + _SEARCH)[0]
+        return (self.slots(moment, moment + _NEAR) or self.slots(moment, moment + _SEARCH))[0]
 
     def _slots_around(self, start: datetime, end: datetime) -> Iterator[datetime]:
         # One day of margin either side: a local day may begin before ``start`` in UTC.

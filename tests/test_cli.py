@@ -1,0 +1,65 @@
+"""The command line imports only the module of the command it runs."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from recoverd.cli import build_parser, command_in
+from recoverd.commands import MODULES
+
+
+def test_every_command_module_registers_exactly_the_commands_listed_for_it() -> None:
+    for module, names in MODULES.items():
+        parser = build_parser(names[0])
+        subcommands = parser._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+        assert tuple(subcommands) == names, module
+    everything = build_parser()._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+    assert list(everything) == [name for names in MODULES.values() for name in names]
+
+
+@pytest.mark.parametrize(
+    ("argv", "command"),
+    [
+        (["log", "--machine", "m7"], "log"),
+        (["--policies", "status", "log"], "log"),
+        (["--pol", "status", "log", "--since", "7d"], "log"),
+        (["--state=/s", "--json", "status"], "status"),
+        (["--st", "/s", "report", "--client", "acme"], "report"),
+        (["--json", "--", "log"], None),
+        (["--help"], None),
+        ([], None),
+    ],
+)
+def test_command_in_skips_global_options_and_their_values(
+    argv: list[str], command: str | None
+) -> None:
+    assert command_in(argv) == command
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--pol", "status", "log", "--since", "7d", "--state", "running"],
+        ["--state", "/s", "--json", "status"],
+        ["restore", "ws-1", "--level", "nightly", "--dry-run", "--policies", "/p"],
+        ["log", "export", "--client", "acme", "--month", "2026-10"],
+    ],
+)
+def test_the_parser_of_one_command_module_parses_as_the_full_parser(argv: list[str]) -> None:
+    assert build_parser(command_in(argv)).parse_args(argv) == build_parser().parse_args(argv)
+
+
+def test_a_short_command_imports_no_other_command_module(tmp_path: Path) -> None:
+    code = (
+        "import sys; from recoverd.cli import main; "
+        f"main(['--policies', {str(tmp_path)!r}, '--state', {str(tmp_path)!r}, 'log']); "
+        "print(sorted(m for m in sys.modules if m.startswith('recoverd.commands.') "
+        "or m.startswith('recoverd.actions.')))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == "['recoverd.commands.log']"
