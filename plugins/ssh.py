@@ -59,6 +59,11 @@ STDIN_GRACE_S = 5.0
 CHANNEL_ERRORS = (paramiko.SSHException, OSError, EOFError)
 """What paramiko raises when a channel operation fails (EOFError: the socket closed)."""
 
+REKEY_BYTES = 1 << 36
+"""Bytes one direction carries before paramiko starts a key exchange: OpenSSH's own default for
+ciphers with 128-bit blocks, instead of paramiko's 512 MiB (four rekeys each way in a 2 GiB
+image stream). sshd still rekeys by its own RekeyLimit."""
+
 
 class SSHTransport(Transport):
     """A connection to one machine over SSH, reused by every command of a run."""
@@ -109,6 +114,8 @@ class SSHTransport(Transport):
             transport = client.get_transport()
             assert transport is not None  # set by a successful connect()
             transport.set_keepalive(KEEPALIVE_S)
+            _rekey_less_often(transport)
+            _hold_own_replies_during_rekey(transport)
         except BaseException as exc:
             # paramiko leaves its transport thread running when the host key is rejected.
             client.close()
@@ -434,6 +441,45 @@ class _RejectUnknownKey(paramiko.MissingHostKeyPolicy):
         self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey
     ) -> NoReturn:
         raise self.transport._unknown_key_error(key)
+
+
+def _rekey_less_often(transport: paramiko.Transport) -> None:
+    """Raise the connection's client-side rekey threshold to :data:`REKEY_BYTES` when both
+    directions use a cipher with 128-bit blocks (3des-cbc keeps paramiko's lower one)."""
+    ciphers = (transport.local_cipher, transport.remote_cipher)
+    if min(transport._cipher_info[name]["block-size"] for name in ciphers) >= 16:
+        transport.packetizer.REKEY_BYTES = REKEY_BYTES
+
+
+def _hold_own_replies_during_rekey(transport: paramiko.Transport) -> None:
+    """Make paramiko's own thread hold back its replies while a key exchange is in flight and
+    send them once the new keys are in use.
+
+    paramiko's thread answers a channel close (and channel requests) through
+    ``_send_user_message``, which waits for the key exchange to end, but only that thread can
+    end it: a close that crossed a rekey paramiko had just started stalled the connection for
+    30 s and then killed it (paramiko issue #822). Other threads still wait as before.
+    """
+    import threading
+
+    send, parse_newkeys = transport._send_user_message, transport._parse_newkeys
+    held: list[paramiko.Message] = []
+
+    def send_user_message(message: paramiko.Message) -> None:
+        # Only this thread starts and ends key exchanges (recoverd never calls
+        # renegotiate_keys()), so the check cannot go stale.
+        if threading.current_thread() is transport and not transport.clear_to_send.is_set():
+            held.append(message)
+            return
+        send(message)
+
+    def newkeys_then_held(message: paramiko.Message) -> None:
+        parse_newkeys(message)
+        while held:
+            send(held.pop(0))
+
+    transport._send_user_message = send_user_message  # type: ignore[method-assign]
+    transport._handler_table[paramiko.common.MSG_NEWKEYS] = newkeys_then_held
 
 
 def _summary(argv: list[str], limit: int = 80) -> str:
