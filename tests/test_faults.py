@@ -125,10 +125,11 @@ def test_fault_connection_killed_mid_backup_fails_repository_intact_next_run_suc
     assert "connection to ws-042" in cut["error"] and "lost" in cut["error"]
     assert cut["stats"]["transient"] is True  # the daemon retries it
 
-    # The cut leaves restic running on the machine (SSH cannot signal it, and it survives
-    # its closed stdout): it may still finish its snapshot. Whatever it wrote is consistent
-    # (restic writes packs, then the index, the snapshot last).
-    wait_for(lambda: not restic_pids(place.repo), 60, "the orphaned restic to end")
+    # The cut left restic running on the machine (it survives its closed stdout): recoverd
+    # stopped it through a second connection, so that it cannot finish a snapshot for a run
+    # recorded failed. Whatever it wrote is consistent (packs, then index, snapshot last).
+    assert "it was stopped on the machine" in cut["error"]
+    wait_for(lambda: not restic_pids(place.repo), 10, "the stopped restic to end")
     assert restic(place.repo, "--no-lock", "check").returncode == 0
 
     monkeypatch.undo()
@@ -141,6 +142,41 @@ def test_fault_connection_killed_mid_backup_fails_repository_intact_next_run_suc
     assert backup["state"] == "succeeded" and backup["stats"]["files_processed"] == BIG_FILES + 1
     assert prune["state"] == "succeeded"
     assert restic_locks(place.repo) == []
+    assert restic(place.repo, "check").returncode == 0
+
+
+def test_kill_controller_with_sigterm_mid_backup_stops_restic_on_the_machine_next_run_succeeds(
+    place: Workplace, big_tree: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    slow = place.root / "slow"
+    slow.mkdir()
+    with (slow / "zeros.img").open("wb") as f:
+        f.truncate(1 << 30)
+    place.write_policy([big_tree, slow])
+    recoverd = subprocess.Popen(
+        [str(Path(sys.executable).parent / "recoverd"), "backup", "ws-042"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for(lambda: restic_pids(place.repo, "backup"), 30, "restic to run on the machine")
+        recoverd.send_signal(signal.SIGTERM)
+        _, err = recoverd.communicate(timeout=30)
+    finally:
+        recoverd.kill()
+    assert recoverd.returncode == 130, err
+    # No restic is left to finish a snapshot for the run recorded interrupted.
+    assert restic_pids(place.repo) == []
+    (stopped,) = place.log(capsys)
+    assert stopped["state"] == "interrupted" and stopped["action"] == "backup"
+    assert stopped["error"].startswith("stopped by the operator while ")
+    assert "it was stopped on the machine (SIGTERM" in stopped["error"]
+    assert json.loads(restic(place.repo, "snapshots", "--json").stdout) == []
+
+    assert main(["backup", "ws-042"]) == 0
+    backup = [r for r in place.log(capsys) if r["action"] == "backup"][-1]
+    assert backup["state"] == "succeeded" and backup["stats"]["files_processed"] == BIG_FILES + 1
     assert restic(place.repo, "check").returncode == 0
 
 
