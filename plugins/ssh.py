@@ -105,6 +105,12 @@ class SSHTransport(Transport):
         self.port: int = machine.port or 22
         self.user: str = machine.user or "root"
         self._client: paramiko.SSHClient | None = None
+        self._given_up: str | None = None
+
+    def give_up(self, reason: str) -> bool:
+        """Stop the running command (see Transport.give_up); run() notices within POLL_S."""
+        self._given_up = reason
+        return True
 
     def describe(self) -> str:
         """Return ``user@address:port``."""
@@ -313,9 +319,14 @@ class SSHTransport(Transport):
         """Given a request, run it on a new channel of the connection and return how it ended.
 
         Raise CommandTimeout past ``request.timeout``, ConnectionLost if the connection drops,
-        TransportError if the machine refuses to start the command; an exception raised by the
-        request's stdin iterable or output consumers is raised as it is.
+        Interrupted on Ctrl-C or after give_up(), TransportError if the machine refuses to start
+        the command; an exception raised by the request's stdin iterable or output consumers is
+        raised as it is. A command given up on is stopped on the machine, and the error says so.
         """
+        if self._given_up is not None:
+            raise recoverd.errors.Interrupted(
+                f"{self._given_up} before {_summary(request.argv)} started on {self.machine.name}"
+            )
         transport = self._active_transport(request)
         deadline = None if request.timeout is None else time.monotonic() + request.timeout
         stdout = OutputBuffer(request.on_stdout)
@@ -354,10 +365,10 @@ class SSHTransport(Transport):
                 self._wait_for_status(channel, request, feeder, deadline)
             except (CommandTimeout, ConnectionLost) as exc:
                 raise type(exc)(f"{exc}; {self._stop_remote(channel, shell.pid)}") from None
-            except KeyboardInterrupt:
+            except (KeyboardInterrupt, recoverd.errors.Interrupted) as exc:
+                reason = str(exc) or "stopped by the operator"  # Ctrl-C, or give_up()
                 raise recoverd.errors.Interrupted(
-                    f"stopped by the operator while {_summary(request.argv)} ran on "
-                    f"{self.machine.name}; "
+                    f"{reason} while {_summary(request.argv)} ran on {self.machine.name}; "
                     f"{self._stop_remote(channel, shell.pid)}"
                 ) from None
             except BaseException:
@@ -495,10 +506,13 @@ class SSHTransport(Transport):
         self, request: CommandRequest, feeder: StdinFeeder, deadline: float | None
     ) -> float:
         """Return how long to wait for the channel before looking at the clock and the stdin
-        feeder again. Raise CommandTimeout past ``deadline``, the feeder's error if it failed.
+        feeder again. Raise CommandTimeout past ``deadline``, the feeder's error if it failed,
+        Interrupted after give_up().
         """
         if feeder.error is not None:
             raise feeder.error
+        if self._given_up is not None:
+            raise recoverd.errors.Interrupted(self._given_up)
         if deadline is None:
             return POLL_S
         left = deadline - time.monotonic()

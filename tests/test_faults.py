@@ -145,8 +145,9 @@ def test_fault_connection_killed_mid_backup_fails_repository_intact_next_run_suc
     assert restic(place.repo, "check").returncode == 0
 
 
+@pytest.mark.parametrize("command", [["backup", "ws-042"], ["daemon", "--grace", "1"]])
 def test_kill_controller_with_sigterm_mid_backup_stops_restic_on_the_machine_next_run_succeeds(
-    place: Workplace, big_tree: Path, capsys: pytest.CaptureFixture[str]
+    command: list[str], place: Workplace, big_tree: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     slow = place.root / "slow"
     slow.mkdir()
@@ -154,7 +155,7 @@ def test_kill_controller_with_sigterm_mid_backup_stops_restic_on_the_machine_nex
         f.truncate(1 << 30)
     place.write_policy([big_tree, slow])
     recoverd = subprocess.Popen(
-        [str(Path(sys.executable).parent / "recoverd"), "backup", "ws-042"],
+        [str(Path(sys.executable).parent / "recoverd"), *command],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -162,7 +163,7 @@ def test_kill_controller_with_sigterm_mid_backup_stops_restic_on_the_machine_nex
     try:
         wait_for(lambda: restic_pids(place.repo, "backup"), 30, "restic to run on the machine")
         recoverd.send_signal(signal.SIGTERM)
-        _, err = recoverd.communicate(timeout=30)
+        _, err = recoverd.communicate(timeout=60)
     finally:
         recoverd.kill()
     assert recoverd.returncode == 130, err
@@ -170,7 +171,8 @@ def test_kill_controller_with_sigterm_mid_backup_stops_restic_on_the_machine_nex
     assert restic_pids(place.repo) == []
     (stopped,) = place.log(capsys)
     assert stopped["state"] == "interrupted" and stopped["action"] == "backup"
-    assert stopped["error"].startswith("stopped by the operator while ")
+    reason = "stopped by the operator" if command[0] == "backup" else "the daemon was stopped"
+    assert stopped["error"].startswith(f"{reason} ")
     assert "it was stopped on the machine (SIGTERM" in stopped["error"]
     assert json.loads(restic(place.repo, "snapshots", "--json").stdout) == []
 
