@@ -75,17 +75,19 @@ alive() {
 }
 alive "$1" || { echo ended; exit 0; }
 kill -TERM -"$1" 2>/dev/null
+said=terminated
 i=0
 while alive "$1"; do
-  if [ "$i" -ge "$2" ]; then kill -KILL -"$1" 2>/dev/null; echo killed; exit 0; fi
+  if [ "$i" -eq "$2" ]; then kill -KILL -"$1" 2>/dev/null; said=killed; fi
+  if [ "$i" -ge $(($2 + 50)) ]; then echo unkillable; exit 0; fi
   sleep 0.1
   i=$((i + 1))
 done
-echo terminated
+echo "$said"
 """
-"""Stop the process group $1: SIGTERM, then SIGKILL after $2 tenths of a second. Says which
-(``ended``: nothing was left). Zombies do not count: on a machine whose init does not reap
-them, they would look alive until the SIGKILL."""
+"""Stop the process group $1: SIGTERM, then SIGKILL after $2 tenths of a second; wait until
+it is gone (5 s more at most) and say how (``ended``: nothing was left). Zombies do not count:
+on a machine whose init does not reap them, they would look alive until the SIGKILL."""
 
 REKEY_BYTES = 1 << 36
 """Bytes one direction carries before paramiko starts a key exchange: OpenSSH's own default for
@@ -353,10 +355,7 @@ class SSHTransport(Transport):
         shell = _ShellPid(stderr)
         try:
             try:
-                # sshd starts a command without a terminal in a session of its own (setsid),
-                # so the shell's pid, which the command keeps through exec, names its process
-                # group: what _stop_remote() signals when we give up on the command.
-                channel.exec_command(f"echo {shell.marker} $$ >&2; exec {self.quote(request.argv)}")
+                channel.exec_command(self._reporting_pid(request.argv, shell.marker))
             except CHANNEL_ERRORS as exc:
                 raise self._refused(request, transport, exc) from None
             feeder.start()
@@ -392,6 +391,16 @@ class SSHTransport(Transport):
         # ignores: the signal's name is not known here.
         return CommandOutcome(None, stdout.value(), stderr.value(), signal="unknown")
 
+    def _reporting_pid(self, argv: list[str], marker: str) -> str:
+        """Return the command line that runs ``argv`` after writing ``marker PID`` to stderr.
+
+        sshd starts a command without a terminal in a session of its own (setsid), so that
+        pid, which the login shell, sh and the command keep through exec, names the process
+        group of the command and of everything it starts: what _stop_remote() signals. sh, not
+        the login shell, reads the line, whatever the login shell is.
+        """
+        return self.quote(["exec", "sh", "-c", f'echo {marker} $$ >&2; exec "$@"', "sh", *argv])
+
     def _stop_remote(self, channel: paramiko.Channel, pid: int | None) -> str:
         """Stop the process group ``pid`` of a command we gave up on: SIGTERM, then SIGKILL
         after :data:`STOP_GRACE_S`. Use the command's connection, else a new one.
@@ -409,20 +418,9 @@ class SSHTransport(Transport):
                 client = self._open_client(min(self.machine.connect_timeout, STOP_CONNECT_S))
                 transport = client.get_transport()
                 assert transport is not None  # set by a successful connect()
-            said = _run_briefly(
-                transport,
-                self.quote(
-                    [
-                        "sh",
-                        "-c",
-                        STOP_SCRIPT,
-                        "recoverd-stop",
-                        str(pid),
-                        str(int(STOP_GRACE_S * 10)),
-                    ]
-                ),
-                timeout=STOP_GRACE_S + STOP_CONNECT_S,
-            )
+            ticks = int(STOP_GRACE_S * 10)
+            stop = ["sh", "-c", STOP_SCRIPT, "recoverd-stop", str(pid), str(ticks)]
+            said = _run_briefly(transport, self.quote(stop), STOP_GRACE_S + STOP_CONNECT_S)
         except (TransportError, *CHANNEL_ERRORS) as exc:
             return (
                 f"it could not be stopped on the machine ({exc or type(exc).__name__}), so it "
@@ -440,6 +438,11 @@ class SSHTransport(Transport):
             )
         if said == "ended":
             return "it had ended on the machine"
+        if said == "unkillable":
+            return (
+                f"it could not be stopped on the machine (process group {pid} was still there "
+                "5s after SIGKILL), so it may still run there"
+            )
         return f"it may still run on the machine (stopping process group {pid} said {said!r})"
 
     def _active_transport(self, request: CommandRequest) -> paramiko.Transport:

@@ -279,7 +279,7 @@ def test_run_never_sends_environment_requests(
     outcome = ssh.run(CommandRequest(["cat"], stdin=b"secret-free"))
     assert outcome.stdout == b"secret-free"
     ((command,), options), *others = seen  # the command, then nothing: no stop was needed
-    assert (command.endswith("; exec cat"), options, others) == (True, {}, [])
+    assert (command.endswith(" sh cat"), options, others) == (True, {}, [])
 
 
 def test_connect_unknown_host_key_raises_with_fingerprint_and_pin_hint(
