@@ -72,7 +72,8 @@ class Transport(ABC):
     def __init__(self, machine: Machine, secrets: SecretResolver) -> None:
         self.machine = machine
         self.secrets = secrets
-        _made.add(self)
+        with _made_lock:
+            _made.add(self)
 
     @abstractmethod
     def connect(self) -> None:
@@ -114,12 +115,15 @@ class Transport(ABC):
 
 _made: weakref.WeakSet[Transport] = weakref.WeakSet()
 """Every transport of this process that still exists, for :func:`give_up_all`."""
+_made_lock = threading.Lock()
 
 
 def give_up_all(reason: str) -> bool:
     """Call :meth:`Transport.give_up` on every transport of this process (a stopping daemon);
     return True if any of them will stop a command."""
-    return any([transport.give_up(reason) for transport in list(_made)])
+    with _made_lock:
+        transports = list(_made)
+    return any([transport.give_up(reason) for transport in transports])
 
 
 @dataclass
