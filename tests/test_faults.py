@@ -154,6 +154,7 @@ def test_kill_controller_with_sigterm_mid_backup_stops_restic_on_the_machine_nex
     with (slow / "zeros.img").open("wb") as f:
         f.truncate(1 << 30)
     place.write_policy([big_tree, slow])
+    restic(place.repo, "init")  # the restic seen running is the backup, not a first try
     recoverd = subprocess.Popen(
         [str(Path(sys.executable).parent / "recoverd"), *command],
         stdout=subprocess.PIPE,
