@@ -16,8 +16,10 @@ import base64
 import selectors
 import shlex
 import socket
+import threading
 import time
 from pathlib import Path
+from secrets import token_hex
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import recoverd
@@ -26,6 +28,7 @@ from recoverd.errors import (
     CommandTimeout,
     ConnectionLost,
     HostKeyRejected,
+    Interrupted,
     TransportError,
     Unreachable,
 )
@@ -64,6 +67,42 @@ def channel_errors() -> tuple[type[BaseException], ...]:
     return (paramiko.SSHException, OSError, EOFError)
 
 
+STOP_GRACE_S = 5.0
+"""How long a command we gave up on may take to end after SIGTERM before it gets SIGKILL."""
+
+STOP_CONNECT_S = 10.0
+"""Longest wait for a new connection when the command's own connection is gone."""
+
+STOP_SCRIPT = """\
+alive() {
+  if ps -o pgid= -p $$ >/dev/null 2>&1; then
+    ps -e -o pgid= -o stat= | awk -v g="$1" '$1 == g && $2 !~ /^Z/ { n++ } END { exit !n }'
+  else
+    kill -0 -"$1" 2>/dev/null
+  fi
+}
+alive "$1" || { echo ended; exit 0; }
+kill -TERM -"$1" 2>/dev/null
+said=terminated
+i=0
+while alive "$1"; do
+  if [ "$i" -eq "$2" ]; then kill -KILL -"$1" 2>/dev/null; said=killed; fi
+  if [ "$i" -ge $(($2 + 50)) ]; then echo unkillable; exit 0; fi
+  sleep 0.1
+  i=$((i + 1))
+done
+echo "$said"
+"""
+"""Stop the process group $1: SIGTERM, then SIGKILL after $2 tenths of a second; wait until
+it is gone (5 s more at most) and say how (``ended``: nothing was left). Zombies do not count:
+on a machine whose init does not reap them, they would look alive until the SIGKILL."""
+
+REKEY_BYTES = 1 << 36
+"""Bytes one direction carries before paramiko starts a key exchange: OpenSSH's own default for
+ciphers with 128-bit blocks, instead of paramiko's 512 MiB (four rekeys each way in a 2 GiB
+image stream). sshd still rekeys by its own RekeyLimit."""
+
+
 class SSHTransport(Transport):
     """A connection to one machine over SSH, reused by every command of a run."""
 
@@ -76,6 +115,12 @@ class SSHTransport(Transport):
         self.port: int = machine.port or 22
         self.user: str = machine.user or "root"
         self._client: paramiko.SSHClient | None = None
+        self._given_up: str | None = None
+
+    def give_up(self, reason: str) -> bool:
+        """Stop the running command (see Transport.give_up); run() notices within POLL_S."""
+        self._given_up = reason
+        return True
 
     def describe(self) -> str:
         """Return ``user@address:port``."""
@@ -95,11 +140,15 @@ class SSHTransport(Transport):
             if transport is not None and transport.is_active():
                 return
             self.close()
+        self._client = self._open_client(self.machine.connect_timeout)
+
+    def _open_client(self, timeout: float) -> paramiko.SSHClient:
+        """Return a new logged-in connection; raise as connect() does, each step bounded by
+        ``timeout`` seconds."""
         credentials = self._credentials()
         client = paramiko.SSHClient()
         try:
             self._trust_host_keys(client)
-            timeout = self.machine.connect_timeout
             client.connect(
                 self.address,
                 port=self.port,
@@ -113,14 +162,16 @@ class SSHTransport(Transport):
             transport = client.get_transport()
             assert transport is not None  # set by a successful connect()
             transport.set_keepalive(KEEPALIVE_S)
+            _rekey_less_often(transport)
+            _hold_own_replies_during_rekey(transport)
         except BaseException as exc:
             # paramiko leaves its transport thread running when the host key is rejected.
             client.close()
-            error = self._connect_error(exc)
+            error = self._connect_error(exc, timeout)
             if error is None:
                 raise
             raise error from None
-        self._client = client
+        return client
 
     def close(self) -> None:
         """Close the connection; safe to call more than once."""
@@ -226,7 +277,7 @@ class SSHTransport(Transport):
             ) from None
         return {"pkey": key, "allow_agent": False, "look_for_keys": False}
 
-    def _connect_error(self, exc: BaseException) -> TransportError | None:
+    def _connect_error(self, exc: BaseException, timeout: float) -> TransportError | None:
         """Given what connecting raised, return the error to raise instead (None: re-raise)."""
         where = f"{self.machine.name} at {self.address}:{self.port}"
         if isinstance(exc, TransportError):
@@ -242,9 +293,7 @@ class SSHTransport(Transport):
         if isinstance(exc, paramiko.ssh_exception.NoValidConnectionsError):
             return Unreachable(f"cannot reach {where}: connection refused")
         if isinstance(exc, TimeoutError):
-            return Unreachable(
-                f"cannot reach {where}: timed out after {self.machine.connect_timeout:g}s"
-            )
+            return Unreachable(f"cannot reach {where}: timed out after {timeout:g}s")
         if isinstance(exc, socket.gaierror):
             return Unreachable(f"cannot reach {where}: unknown host name ({exc.strerror})")
         if isinstance(exc, OSError | EOFError):
@@ -259,10 +308,7 @@ class SSHTransport(Transport):
             # paramiko has no types for these: a silent or closing server, or a handshake that
             # start_client() gave up on ("No existing session").
             if "banner" in message or "No existing session" in message:
-                return Unreachable(
-                    f"cannot reach {where}: no SSH handshake within "
-                    f"{self.machine.connect_timeout:g}s"
-                )
+                return Unreachable(f"cannot reach {where}: no SSH handshake within {timeout:g}s")
             return TransportError(f"SSH to {where} failed: {message}")
         return None
 
@@ -283,9 +329,14 @@ class SSHTransport(Transport):
         """Given a request, run it on a new channel of the connection and return how it ended.
 
         Raise CommandTimeout past ``request.timeout``, ConnectionLost if the connection drops,
-        TransportError if the machine refuses to start the command; an exception raised by the
-        request's stdin iterable or output consumers is raised as it is.
+        Interrupted on Ctrl-C or after give_up(), TransportError if the machine refuses to start
+        the command; an exception raised by the request's stdin iterable or output consumers is
+        raised as it is. A command given up on is stopped on the machine, and the error says so.
         """
+        if self._given_up is not None:
+            raise Interrupted(
+                f"{self._given_up} before {_summary(request.argv)} started on {self.machine.name}"
+            )
         transport = self._active_transport(request)
         deadline = None if request.timeout is None else time.monotonic() + request.timeout
         stdout = OutputBuffer(request.on_stdout)
@@ -309,17 +360,32 @@ class SSHTransport(Transport):
                 channel.shutdown_write()
 
         feeder = StdinFeeder(request.stdin, send_stdin, end_stdin)
+        shell = _ShellPid(stderr)
         try:
             try:
-                channel.exec_command(self.quote(request.argv))
+                channel.exec_command(self._reporting_pid(request.argv, shell.marker))
             except channel_errors() as exc:
                 raise self._refused(request, transport, exc) from None
             feeder.start()
-            self._pump(channel, request, feeder, stdout, stderr, deadline)
-            self._wait_for_status(channel, request, feeder, deadline)
+            try:
+                self._pump(channel, request, feeder, stdout, shell, deadline)
+                self._wait_for_status(channel, request, feeder, deadline)
+            except (CommandTimeout, ConnectionLost) as exc:
+                raise type(exc)(f"{exc}; {self._stop_remote(channel, shell.pid)}") from None
+            except (KeyboardInterrupt, Interrupted) as exc:
+                reason = str(exc) or "stopped by the operator"  # Ctrl-C, or give_up()
+                raise Interrupted(
+                    f"{reason} while {_summary(request.argv)} ran on {self.machine.name}; "
+                    f"{self._stop_remote(channel, shell.pid)}"
+                ) from None
+            except BaseException:
+                # A failing stdin or output consumer: the command's work is lost anyway.
+                self._stop_remote(channel, shell.pid)
+                raise
         finally:
             # Also wakes a stdin thread that waits for window space.
             channel.close()
+        shell.finish()
         feeder.finish(timeout=STDIN_GRACE_S)
         status = channel.recv_exit_status()
         if status != -1:
@@ -327,10 +393,65 @@ class SSHTransport(Transport):
         # -1: no exit-status came. The server closes a finished command's channel cleanly, EOF
         # first; a dropped connection closes it without EOF.
         if not channel.eof_received or not transport.is_active():
-            raise self._lost(request, "the connection closed")
+            stopped = self._stop_remote(channel, shell.pid)
+            raise self._lost(request, f"the connection closed; {stopped}")
         # OpenSSH reports a killed command with an exit-signal request, which paramiko 5.1
         # ignores: the signal's name is not known here.
         return CommandOutcome(None, stdout.value(), stderr.value(), signal="unknown")
+
+    def _reporting_pid(self, argv: list[str], marker: str) -> str:
+        """Return the command line that runs ``argv`` after writing ``marker PID`` to stderr.
+
+        sshd starts a command without a terminal in a session of its own (setsid), so that
+        pid, which the login shell, sh and the command keep through exec, names the process
+        group of the command and of everything it starts: what _stop_remote() signals. sh, not
+        the login shell, reads the line, whatever the login shell is.
+        """
+        return self.quote(["exec", "sh", "-c", f'echo {marker} $$ >&2; exec "$@"', "sh", *argv])
+
+    def _stop_remote(self, channel: paramiko.Channel, pid: int | None) -> str:
+        """Stop the process group ``pid`` of a command we gave up on: SIGTERM, then SIGKILL
+        after :data:`STOP_GRACE_S`. Use the command's connection, else a new one.
+
+        Return what happened, as the end of an error message. Never raise a TransportError.
+        """
+        if channel.exit_status != -1:
+            return "it had ended on the machine"
+        if pid is None:
+            return "its shell never reported its process id, so it may still run on the machine"
+        transport = channel.get_transport()
+        client = None
+        try:
+            if not transport.is_active():
+                client = self._open_client(min(self.machine.connect_timeout, STOP_CONNECT_S))
+                transport = client.get_transport()
+                assert transport is not None  # set by a successful connect()
+            ticks = int(STOP_GRACE_S * 10)
+            stop = ["sh", "-c", STOP_SCRIPT, "recoverd-stop", str(pid), str(ticks)]
+            said = _run_briefly(transport, self.quote(stop), STOP_GRACE_S + STOP_CONNECT_S)
+        except (TransportError, *channel_errors()) as exc:
+            return (
+                f"it could not be stopped on the machine ({exc or type(exc).__name__}), so it "
+                "may still run there"
+            )
+        finally:
+            if client is not None:
+                client.close()
+        if said == "terminated":
+            return f"it was stopped on the machine (SIGTERM to process group {pid})"
+        if said == "killed":
+            return (
+                f"it was killed on the machine (SIGKILL to process group {pid}: it was still "
+                f"running {STOP_GRACE_S:g}s after SIGTERM)"
+            )
+        if said == "ended":
+            return "it had ended on the machine"
+        if said == "unkillable":
+            return (
+                f"it could not be stopped on the machine (process group {pid} was still there "
+                "5s after SIGKILL), so it may still run there"
+            )
+        return f"it may still run on the machine (stopping process group {pid} said {said!r})"
 
     def _active_transport(self, request: CommandRequest) -> paramiko.Transport:
         if self._client is None:
@@ -346,7 +467,7 @@ class SSHTransport(Transport):
         request: CommandRequest,
         feeder: StdinFeeder,
         stdout: OutputBuffer,
-        stderr: OutputBuffer,
+        stderr: OutputBuffer | _ShellPid,
         deadline: float | None,
     ) -> None:
         """Pass stdout and stderr chunks on as they arrive, until both streams end.
@@ -396,18 +517,20 @@ class SSHTransport(Transport):
         self, request: CommandRequest, feeder: StdinFeeder, deadline: float | None
     ) -> float:
         """Return how long to wait for the channel before looking at the clock and the stdin
-        feeder again. Raise CommandTimeout past ``deadline``, the feeder's error if it failed.
+        feeder again. Raise CommandTimeout past ``deadline``, the feeder's error if it failed,
+        Interrupted after give_up().
         """
         if feeder.error is not None:
             raise feeder.error
+        if self._given_up is not None:
+            raise Interrupted(self._given_up)
         if deadline is None:
             return POLL_S
         left = deadline - time.monotonic()
         if left <= 0:
             raise CommandTimeout(
                 f"{_summary(request.argv)} on {self.machine.name} did not finish within "
-                f"{request.timeout:g}s; its channel was closed (the command may still be running "
-                "there)"
+                f"{request.timeout:g}s"
             )
         return min(left, POLL_S)
 
@@ -442,6 +565,100 @@ class _RejectUnknownKey:
         self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey
     ) -> NoReturn:
         raise self.transport._unknown_key_error(key)
+
+
+class _ShellPid:
+    """Pass a command's stderr on, minus the line in which its shell reports its pid.
+
+    The line is ``<marker> <pid>``; a login script may write to stderr before it. Until the
+    line comes, stderr is held back (at most :data:`CHUNK` bytes; more means the shell did
+    not report, and everything is passed on).
+    """
+
+    def __init__(self, sink: OutputBuffer) -> None:
+        self.marker = f"recoverd-pid-{token_hex(8)}"
+        self.pid: int | None = None
+        self._sink = sink
+        self._held: bytes | None = b""  # None once the line came or holding gave up
+
+    def __call__(self, chunk: bytes) -> None:
+        if self._held is None:
+            self._sink(chunk)
+            return
+        self._held += chunk
+        start = self._held.find(self.marker.encode() + b" ")
+        end = self._held.find(b"\n", start)
+        if start >= 0 and end >= 0:
+            word = self._held[start + len(self.marker) + 1 : end]
+            self.pid = int(word) if word.isdigit() else None
+            self._held = self._held[:start] + self._held[end + 1 :]
+            self.finish()
+        elif len(self._held) > CHUNK:
+            self.finish()
+
+    def finish(self) -> None:
+        """Pass on what is held back (at the end of the stream)."""
+        held, self._held = self._held, None
+        if held:
+            self._sink(held)
+
+
+def _run_briefly(transport: paramiko.Transport, command: str, timeout: float) -> str:
+    """Run a command that prints one short line and return the line.
+
+    Raise TransportError if it does not end within ``timeout`` seconds.
+    """
+    channel = transport.open_session(timeout=timeout)
+    try:
+        channel.exec_command(command)
+        channel.shutdown_write()
+        if not channel.status_event.wait(timeout):
+            raise TransportError(f"no answer within {timeout:g}s")
+        # The output comes before the exit status and is far smaller than the window.
+        output = b""
+        while channel.recv_ready():
+            output += channel.recv(CHUNK)
+    finally:
+        channel.close()
+    lines = output.decode(errors="replace").split()
+    return lines[-1] if lines else ""
+
+
+def _rekey_less_often(transport: paramiko.Transport) -> None:
+    """Raise the connection's client-side rekey threshold to :data:`REKEY_BYTES` when both
+    directions use a cipher with 128-bit blocks (3des-cbc keeps paramiko's lower one)."""
+    ciphers = (transport.local_cipher, transport.remote_cipher)
+    if min(transport._cipher_info[name]["block-size"] for name in ciphers) >= 16:
+        transport.packetizer.REKEY_BYTES = REKEY_BYTES
+
+
+def _hold_own_replies_during_rekey(transport: paramiko.Transport) -> None:
+    """Make paramiko's own thread hold back its replies while a key exchange is in flight and
+    send them once the new keys are in use.
+
+    paramiko's thread answers a channel close (and channel requests) through
+    ``_send_user_message``, which waits for the key exchange to end, but only that thread can
+    end it: a close that crossed a rekey paramiko had just started stalled the connection for
+    30 s and then killed it (paramiko issue #822). Other threads still wait as before.
+    """
+    send, parse_newkeys = transport._send_user_message, transport._parse_newkeys
+    held: list[paramiko.Message] = []
+
+    def send_user_message(message: paramiko.Message) -> None:
+        # Only this thread starts and ends key exchanges (recoverd never calls
+        # renegotiate_keys()), so the check cannot go stale.
+        if threading.current_thread() is transport and not transport.clear_to_send.is_set():
+            held.append(message)
+            return
+        send(message)
+
+    def newkeys_then_held(message: paramiko.Message) -> None:
+        parse_newkeys(message)
+        while held:
+            send(held.pop(0))
+
+    transport._send_user_message = send_user_message  # type: ignore[method-assign]
+    transport._handler_table[paramiko.common.MSG_NEWKEYS] = newkeys_then_held
 
 
 def _summary(argv: list[str], limit: int = 80) -> str:

@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -103,6 +105,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.json = getattr(args, "json", False)
     policy_dir = getattr(args, "policies", None) or os.environ.get("RECOVERD_POLICIES", "policies")
     state_dir = getattr(args, "state_dir", None) or os.environ.get("RECOVERD_STATE")
+    # SIGTERM stops a command as Ctrl-C does: the run is recorded interrupted and what it
+    # started on the machine is stopped. (The daemon sets its own handler.)
+    on_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _interrupt) if on_main_thread else None
     try:
         ctl = Controller(Path(policy_dir), Path(state_dir) if state_dir else default_state_dir())
         return args.handler(ctl, args)
@@ -120,3 +126,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:  # e.g. a state directory on a full or read-only disk
         print(f"recoverd: {exc}", file=sys.stderr)
         return 1
+    finally:
+        if on_main_thread:
+            signal.signal(signal.SIGTERM, previous or signal.SIG_DFL)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt

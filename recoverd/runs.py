@@ -38,8 +38,10 @@ def recorded_run(log: MaintenanceLog, **start: Any) -> Iterator[RunHandle]:
     handle = RunHandle(log.start(**start))
     try:
         yield handle
-    except (KeyboardInterrupt, Interrupted):
-        handle.view = log.finish(handle.id, "interrupted", error="stopped by the operator")
+    except (KeyboardInterrupt, Interrupted) as exc:
+        # An Interrupted says what became of the work (e.g. the process stopped on the machine).
+        error = str(exc) if isinstance(exc, Interrupted) else "stopped by the operator"
+        handle.view = log.finish(handle.id, "interrupted", error=error)
         raise
     except RecoverdError as exc:
         # The daemon retries a transient failure (host down, lock held) and waits for the

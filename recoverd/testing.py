@@ -51,12 +51,19 @@ class ThrowawaySSHD:
     """An OpenSSH server on 127.0.0.1, a free port and throwaway keys, for tests.
 
     ``client_key`` is a private key authorised for ``user`` (the current user); ``host_key_line``
-    is the server's public key as a policy's ``host_key`` pins it.
+    is the server's public key as a policy's ``host_key`` pins it. ``rekey_limit`` is sshd's
+    ``RekeyLimit`` (e.g. ``"32M"``: the server starts a key exchange every 32 MiB).
     """
 
-    def __init__(self, sshd: str = "/usr/sbin/sshd", start_timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        sshd: str = "/usr/sbin/sshd",
+        start_timeout: float = 10.0,
+        rekey_limit: str | None = None,
+    ) -> None:
         self.sshd = sshd
         self.start_timeout = start_timeout
+        self.rekey_limit = rekey_limit
         self.user = getpass.getuser()
         self.workdir = Path(tempfile.mkdtemp(prefix="recoverd-sshd-"))
         self.log_path = self.workdir / "sshd.log"
@@ -189,6 +196,7 @@ class ThrowawaySSHD:
             "MaxSessions 50\n"
             "MaxStartups 50\n"
             "Subsystem sftp internal-sftp\n"
+            + (f"RekeyLimit {self.rekey_limit}\n" if self.rekey_limit else "")
         )
 
     def _wait_until_ready(self) -> bool:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import shlex
 import threading
+import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -71,6 +72,8 @@ class Transport(ABC):
     def __init__(self, machine: Machine, secrets: SecretResolver) -> None:
         self.machine = machine
         self.secrets = secrets
+        with _made_lock:
+            _made.add(self)
 
     @abstractmethod
     def connect(self) -> None:
@@ -87,6 +90,13 @@ class Transport(ABC):
     def close(self) -> None:
         """Close the session; safe to call more than once."""
 
+    def give_up(self, reason: str) -> bool:
+        """Give up on this transport's commands, from any thread: the running one (and any
+        later one) is stopped on the machine and :meth:`run` raises Interrupted, whose message
+        starts with ``reason``. Return False if this transport cannot (the default): its
+        command runs to its end."""
+        return False
+
     def quote(self, argv: list[str]) -> str:
         """Return ``argv`` as one command line for the machine's shell."""
         return shlex.join(argv)
@@ -101,6 +111,19 @@ class Transport(ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+_made: weakref.WeakSet[Transport] = weakref.WeakSet()
+"""Every transport of this process that still exists, for :func:`give_up_all`."""
+_made_lock = threading.Lock()
+
+
+def give_up_all(reason: str) -> bool:
+    """Call :meth:`Transport.give_up` on every transport of this process (a stopping daemon);
+    return True if any of them will stop a command."""
+    with _made_lock:
+        transports = list(_made)
+    return any([transport.give_up(reason) for transport in transports])
 
 
 @dataclass

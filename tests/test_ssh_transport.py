@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+import secrets
+import signal
 import socket
 import subprocess
 import threading
@@ -19,14 +22,15 @@ from recoverd.errors import (
     CommandTimeout,
     ConnectionLost,
     HostKeyRejected,
+    Interrupted,
     Unreachable,
 )
 from recoverd.plugins import Kind
 from recoverd.policy.model import Machine
 from recoverd.secrets import SecretResolver
 from recoverd.testing import ThrowawaySSHD, free_port, make_key
-from recoverd.transport import CommandRequest
-from recoverd_plugins.ssh import SSHTransport, recoverd_add_transports
+from recoverd.transport import CommandRequest, OutputBuffer
+from recoverd_plugins.ssh import SSHTransport, _ShellPid, recoverd_add_transports
 
 NO_SECRETS = SecretResolver({})
 
@@ -172,6 +176,83 @@ def test_run_past_timeout_raises_command_timeout(ssh: SSHTransport) -> None:
     assert ssh.run(CommandRequest(["true"], timeout=10)).exit_status == 0
 
 
+def live_processes_with(tag: str) -> list[int]:
+    """Return the pids of the machine's processes (this host's) with ``tag`` in their command
+    line, zombies left out: this container's init may never reap them."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        with contextlib.suppress(OSError):
+            if not proc.name.isdigit() or tag.encode() not in (proc / "cmdline").read_bytes():
+                continue
+            if (proc / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+                pids.append(int(proc.name))
+    return pids
+
+
+def sleepers(seconds: int = 300) -> tuple[list[str], str]:
+    """Return a command whose shell runs two sleeps of its own, and the tag naming them all."""
+    tag = f"{seconds}.{secrets.randbelow(10**9):09}"
+    return ["sh", "-c", f"sleep {tag} & sleep {tag}; wait", tag], tag
+
+
+def test_run_past_timeout_kills_the_remote_process_group(ssh: SSHTransport) -> None:
+    argv, tag = sleepers()
+    started = time.monotonic()
+    with pytest.raises(CommandTimeout) as raised:
+        ssh.run(CommandRequest(argv, timeout=2))
+    assert "it was stopped on the machine (SIGTERM to process group" in str(raised.value)
+    assert time.monotonic() - started < 10
+    assert live_processes_with(tag) == []
+    assert ssh.run(CommandRequest(["true"], timeout=10)).exit_status == 0
+
+
+def test_run_past_timeout_kills_with_sigkill_what_ignores_sigterm(
+    ssh: SSHTransport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("recoverd_plugins.ssh.STOP_GRACE_S", 1.0)
+    tag = f"300.{secrets.randbelow(10**9):09}"
+    # An ignored signal stays ignored across exec: the sleeps ignore SIGTERM too.
+    argv = ["sh", "-c", f"trap '' TERM; sleep {tag} & sleep {tag}; wait", tag]
+    with pytest.raises(CommandTimeout, match=r"it was killed on the machine \(SIGKILL"):
+        ssh.run(CommandRequest(argv, timeout=2))
+    assert live_processes_with(tag) == []
+
+
+def test_run_interrupted_by_ctrl_c_kills_the_remote_process_and_raises_interrupted(
+    ssh: SSHTransport,
+) -> None:
+    argv, tag = sleepers()
+    ctrl_c = threading.Timer(2, os.kill, (os.getpid(), signal.SIGINT))
+    ctrl_c.start()
+    try:
+        with pytest.raises(Interrupted) as raised:
+            ssh.run(CommandRequest(argv, timeout=60))
+    finally:
+        ctrl_c.cancel()
+    assert "stopped by the operator while sh -c" in str(raised.value)
+    assert "it was stopped on the machine" in str(raised.value)
+    assert live_processes_with(tag) == []
+
+
+def test_run_stderr_loses_only_the_pid_line() -> None:
+    received: list[bytes] = []
+    shell = _ShellPid(OutputBuffer(received.append))
+    marker = shell.marker.encode()
+    for chunk in [b"login noise\n" + marker[:5], marker[5:] + b" 12", b"34\nerr", b"or\n"]:
+        shell(chunk)
+    shell.finish()
+    assert (shell.pid, b"".join(received)) == (1234, b"login noise\nerror\n")
+
+
+def test_run_stderr_without_a_pid_line_is_passed_on_whole() -> None:
+    received: list[bytes] = []
+    shell = _ShellPid(OutputBuffer(received.append))
+    shell(b"x" * 70_000)
+    shell(b"tail")
+    shell.finish()
+    assert (shell.pid, b"".join(received)) == (None, b"x" * 70_000 + b"tail")
+
+
 def test_run_twice_uses_one_connection(ssh: SSHTransport) -> None:
     first = ssh.run(CommandRequest(["sh", "-c", "echo $SSH_CONNECTION"])).stdout
     second = ssh.run(CommandRequest(["sh", "-c", "echo $SSH_CONNECTION"])).stdout
@@ -197,7 +278,8 @@ def test_run_never_sends_environment_requests(
     monkeypatch.setattr(paramiko.Channel, "exec_command", exec_command)
     outcome = ssh.run(CommandRequest(["cat"], stdin=b"secret-free"))
     assert outcome.stdout == b"secret-free"
-    assert seen == [(("cat",), {})]
+    ((command,), options), *others = seen  # the command, then nothing: no stop was needed
+    assert (command.endswith(" sh cat"), options, others) == (True, {}, [])
 
 
 def test_connect_unknown_host_key_raises_with_fingerprint_and_pin_hint(
@@ -311,7 +393,7 @@ def test_connect_missing_identity_file_raises_clear_error(
         SSHTransport(machine, NO_SECRETS).connect()
 
 
-def test_run_when_session_is_killed_raises_connection_lost(
+def test_run_when_session_is_killed_raises_connection_lost_and_kills_the_command(
     ssh_machine: Machine, sshd: ThrowawaySSHD
 ) -> None:
     transport = SSHTransport(ssh_machine, NO_SECRETS)
@@ -319,9 +401,11 @@ def test_run_when_session_is_killed_raises_connection_lost(
     started = threading.Event()
     result: list[BaseException | object] = []
 
+    tag = f"30.{secrets.randbelow(10**9):09}"
+
     def run_sleep() -> None:
         request = CommandRequest(
-            ["sh", "-c", "echo started; exec sleep 30"],
+            ["sh", "-c", f"echo started; exec sleep {tag}"],
             on_stdout=lambda chunk: started.set(),
             timeout=20,
         )
@@ -339,6 +423,9 @@ def test_run_when_session_is_killed_raises_connection_lost(
         assert not runner.is_alive(), "run() did not notice the dropped connection"
         assert isinstance(result[0], ConnectionLost)
         assert "ws-test" in str(result[0])
+        # The cut left the command running; a second connection stopped it.
+        assert "it was stopped on the machine" in str(result[0])
+        assert live_processes_with(tag) == []
         # The dead connection is reported, not reused; connect() opens a new one.
         with pytest.raises(ConnectionLost):
             transport.run(CommandRequest(["true"]))
@@ -369,16 +456,24 @@ def test_close_twice_is_safe(ssh_machine: Machine) -> None:
 @pytest.mark.skipif(
     not os.environ.get("RECOVERD_SLOW_TESTS"), reason="set RECOVERD_SLOW_TESTS=1 (about 20 s)"
 )
-def test_run_streams_several_gib_both_ways_across_rekeys(ssh: SSHTransport) -> None:
+def test_run_streams_several_gib_both_ways_across_rekeys(ssh_machine: Machine) -> None:
     gib = 1 << 30
     received = [0]
 
     def count(chunk: bytes) -> None:
         received[0] += len(chunk)
 
-    # paramiko re-keys every 512 MiB; both directions must survive several re-keys.
-    outcome = ssh.run(CommandRequest(["head", "-c", str(3 * gib), "/dev/zero"], on_stdout=count))
-    assert (outcome.exit_status, received[0]) == (0, 3 * gib)
-    block = bytes(1 << 20)
-    outcome = ssh.run(CommandRequest(["wc", "-c"], stdin=(block for _ in range(2 * 1024))))
-    assert (outcome.exit_status, int(outcome.stdout)) == (0, 2 * gib)
+    # recoverd's side rekeys only every 64 GiB; this sshd every 512 MiB: both directions must
+    # survive several rekeys the server starts.
+    with ThrowawaySSHD(rekey_limit="512M") as server:
+        machine = dataclasses.replace(
+            ssh_machine, port=server.port, identity=server.client_key, host_key=server.host_key_line
+        )
+        with SSHTransport(machine, NO_SECRETS) as ssh:
+            outcome = ssh.run(
+                CommandRequest(["head", "-c", str(3 * gib), "/dev/zero"], on_stdout=count)
+            )
+            assert (outcome.exit_status, received[0]) == (0, 3 * gib)
+            block = bytes(1 << 20)
+            outcome = ssh.run(CommandRequest(["wc", "-c"], stdin=(block for _ in range(2 * 1024))))
+            assert (outcome.exit_status, int(outcome.stdout)) == (0, 2 * gib)

@@ -40,6 +40,7 @@ from recoverd.errors import MachineBusy, PolicyError, RecoverdError
 from recoverd.log.maintenance import this_process
 from recoverd.policy import load_policies
 from recoverd.policy.model import Level, Machine
+from recoverd.transport import give_up_all
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,10 @@ DEFAULT_GRACE = 60.0
 DEFAULT_TICK = 60.0
 """Seconds between two looks at the schedules when nothing else wakes the daemon."""
 REAP_EVERY_MINUTES = 60
+
+STOP_WAIT_S = 30.0
+"""How long a stopping daemon waits, after the grace, for runs to stop their remote commands
+(the ssh transport needs at most about 20 s: a new connection, SIGTERM, SIGKILL)."""
 
 
 def run_verify_level(ctl: Controller, machine: Machine, level: Level) -> dict[str, Any]:
@@ -321,7 +326,8 @@ class Daemon:
             time.sleep(0.01)
 
     def shutdown(self, grace: float) -> list[str]:
-        """Stop: let running runs finish within ``grace`` seconds, then record them interrupted.
+        """Stop: let running runs finish within ``grace`` seconds, then give up on them: their
+        commands are stopped on the machines and they are recorded interrupted.
 
         Return the ids of the runs recorded ``interrupted`` (their threads are abandoned: the
         caller ends the process, which closes their connections).
@@ -331,17 +337,23 @@ class Daemon:
         if self.wait_idle(grace):
             return []
         me = this_process()
-        interrupted = []
         store = self.ctl.log.store
+
+        def open_runs_of_this_process() -> list[str]:
+            return [
+                start.run_id
+                for start in store.open_runs()
+                if (start.body.get("owner") or {}).get("pid") == os.getpid()
+                and (start.body.get("owner") or {}).get("since") == me["since"]
+            ]
+
+        interrupted = open_runs_of_this_process()
+        # A run waiting on a remote command stops it on the machine and records itself
+        # interrupted, saying whether the stop worked; the rest are recorded below.
+        reason = f"the daemon was stopped and the run did not end within {grace:g}s"
+        if give_up_all(reason):
+            self.wait_idle(STOP_WAIT_S)
         with store.transaction():
-            for start in store.open_runs():
-                owner = start.body.get("owner") or {}
-                if owner.get("pid") != os.getpid() or owner.get("since") != me["since"]:
-                    continue
-                self.ctl.log.finish(
-                    start.run_id,
-                    "interrupted",
-                    error=f"the daemon was stopped and the run did not end within {grace:g}s",
-                )
-                interrupted.append(start.run_id)
+            for run_id in open_runs_of_this_process():
+                self.ctl.log.finish(run_id, "interrupted", error=reason)
         return interrupted
