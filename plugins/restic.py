@@ -12,6 +12,7 @@ import json
 import re
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 import recoverd
@@ -226,6 +227,92 @@ def classify_failure(outcome: CommandOutcome, what: str, program: str) -> Except
     return EngineError(f"{what}: restic exited with status {status}: {tail}")
 
 
+RESTORE_AND_STAT = (
+    # restic's own lines go to stderr, so that stdout carries only the sizes; restic must not
+    # read the paths on stdin, which are stat's.
+    'restic_ "$@" </dev/null >&2\n'
+    "status=$?\n"
+    "xargs -0 -r stat --printf '%s\\t%n\\0' -- 2>/dev/null\n"
+    'exit "$status"\n'
+)
+"""``restic restore ARGS``, then the size of every path on stdin that exists now (``SIZE<tab>
+PATH<NUL>``); the exit status is restic's."""
+
+
+@dataclass
+class RestoreReport:
+    """What one ``restic restore`` (with ``--verify``: and its check) reported."""
+
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    """(item, problem) restic could not restore and went past (a damaged pack file)."""
+    mismatches: list[tuple[str, str]] = field(default_factory=list)
+    """(file, problem) that ``--verify`` found different from the snapshot."""
+    verified: int | None = None
+    """How many files ``--verify`` checked; None without ``--verify`` or when it found
+    differences (restic then does not say)."""
+    sizes: dict[str, int] | None = None
+    """Size of every path asked about that exists after the restore (``sizes_of``); None when
+    not asked."""
+
+    def raise_for_failed(self, snapshot: str) -> None:
+        """Raise EngineError naming the items restic could not restore, if there are any."""
+        if self.failed:
+            items = [f"{path}: {problem}" for path, problem in self.failed]
+            shown = "; ".join(items[:5]) + (" ..." if len(items) > 5 else "")
+            raise EngineError(f"restore of {snapshot}: {len(items)} item(s) failed: {shown}")
+
+
+class RestoreOutput:
+    """Parse what ``restic restore [--verify]`` prints, stdout and stderr alike.
+
+    restic 0.14 reports a file it could not restore, and one that ``--verify`` found different
+    (``Unexpected content in PATH, starting at offset N``, ``Invalid file size for PATH:
+    expected N, got M``), the same way: ``ignoring error for ITEM: PROBLEM`` on stderr, then
+    ``Fatal: There were N errors`` with exit status 1. It verifies only after a restore without
+    errors, and says so on stdout (``verifying files in TARGET``), so the errors of a command
+    that got that far are verification's.
+    """
+
+    def __init__(self) -> None:
+        self.report = RestoreReport()
+        self.errors: list[tuple[str, str]] = []
+        self.other: list[str] = []
+        self._verifying = False
+
+    def line(self, line: str) -> None:
+        item = re.match(r"^ignoring error for (.*?): (.*)$", line)
+        finished = re.match(r"^finished verifying (\d+) files? in ", line)
+        if item:
+            self.errors.append((redact(item[1]), redact(item[2])))
+        elif line.startswith("verifying files in "):
+            self._verifying = True
+        elif finished:
+            self.report.verified = int(finished[1])
+        elif line.strip() and not line.startswith("restoring <Snapshot"):
+            self.other.append(line)
+
+    def finish(self) -> RestoreReport:
+        if self._verifying:
+            self.report.mismatches = self.errors
+        else:
+            self.report.failed = self.errors
+        return self.report
+
+
+class NulSizes:
+    """Feed the byte chunks of ``SIZE<tab>PATH<NUL>`` records; ``found`` maps path -> size."""
+
+    def __init__(self) -> None:
+        self.found: dict[str, int] = {}
+        self._rest = b""
+
+    def __call__(self, chunk: bytes) -> None:
+        *records, self._rest = (self._rest + chunk).split(b"\0")
+        for record in records:
+            size, _, path = record.decode("utf-8", "surrogateescape").partition("\t")
+            self.found[path] = int(size)
+
+
 class ResticEngine(Engine):
     """restic on a POSIX or Windows machine."""
 
@@ -292,17 +379,19 @@ class ResticEngine(Engine):
         on_stdout: Callable[[bytes], None] | None = None,
         on_stderr: Callable[[bytes], None] | None = None,
         timeout: float | None = None,
+        data: bytes | None = None,
     ) -> CommandOutcome:
         """Run a POSIX sh ``script`` with positional ``args`` on the machine; in it, the shell
         function ``restic_ ARGS`` runs restic against ``repository``. Return how it ended.
 
-        The script's stdin is empty (the credentials were read before it starts).
+        The script's stdin holds ``data`` (empty without it): the credentials before it were
+        read before the script starts.
         """
         argv = ["sh", "-c", SCRIPT_HEAD + script, self.program, *args]
         return self.transport.run(
             CommandRequest(
                 argv,
-                stdin=self._credentials(repository),
+                stdin=self._credentials(repository) + (data or b""),
                 on_stdout=on_stdout,
                 on_stderr=on_stderr,
                 timeout=timeout,
@@ -484,10 +573,8 @@ class ResticEngine(Engine):
         ``C:\\Users`` comes back as ``TARGET\\C\\Users``). Raise EngineError if restic fails.
         """
         started = time.monotonic()
-        failed = self.restore_files(repository, snapshot, target, include)
-        if failed:
-            shown = "; ".join(failed[:5]) + (" ..." if len(failed) > 5 else "")
-            raise EngineError(f"restore of {snapshot}: {len(failed)} item(s) failed: {shown}")
+        report = self.restore(repository, snapshot, target, include=include)
+        report.raise_for_failed(snapshot)
         stats = {"duration_s": round(time.monotonic() - started, 3), "target": target}
         return Outcome("succeeded", snapshot, stats)
 
@@ -504,26 +591,51 @@ class ResticEngine(Engine):
 
         Raise EngineError (or a more precise subclass) if restic failed for another reason.
         """
-        args = ["restore", snapshot, "--target", target]
+        report = self.restore(repository, snapshot, target, include=include)
+        return [f"{path}: {problem}" for path, problem in report.failed]
+
+    def restore(
+        self,
+        repository: Repository,
+        snapshot: str,
+        target: str,
+        *,
+        include: tuple[str, ...] = (),
+        verify: bool = False,
+        sizes_of: list[str] | None = None,
+    ) -> RestoreReport:
+        """Restore ``snapshot`` (only ``include`` patterns, if given) below ``target`` and
+        return what restic reported.
+
+        With ``verify``, restic then reads every restored file back and compares it with the
+        snapshot's content hashes (``restore --verify``, in the same command). With
+        ``sizes_of`` (POSIX machines), the same remote command then reads the size of those
+        paths, for a check of the caller's own. Items restic could not restore or found
+        different are in the report, not raised.
+
+        Raise EngineError (or a more precise subclass) if restic failed for another reason.
+        """
+        args = ["restore", snapshot, "--target", target, *(["--verify"] if verify else [])]
         for path in include:
             args += ["--include", path]
-        failed: list[str] = []
-        other: list[str] = []
-
-        def keep_line(line: str) -> None:
-            item = re.match(r"^ignoring error for (.*?): (.*)$", line)
-            if item:
-                failed.append(f"{item[1]}: {item[2]}")
-            elif line.strip():
-                other.append(line)
-
-        lines = LineSplitter(keep_line)
-        outcome = self.restic(repository, args, on_stderr=lines)
-        lines.flush()
-        if not outcome.ok and not failed:
-            outcome.stderr = "\n".join(other).encode()
+        output = RestoreOutput()
+        out, err = LineSplitter(output.line), LineSplitter(output.line)
+        if sizes_of is None:
+            outcome = self.restic(repository, args, on_stdout=out, on_stderr=err)
+        else:
+            sizes = NulSizes()
+            names = b"".join(p.encode("utf-8", "surrogateescape") + b"\0" for p in sizes_of)
+            outcome = self.run_script(
+                repository, RESTORE_AND_STAT, args, on_stdout=sizes, on_stderr=err, data=names
+            )
+            output.report.sizes = sizes.found
+        out.flush()
+        err.flush()
+        report = output.finish()
+        if not outcome.ok and not (report.failed or report.mismatches):
+            outcome.stderr = "\n".join(output.other).encode()
             raise classify_failure(outcome, f"restore of {snapshot}", self.program)
-        return [redact(item) for item in failed]
+        return report
 
     def check(self, repository: Repository, subset: str) -> list[str]:
         """Run ``restic check --read-data-subset SUBSET`` (``n/N``): the repository's
@@ -561,9 +673,11 @@ class ResticEngine(Engine):
         )
 
     def restore_windows_in_place(
-        self, repository: Repository, snapshot: str, paths: list[str]
-    ) -> Outcome:
-        """Put ``paths`` of ``snapshot`` back where they were on a Windows machine, overwriting.
+        self, repository: Repository, snapshot: str, paths: list[str], verify: bool = False
+    ) -> RestoreReport:
+        """Put ``paths`` of ``snapshot`` back where they were on a Windows machine, overwriting
+        (with ``verify``, restic checks every file it wrote: ``restore --verify``); return what
+        restic reported, for all drives together.
 
         Raise ToolMissing if the machine's restic is older than 0.16 (it cannot restore a
         snapshot's subfolder), UsageError for a path that is not absolute, EngineError if
@@ -572,13 +686,16 @@ class ResticEngine(Engine):
         problem = self.windows_in_place_problem()
         if problem:
             raise ToolMissing(problem)
-        started = time.monotonic()
+        report = RestoreReport()
         for args in windows_in_place_args(snapshot, paths):
-            outcome = self.restic(repository, args)
-            if not outcome.ok:
-                raise classify_failure(outcome, f"restore of {snapshot}", self.program)
-        stats = {"duration_s": round(time.monotonic() - started, 3), "in_place": True}
-        return Outcome("succeeded", snapshot, stats)
+            _restore, source, _flag, target, *rest = args
+            include = tuple(rest[1::2])
+            drive = self.restore(repository, source, target, include=include, verify=verify)
+            drive.raise_for_failed(snapshot)
+            report.mismatches += drive.mismatches
+            if drive.verified is not None:
+                report.verified = (report.verified or 0) + drive.verified
+        return report
 
     def prune(self, client: str, machine: Machine, repository: Repository) -> Outcome:
         """Run restic prune on the repository."""

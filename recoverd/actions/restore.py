@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from recoverd.controller import Controller
@@ -41,6 +41,8 @@ class RestoreOrder:
     symptom: str | None = None
     reported_by: str | None = None
     engineer: str | None = None
+    verify: str | None = None
+    """``--verify``: how a files restore is checked (None: the target's default)."""
 
     @property
     def destination_kind(self) -> str:
@@ -101,6 +103,20 @@ def target_class(
     raise UsageError(
         f"no restore target restores {level.kind} snapshots with {options[destination_kind]} "
         f"on {os_family} machines (see `recoverd plugins`)"
+    )
+
+
+def verify_mode(target_cls: type[RestoreTarget], wanted: str | None) -> str | None:
+    """Return how the restore is verified: ``wanted`` (``--verify``), else the target's
+    default; None for targets with a check of their own (images).
+
+    Raise UsageError if the target does not offer ``wanted``.
+    """
+    if wanted is None or wanted in target_cls.verify_modes:
+        return wanted or next(iter(target_cls.verify_modes), None)
+    raise UsageError(
+        f"--verify {wanted} is for files restores; the {target_cls.name} restore target "
+        "verifies in its own way (leave --verify out)"
     )
 
 
@@ -171,6 +187,7 @@ class PreparedRestore(AbstractContextManager["PreparedRestore"]):
                 f"--item is not for the {self.target_cls.name} restore target: it restores the "
                 "whole snapshot"
             )
+        self.verify_mode = verify_mode(self.target_cls, order.verify)
         self.transport: Transport = ctl.transport(self.machine)
         self.transport.connect()
         try:
@@ -185,6 +202,7 @@ class PreparedRestore(AbstractContextManager["PreparedRestore"]):
                 snapshot=snapshot,
                 destination=order.device or order.to,
                 items=order.items,
+                **({"verify": self.verify_mode} if self.verify_mode else {}),
             )
             self.plan: RestorePlan = self.target.plan(self.request)
         except BaseException:
@@ -226,6 +244,8 @@ class PreparedRestore(AbstractContextManager["PreparedRestore"]):
                 "files_created": len(plan.created),
                 **plan.details,
             }
+            if self.verify_mode:
+                stats["verify"] = self.verify_mode
             try:
                 stats.update(self.target.write(self.request, plan, progress))
             except (TransportError, EngineError) as exc:
@@ -248,7 +268,9 @@ class PreparedRestore(AbstractContextManager["PreparedRestore"]):
         try:
             self.transport.close()
             self.transport.connect()
-            verification = self.target.verify(self.request, self.plan, None)
+            # Compare in full: a file cut short may already have its final size.
+            request = replace(self.request, verify="full") if self.verify_mode else self.request
+            verification = self.target.verify(request, self.plan, None)
         except RecoverdError:
             return exc
         if verification.ok:
