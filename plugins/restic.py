@@ -187,6 +187,22 @@ def _error_text(error: Any) -> str:
     return str(error)
 
 
+def _snapshot(item: dict[str, Any]) -> Snapshot:
+    """Given a snapshot as restic prints it in JSON (``snapshots``, ``ls``), return it."""
+    tags = tuple(item.get("tags") or ())
+    summary = item.get("summary") or {}
+    return Snapshot(
+        id=item["id"],
+        short_id=item.get("short_id") or item["id"][:8],
+        time=item["time"],
+        level=next((t[6:] for t in tags if t.startswith("level=")), None),
+        paths=tuple(item.get("paths") or ()),
+        tags=tags,
+        files=summary.get("total_files_processed"),
+        size=summary.get("total_bytes_processed"),
+    )
+
+
 def repository_missing(exit_status: int | None, stderr: str) -> bool:
     """Given how a restic command ended, return True if it found no repository at all."""
     text = stderr.lower()
@@ -323,6 +339,8 @@ class ResticEngine(Engine):
     def __init__(self, transport: Any, secrets: Any) -> None:
         super().__init__(transport, secrets)
         self._version: tuple[int, int, int] | None = None
+        self._listings: dict[str, list[dict[str, Any]]] = {}
+        """The nodes of the snapshot :meth:`snapshot` found, by its id."""
 
     @property
     def program(self) -> str:
@@ -522,24 +540,31 @@ class ResticEngine(Engine):
         outcome = self.restic(repository, args, timeout=600)
         if not outcome.ok:
             raise classify_failure(outcome, f"list snapshots of {repository.name}", self.program)
-        found = []
-        for item in json.loads(outcome.stdout or b"[]") or []:
-            tags = tuple(item.get("tags") or ())
-            level_tag = next((t[6:] for t in tags if t.startswith("level=")), None)
-            summary = item.get("summary") or {}
-            found.append(
-                Snapshot(
-                    id=item["id"],
-                    short_id=item.get("short_id") or item["id"][:8],
-                    time=item["time"],
-                    level=level_tag,
-                    paths=tuple(item.get("paths") or ()),
-                    tags=tags,
-                    files=summary.get("total_files_processed"),
-                    size=summary.get("total_bytes_processed"),
-                )
-            )
+        found = [_snapshot(item) for item in json.loads(outcome.stdout or b"[]") or []]
         return sorted(found, key=lambda s: s.time)
+
+    def snapshot(
+        self, client: str, machine: Machine, repository: Repository, level: str, wanted: str
+    ) -> Snapshot | None:
+        """Return the level's snapshot ``wanted`` (an id or its prefix), or None if restic
+        finds no single snapshot by that id or it is not one of the level's.
+
+        One ``restic ls`` answers, and its listing is kept: the restore plan's :meth:`ls` of
+        that snapshot then needs no second command (each opens the repository, a key
+        derivation). Failures come back as None: :meth:`snapshots` says what is wrong.
+        """
+        if not re.fullmatch(r"[0-9a-f]+", wanted):
+            return None  # restic would take "latest" and the like
+        try:
+            item, nodes = self._listing(repository, wanted)
+        except EngineError:
+            return None
+        wanted_tags = set(tag_filter(client, machine.name, level).split(","))
+        if item is None or not wanted_tags <= set(item.get("tags") or ()):
+            return None
+        found = _snapshot(item)
+        self._listings = {found.id: nodes}
+        return found
 
     def forget(self, request: BackupRequest) -> Outcome:
         """Apply ``keep`` to the level's snapshots (restic forget, without prune)."""
@@ -739,20 +764,33 @@ class ResticEngine(Engine):
     def ls(self, repository: Repository, snapshot: str) -> list[dict[str, Any]]:
         """Return the nodes of ``snapshot`` (``restic ls --json``: name, type, path, size,
         mode, mtime), without the snapshot line. Raise EngineError if restic fails."""
+        if snapshot in self._listings:
+            return self._listings[snapshot]
+        return self._listing(repository, snapshot)[1]
+
+    def _listing(
+        self, repository: Repository, snapshot: str
+    ) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+        """Return the snapshot line and the nodes of ``restic ls --json SNAPSHOT``. Raise
+        EngineError if restic fails."""
+        found: list[dict[str, Any] | None] = [None]
         nodes = []
 
-        def keep_node(line: str) -> None:
-            node = _json(line)
+        def keep(line: str) -> None:
+            item = _json(line)
             # 0.14 marks lines with struct_type, 0.17 with message_type.
-            if node and (node.get("struct_type") or node.get("message_type")) == "node":
-                nodes.append(node)
+            kind = item and (item.get("struct_type") or item.get("message_type"))
+            if kind == "node":
+                nodes.append(item)
+            elif kind == "snapshot":
+                found[0] = item
 
-        lines = LineSplitter(keep_node)
+        lines = LineSplitter(keep)
         outcome = self.restic(repository, ["ls", "--json", snapshot], on_stdout=lines)
         lines.flush()
         if not outcome.ok:
             raise classify_failure(outcome, f"list snapshot {snapshot}", self.program)
-        return nodes
+        return found[0], nodes
 
     def dump(
         self,

@@ -438,3 +438,33 @@ if restic.wait() == 0 and sys.argv[1] == "restore":
     assert run["state"] == "failed" and run["stats"]["mismatches"] == 2
     assert f"{victim}: 7 bytes, the snapshot has 50000" in run["error"]
     assert f"{gone}: missing after the restore" in run["error"]
+
+
+def test_restore_plan_opens_the_repository_once_and_names_bad_snapshot_ids(
+    place: Workplace, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tree, target = restored_tree(place, {"a.txt": b"first\n"})
+    (tree / "a.txt").write_bytes(b"second\n")
+    assert main(["backup", "ws-042", "--level", "nightly"]) == 0
+    first, _prune, second, _prune2 = place.log(capsys)
+    calls = place.root / "restic-calls"
+    program = fake_restic(
+        place,
+        f"open({str(calls)!r}, 'a').write(' '.join(sys.argv[1:]) + '\\n')\n"
+        "for line in restic.stdout:\n"
+        "    sys.stdout.buffer.write(line)",
+    )
+    place.write_policy([tree], restic=program)
+    capsys.readouterr()
+    assert main(["restore", "ws-042", "--to", str(target), "--dry-run", "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)["plan"]
+    assert plan["snapshot"] == second["snapshot"] and plan["created"] == 1
+    # The newest vouched snapshot and its files come from one restic command.
+    assert calls.read_text().splitlines() == [f"ls --json {second['snapshot']}"]
+    assert main(["restore", "ws-042", "--to", str(target), "--snapshot", first["snapshot"][:5],
+                 "--yes"]) == 0  # fmt: skip
+    assert (target / str(tree / "a.txt").lstrip("/")).read_bytes() == b"first\n"
+    calls.unlink()
+    assert main(["restore", "ws-042", "--to", str(target), "--snapshot", "latest"]) == 2
+    assert "'latest' is not a snapshot of level nightly" in capsys.readouterr().err
+    assert [c.split()[0] for c in calls.read_text().splitlines()] == ["snapshots"]

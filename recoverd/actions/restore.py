@@ -126,22 +126,31 @@ def choose_snapshot(
     """Return the snapshot named by ``wanted`` (an id or its prefix), else the newest one that
     the maintenance log records as a successful backup of the level.
 
+    The engine is asked for that one snapshot first (for restic one ``ls``, whose listing the
+    plan then reuses); only if it is not there are all the level's snapshots listed.
+
     Raise UsageError if there is none.
     """
     repository = ctl.policies.repository_for(machine, level)
+    good = [] if wanted else ctl.log.good_backups(machine.client, machine.name, level.name)
+    asked = wanted or (good[-1]["snapshot"] if good else None)
+    if asked:
+        found = engine.snapshot(machine.client, machine, repository, level.name, asked)
+        if found is not None:
+            return found
     snapshots = engine.snapshots(machine.client, machine, repository, level.name)
     if wanted:
-        found = [s for s in snapshots if s.id.startswith(wanted)]
-        if len(found) != 1:
-            problem = "matches several snapshots" if found else "is not a snapshot"
+        found_all = [s for s in snapshots if s.id.startswith(wanted)]
+        if len(found_all) != 1:
+            problem = "matches several snapshots" if found_all else "is not a snapshot"
             raise UsageError(
                 f"{wanted!r} {problem} of level {level.name} of {machine.qualified_name} "
                 f"(see `recoverd snapshots {machine.qualified_name} --level {level.name}`)"
             )
-        return found[0]
-    good = {v["snapshot"] for v in ctl.log.good_backups(machine.client, machine.name, level.name)}
+        return found_all[0]
+    vouched = {v["snapshot"] for v in good}
     for snapshot in reversed(snapshots):
-        if snapshot.id in good or snapshot.short_id in good:
+        if snapshot.id in vouched or snapshot.short_id in vouched:
             return snapshot
     if snapshots:
         raise UsageError(
