@@ -2,9 +2,15 @@
 
 Both restore with ``restic restore`` on the machine. The plan lists the snapshot's files and
 asks the machine which exist already (``stat``), so the engineer sees what will be replaced.
-Verification is independent of the restore: the snapshot is read again with
-``restic dump --archive tar`` and hashed on the controller, the restored files are hashed on
-the machine (``sha256sum``), and every regular file of the snapshot must match.
+Verification has two modes (``--verify``, see :data:`recoverd.restore.VERIFY_MODES`):
+
+- ``restic`` (the default): the restore runs as ``restic restore --verify``, which reads every
+  restored file back and compares it with the snapshot's content hashes; the same remote
+  command then reads the size of every file of the snapshot at its destination, and each must
+  be there with the size the snapshot lists.
+- ``full``: independent of the restore tool's own check. The snapshot is read again with
+  ``restic dump --archive tar`` and hashed on the controller while the machine hashes the
+  restored files (``sha256sum``); every regular file of the snapshot must match.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from recoverd.policy.model import Repository
 from recoverd.restore import RestorePlan, RestoreRequest, RestoreTarget, Verification
 from recoverd.streams import ByteQueue, StreamAborted
 from recoverd.transport import CommandRequest
-from recoverd_plugins.restic import ResticEngine
+from recoverd_plugins.restic import ResticEngine, RestoreReport
 
 
 class NulRecords:
@@ -46,7 +52,15 @@ class FilesTarget(RestoreTarget):
     """What in-place and to-a-path restores share: the plan, restic restore, verification."""
 
     kinds = ("files",)
+    verify_modes = ("restic", "full")
     engine: ResticEngine
+    concurrent_commands = True
+    """Whether the transport runs two commands at once (the ``full`` verification hashes on
+    the machine while it reads the snapshot); WinRM runs one at a time."""
+
+    def __init__(self, engine: ResticEngine) -> None:
+        super().__init__(engine)
+        self._report: RestoreReport | None = None
 
     @abstractmethod
     def _root(self, request: RestoreRequest) -> str:
@@ -82,6 +96,7 @@ class FilesTarget(RestoreTarget):
             replaced=replaced,
             unchanged=unchanged,
             details={"restore_root": root},
+            files={path: int(node.get("size") or 0) for path, node in files.items()},
         )
 
     def _stat(self, paths: list[str]) -> dict[str, tuple[int, int]]:
@@ -130,21 +145,87 @@ class FilesTarget(RestoreTarget):
     def write(
         self, request: RestoreRequest, plan: RestorePlan, progress: ProgressCallback | None
     ) -> dict[str, Any]:
-        """Restore the snapshot with restic below the plan's root."""
+        """Restore the snapshot with restic below the plan's root (``--verify`` mode
+        ``restic``: restic checks what it wrote, in the same command)."""
         if progress is not None:
             progress(Progress(files_total=plan.files_total, bytes_total=plan.bytes_total))
-        root = plan.details["restore_root"]
-        self.engine.restore_snapshot(request.repository, request.snapshot.id, root)
+        self._report = self._restore(request, plan)
+        self._report.raise_for_failed(request.snapshot.short_id)
         return {"files_restored": plan.files_total, "bytes_restored": plan.bytes_total}
+
+    def _restore(self, request: RestoreRequest, plan: RestorePlan) -> RestoreReport:
+        """Run the restore; in mode ``restic`` with restic's check and the size sweep."""
+        checked = request.verify == "restic"
+        return self.engine.restore(
+            request.repository,
+            request.snapshot.id,
+            plan.details["restore_root"],
+            verify=checked,
+            sizes_of=list(plan.files) if checked else None,
+        )
 
     def verify(
         self, request: RestoreRequest, plan: RestorePlan, progress: ProgressCallback | None
     ) -> Verification:
-        """Hash every restored file on the machine and compare with the snapshot's content."""
+        """Compare the restored files with the snapshot the way ``request.verify`` says.
+
+        A restore cut short has no restic check to report: its files are compared in full.
+        """
+        if request.verify == "full" or self._report is None:
+            return self._verify_full(request, plan, progress)
+        return self._verify_restic(plan, self._report)
+
+    def _verify_restic(self, plan: RestorePlan, report: RestoreReport) -> Verification:
+        """What restic's ``--verify`` found, and every file of the snapshot present at its
+        destination with the snapshot's size."""
+        sizes = report.sizes
+        if sizes is None:
+            sizes = {path: size for path, (size, _mtime) in self._stat(list(plan.files)).items()}
+        named = {path for path, _problem in report.mismatches}
+        mismatches = [f"{path}: {problem} (restic --verify)" for path, problem in report.mismatches]
+        for path, size in plan.files.items():
+            if path in named:
+                continue
+            if path not in sizes:
+                mismatches.append(f"{path}: missing after the restore")
+            elif sizes[path] != size:
+                mismatches.append(f"{path}: {sizes[path]} bytes, the snapshot has {size}")
+        if report.verified is not None and report.verified != len(plan.files):
+            mismatches.append(
+                f"restic --verify checked {report.verified} of the snapshot's "
+                f"{len(plan.files)} file(s)"
+            )
+        method = "restic restore --verify; every file present with the snapshot's size"
+        return Verification(method, len(plan.files), mismatches)
+
+    def _verify_full(
+        self, request: RestoreRequest, plan: RestorePlan, progress: ProgressCallback | None
+    ) -> Verification:
+        """Hash every restored file on the machine and compare with the snapshot's content,
+        read again from the repository; both run at once where the transport allows."""
         root = plan.details["restore_root"]
-        snapshot = self._snapshot_hashes(request, plan, progress)
+        found: dict[str, str] = {}
+        failure: list[BaseException] = []
+
+        def hash_restored() -> None:
+            try:
+                found.update(self._hashes(list(plan.files)))
+            except BaseException as exc:
+                failure.append(exc)
+
+        hasher = threading.Thread(target=hash_restored, name="files-hash", daemon=True)
+        if self.concurrent_commands and plan.files:
+            hasher.start()
+        try:
+            snapshot = self._snapshot_hashes(request, plan, progress)
+        finally:
+            if hasher.is_alive():
+                hasher.join()
         expected = {self._at(root, path): digest for path, digest in snapshot.items()}
-        found = self._hashes(list(expected))
+        if failure:
+            raise failure[0]
+        if hasher.ident is None:  # not started: hash now, the files the snapshot holds
+            found.update(self._hashes(list(expected)))
         mismatches = []
         for path, digest in expected.items():
             if path not in found:

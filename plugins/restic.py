@@ -12,6 +12,7 @@ import json
 import re
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 import recoverd
@@ -186,6 +187,22 @@ def _error_text(error: Any) -> str:
     return str(error)
 
 
+def _snapshot(item: dict[str, Any]) -> Snapshot:
+    """Given a snapshot as restic prints it in JSON (``snapshots``, ``ls``), return it."""
+    tags = tuple(item.get("tags") or ())
+    summary = item.get("summary") or {}
+    return Snapshot(
+        id=item["id"],
+        short_id=item.get("short_id") or item["id"][:8],
+        time=item["time"],
+        level=next((t[6:] for t in tags if t.startswith("level=")), None),
+        paths=tuple(item.get("paths") or ()),
+        tags=tags,
+        files=summary.get("total_files_processed"),
+        size=summary.get("total_bytes_processed"),
+    )
+
+
 def repository_missing(exit_status: int | None, stderr: str) -> bool:
     """Given how a restic command ended, return True if it found no repository at all."""
     text = stderr.lower()
@@ -226,6 +243,92 @@ def classify_failure(outcome: CommandOutcome, what: str, program: str) -> Except
     return EngineError(f"{what}: restic exited with status {status}: {tail}")
 
 
+RESTORE_AND_STAT = (
+    # restic's own lines go to stderr, so that stdout carries only the sizes; restic must not
+    # read the paths on stdin, which are stat's.
+    'restic_ "$@" </dev/null >&2\n'
+    "status=$?\n"
+    "xargs -0 -r stat --printf '%s\\t%n\\0' -- 2>/dev/null\n"
+    'exit "$status"\n'
+)
+"""``restic restore ARGS``, then the size of every path on stdin that exists now (``SIZE<tab>
+PATH<NUL>``); the exit status is restic's."""
+
+
+@dataclass
+class RestoreReport:
+    """What one ``restic restore`` (with ``--verify``: and its check) reported."""
+
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    """(item, problem) restic could not restore and went past (a damaged pack file)."""
+    mismatches: list[tuple[str, str]] = field(default_factory=list)
+    """(file, problem) that ``--verify`` found different from the snapshot."""
+    verified: int | None = None
+    """How many files ``--verify`` checked; None without ``--verify`` or when it found
+    differences (restic then does not say)."""
+    sizes: dict[str, int] | None = None
+    """Size of every path asked about that exists after the restore (``sizes_of``); None when
+    not asked."""
+
+    def raise_for_failed(self, snapshot: str) -> None:
+        """Raise EngineError naming the items restic could not restore, if there are any."""
+        if self.failed:
+            items = [f"{path}: {problem}" for path, problem in self.failed]
+            shown = "; ".join(items[:5]) + (" ..." if len(items) > 5 else "")
+            raise EngineError(f"restore of {snapshot}: {len(items)} item(s) failed: {shown}")
+
+
+class RestoreOutput:
+    """Parse what ``restic restore [--verify]`` prints, stdout and stderr alike.
+
+    restic 0.14 reports a file it could not restore, and one that ``--verify`` found different
+    (``Unexpected content in PATH, starting at offset N``, ``Invalid file size for PATH:
+    expected N, got M``), the same way: ``ignoring error for ITEM: PROBLEM`` on stderr, then
+    ``Fatal: There were N errors`` with exit status 1. It verifies only after a restore without
+    errors, and says so on stdout (``verifying files in TARGET``), so the errors of a command
+    that got that far are verification's.
+    """
+
+    def __init__(self) -> None:
+        self.report = RestoreReport()
+        self.errors: list[tuple[str, str]] = []
+        self.other: list[str] = []
+        self._verifying = False
+
+    def line(self, line: str) -> None:
+        item = re.match(r"^ignoring error for (.*?): (.*)$", line)
+        finished = re.match(r"^finished verifying (\d+) files? in ", line)
+        if item:
+            self.errors.append((redact(item[1]), redact(item[2])))
+        elif line.startswith("verifying files in "):
+            self._verifying = True
+        elif finished:
+            self.report.verified = int(finished[1])
+        elif line.strip() and not line.startswith("restoring <Snapshot"):
+            self.other.append(line)
+
+    def finish(self) -> RestoreReport:
+        if self._verifying:
+            self.report.mismatches = self.errors
+        else:
+            self.report.failed = self.errors
+        return self.report
+
+
+class NulSizes:
+    """Feed the byte chunks of ``SIZE<tab>PATH<NUL>`` records; ``found`` maps path -> size."""
+
+    def __init__(self) -> None:
+        self.found: dict[str, int] = {}
+        self._rest = b""
+
+    def __call__(self, chunk: bytes) -> None:
+        *records, self._rest = (self._rest + chunk).split(b"\0")
+        for record in records:
+            size, _, path = record.decode("utf-8", "surrogateescape").partition("\t")
+            self.found[path] = int(size)
+
+
 class ResticEngine(Engine):
     """restic on a POSIX or Windows machine."""
 
@@ -236,6 +339,8 @@ class ResticEngine(Engine):
     def __init__(self, transport: Any, secrets: Any) -> None:
         super().__init__(transport, secrets)
         self._version: tuple[int, int, int] | None = None
+        self._listings: dict[str, list[dict[str, Any]]] = {}
+        """The nodes of the snapshot :meth:`snapshot` found, by its id."""
 
     @property
     def program(self) -> str:
@@ -292,17 +397,19 @@ class ResticEngine(Engine):
         on_stdout: Callable[[bytes], None] | None = None,
         on_stderr: Callable[[bytes], None] | None = None,
         timeout: float | None = None,
+        data: bytes | None = None,
     ) -> CommandOutcome:
         """Run a POSIX sh ``script`` with positional ``args`` on the machine; in it, the shell
         function ``restic_ ARGS`` runs restic against ``repository``. Return how it ended.
 
-        The script's stdin is empty (the credentials were read before it starts).
+        The script's stdin holds ``data`` (empty without it): the credentials before it were
+        read before the script starts.
         """
         argv = ["sh", "-c", SCRIPT_HEAD + script, self.program, *args]
         return self.transport.run(
             CommandRequest(
                 argv,
-                stdin=self._credentials(repository),
+                stdin=self._credentials(repository) + (data or b""),
                 on_stdout=on_stdout,
                 on_stderr=on_stderr,
                 timeout=timeout,
@@ -433,24 +540,31 @@ class ResticEngine(Engine):
         outcome = self.restic(repository, args, timeout=600)
         if not outcome.ok:
             raise classify_failure(outcome, f"list snapshots of {repository.name}", self.program)
-        found = []
-        for item in json.loads(outcome.stdout or b"[]") or []:
-            tags = tuple(item.get("tags") or ())
-            level_tag = next((t[6:] for t in tags if t.startswith("level=")), None)
-            summary = item.get("summary") or {}
-            found.append(
-                Snapshot(
-                    id=item["id"],
-                    short_id=item.get("short_id") or item["id"][:8],
-                    time=item["time"],
-                    level=level_tag,
-                    paths=tuple(item.get("paths") or ()),
-                    tags=tags,
-                    files=summary.get("total_files_processed"),
-                    size=summary.get("total_bytes_processed"),
-                )
-            )
+        found = [_snapshot(item) for item in json.loads(outcome.stdout or b"[]") or []]
         return sorted(found, key=lambda s: s.time)
+
+    def snapshot(
+        self, client: str, machine: Machine, repository: Repository, level: str, wanted: str
+    ) -> Snapshot | None:
+        """Return the level's snapshot ``wanted`` (an id or its prefix), or None if restic
+        finds no single snapshot by that id or it is not one of the level's.
+
+        One ``restic ls`` answers, and its listing is kept: the restore plan's :meth:`ls` of
+        that snapshot then needs no second command (each opens the repository, a key
+        derivation). Failures come back as None: :meth:`snapshots` says what is wrong.
+        """
+        if not re.fullmatch(r"[0-9a-f]+", wanted):
+            return None  # restic would take "latest" and the like
+        try:
+            item, nodes = self._listing(repository, wanted)
+        except EngineError:
+            return None
+        wanted_tags = set(tag_filter(client, machine.name, level).split(","))
+        if item is None or not wanted_tags <= set(item.get("tags") or ()):
+            return None
+        found = _snapshot(item)
+        self._listings = {found.id: nodes}
+        return found
 
     def forget(self, request: BackupRequest) -> Outcome:
         """Apply ``keep`` to the level's snapshots (restic forget, without prune)."""
@@ -484,10 +598,8 @@ class ResticEngine(Engine):
         ``C:\\Users`` comes back as ``TARGET\\C\\Users``). Raise EngineError if restic fails.
         """
         started = time.monotonic()
-        failed = self.restore_files(repository, snapshot, target, include)
-        if failed:
-            shown = "; ".join(failed[:5]) + (" ..." if len(failed) > 5 else "")
-            raise EngineError(f"restore of {snapshot}: {len(failed)} item(s) failed: {shown}")
+        report = self.restore(repository, snapshot, target, include=include)
+        report.raise_for_failed(snapshot)
         stats = {"duration_s": round(time.monotonic() - started, 3), "target": target}
         return Outcome("succeeded", snapshot, stats)
 
@@ -504,26 +616,51 @@ class ResticEngine(Engine):
 
         Raise EngineError (or a more precise subclass) if restic failed for another reason.
         """
-        args = ["restore", snapshot, "--target", target]
+        report = self.restore(repository, snapshot, target, include=include)
+        return [f"{path}: {problem}" for path, problem in report.failed]
+
+    def restore(
+        self,
+        repository: Repository,
+        snapshot: str,
+        target: str,
+        *,
+        include: tuple[str, ...] = (),
+        verify: bool = False,
+        sizes_of: list[str] | None = None,
+    ) -> RestoreReport:
+        """Restore ``snapshot`` (only ``include`` patterns, if given) below ``target`` and
+        return what restic reported.
+
+        With ``verify``, restic then reads every restored file back and compares it with the
+        snapshot's content hashes (``restore --verify``, in the same command). With
+        ``sizes_of`` (POSIX machines), the same remote command then reads the size of those
+        paths, for a check of the caller's own. Items restic could not restore or found
+        different are in the report, not raised.
+
+        Raise EngineError (or a more precise subclass) if restic failed for another reason.
+        """
+        args = ["restore", snapshot, "--target", target, *(["--verify"] if verify else [])]
         for path in include:
             args += ["--include", path]
-        failed: list[str] = []
-        other: list[str] = []
-
-        def keep_line(line: str) -> None:
-            item = re.match(r"^ignoring error for (.*?): (.*)$", line)
-            if item:
-                failed.append(f"{item[1]}: {item[2]}")
-            elif line.strip():
-                other.append(line)
-
-        lines = LineSplitter(keep_line)
-        outcome = self.restic(repository, args, on_stderr=lines)
-        lines.flush()
-        if not outcome.ok and not failed:
-            outcome.stderr = "\n".join(other).encode()
+        output = RestoreOutput()
+        out, err = LineSplitter(output.line), LineSplitter(output.line)
+        if sizes_of is None:
+            outcome = self.restic(repository, args, on_stdout=out, on_stderr=err)
+        else:
+            sizes = NulSizes()
+            names = b"".join(p.encode("utf-8", "surrogateescape") + b"\0" for p in sizes_of)
+            outcome = self.run_script(
+                repository, RESTORE_AND_STAT, args, on_stdout=sizes, on_stderr=err, data=names
+            )
+            output.report.sizes = sizes.found
+        out.flush()
+        err.flush()
+        report = output.finish()
+        if not outcome.ok and not (report.failed or report.mismatches):
+            outcome.stderr = "\n".join(output.other).encode()
             raise classify_failure(outcome, f"restore of {snapshot}", self.program)
-        return [redact(item) for item in failed]
+        return report
 
     def check(self, repository: Repository, subset: str) -> list[str]:
         """Run ``restic check --read-data-subset SUBSET`` (``n/N``): the repository's
@@ -561,9 +698,11 @@ class ResticEngine(Engine):
         )
 
     def restore_windows_in_place(
-        self, repository: Repository, snapshot: str, paths: list[str]
-    ) -> Outcome:
-        """Put ``paths`` of ``snapshot`` back where they were on a Windows machine, overwriting.
+        self, repository: Repository, snapshot: str, paths: list[str], verify: bool = False
+    ) -> RestoreReport:
+        """Put ``paths`` of ``snapshot`` back where they were on a Windows machine, overwriting
+        (with ``verify``, restic checks every file it wrote: ``restore --verify``); return what
+        restic reported, for all drives together.
 
         Raise ToolMissing if the machine's restic is older than 0.16 (it cannot restore a
         snapshot's subfolder), UsageError for a path that is not absolute, EngineError if
@@ -572,13 +711,16 @@ class ResticEngine(Engine):
         problem = self.windows_in_place_problem()
         if problem:
             raise ToolMissing(problem)
-        started = time.monotonic()
+        report = RestoreReport()
         for args in windows_in_place_args(snapshot, paths):
-            outcome = self.restic(repository, args)
-            if not outcome.ok:
-                raise classify_failure(outcome, f"restore of {snapshot}", self.program)
-        stats = {"duration_s": round(time.monotonic() - started, 3), "in_place": True}
-        return Outcome("succeeded", snapshot, stats)
+            _restore, source, _flag, target, *rest = args
+            include = tuple(rest[1::2])
+            drive = self.restore(repository, source, target, include=include, verify=verify)
+            drive.raise_for_failed(snapshot)
+            report.mismatches += drive.mismatches
+            if drive.verified is not None:
+                report.verified = (report.verified or 0) + drive.verified
+        return report
 
     def prune(self, client: str, machine: Machine, repository: Repository) -> Outcome:
         """Run restic prune on the repository."""
@@ -622,20 +764,33 @@ class ResticEngine(Engine):
     def ls(self, repository: Repository, snapshot: str) -> list[dict[str, Any]]:
         """Return the nodes of ``snapshot`` (``restic ls --json``: name, type, path, size,
         mode, mtime), without the snapshot line. Raise EngineError if restic fails."""
+        if snapshot in self._listings:
+            return self._listings[snapshot]
+        return self._listing(repository, snapshot)[1]
+
+    def _listing(
+        self, repository: Repository, snapshot: str
+    ) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+        """Return the snapshot line and the nodes of ``restic ls --json SNAPSHOT``. Raise
+        EngineError if restic fails."""
+        found: list[dict[str, Any] | None] = [None]
         nodes = []
 
-        def keep_node(line: str) -> None:
-            node = _json(line)
+        def keep(line: str) -> None:
+            item = _json(line)
             # 0.14 marks lines with struct_type, 0.17 with message_type.
-            if node and (node.get("struct_type") or node.get("message_type")) == "node":
-                nodes.append(node)
+            kind = item and (item.get("struct_type") or item.get("message_type"))
+            if kind == "node":
+                nodes.append(item)
+            elif kind == "snapshot":
+                found[0] = item
 
-        lines = LineSplitter(keep_node)
+        lines = LineSplitter(keep)
         outcome = self.restic(repository, ["ls", "--json", snapshot], on_stdout=lines)
         lines.flush()
         if not outcome.ok:
             raise classify_failure(outcome, f"list snapshot {snapshot}", self.program)
-        return nodes
+        return found[0], nodes
 
     def dump(
         self,

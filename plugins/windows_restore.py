@@ -3,8 +3,9 @@ volumes from a Windows Server Backup image (``wbadmin start recovery``).
 
 The restic targets share the plan and the verification of the Linux file targets
 (:class:`recoverd_plugins.files_restore.FilesTarget`): the snapshot's files come from
-``restic ls``, their content from ``restic dump`` hashed on the controller. Only the questions
-put to the machine differ: which files exist (size, time) and their sha256 (``Get-FileHash``),
+``restic ls``; ``restic restore --verify`` checks what it wrote, or (``--verify full``) their
+content comes from ``restic dump`` hashed on the controller. Only the questions put to the
+machine differ: which files exist (size, time) and their sha256 (``Get-FileHash``),
 asked by a PowerShell script that reads the paths from stdin, one a line (a Windows file name
 cannot hold a line break or a tab), so no path is ever part of a command line.
 
@@ -25,6 +26,7 @@ from recoverd.plugins import Kind
 from recoverd.restore import RestorePlan, RestoreRequest, RestoreTarget, Verification
 from recoverd.transport import CommandRequest, Transport
 from recoverd_plugins.files_restore import FilesTarget, NulRecords
+from recoverd_plugins.restic import RestoreReport
 from recoverd_plugins.wbadmin import WbadminEngine
 
 # For every path on stdin that exists: "FACT<tab>PATH<NUL>" as UTF-8, the path as it was sent
@@ -110,6 +112,7 @@ class WindowsFilesTarget(FilesTarget):
     """The Linux file targets' plan and verification, with Windows paths and PowerShell."""
 
     os_families = ("windows",)
+    concurrent_commands = False
 
     def _at(self, root: str, path: str) -> str:  # type: ignore[override]
         """Where ``path`` of the snapshot (``/C/Users/x``) lands below ``root``."""
@@ -128,6 +131,16 @@ class WindowsFilesTarget(FilesTarget):
     def _hashes(self, paths: list[str]) -> dict[str, str]:
         """Return the sha256 of those ``paths`` that exist on the machine."""
         return file_facts(self.engine.transport, paths, HASH_FACT)
+
+    def _restore(self, request: RestoreRequest, plan: RestorePlan) -> RestoreReport:
+        """Run the restore (mode ``restic``: with restic's check); the sizes are read by
+        :meth:`verify`, with PowerShell."""
+        return self.engine.restore(
+            request.repository,
+            request.snapshot.id,
+            plan.details["restore_root"],
+            verify=request.verify == "restic",
+        )
 
 
 class WindowsFilesInPlace(WindowsFilesTarget):
@@ -149,8 +162,11 @@ class WindowsFilesInPlace(WindowsFilesTarget):
         self, request: RestoreRequest, plan: RestorePlan, progress: ProgressCallback | None
     ) -> dict[str, Any]:
         """Restore the snapshot's paths in place, one restic restore per drive."""
-        self.engine.restore_windows_in_place(
-            request.repository, request.snapshot.id, list(request.snapshot.paths)
+        self._report = self.engine.restore_windows_in_place(
+            request.repository,
+            request.snapshot.id,
+            list(request.snapshot.paths),
+            verify=request.verify == "restic",
         )
         return {"files_restored": plan.files_total, "bytes_restored": plan.bytes_total}
 

@@ -109,6 +109,21 @@ class Engine(ABC):
     ) -> list[Snapshot]:
         """Return the machine's restore points in ``repository``, oldest first."""
 
+    def snapshot(
+        self, client: str, machine: Machine, repository: Repository, level: str, wanted: str
+    ) -> Snapshot | None:
+        """Return the level's snapshot whose id is ``wanted`` or starts with it, if there is
+        exactly one; else None.
+
+        This default looks through :meth:`snapshots`; an engine that can ask for one snapshot
+        directly overrides it. Raise EngineError/TransportError if the repository cannot be
+        read.
+        """
+        found = [
+            s for s in self.snapshots(client, machine, repository, level) if s.id.startswith(wanted)
+        ]
+        return found[0] if len(found) == 1 else None
+
     @abstractmethod
     def forget(self, request: BackupRequest) -> Outcome:
         """Apply the level's ``keep`` retention to its snapshots."""

@@ -23,6 +23,13 @@ if TYPE_CHECKING:
     from recoverd.engine import Engine, ProgressCallback, Snapshot
     from recoverd.policy.model import Level, Machine, Repository
 
+VERIFY_MODES = ("restic", "full")
+"""How a files restore is checked (``--verify``): ``restic`` — restic reads every restored file
+back against the snapshot's content hashes (``restore --verify``, in the same command) and
+recoverd checks that every file of the snapshot is there with its size; ``full`` — an
+independent second read: the snapshot is read again from the repository (``restic dump``),
+hashed on the controller and compared with a sha256 of every restored file on the machine."""
+
 DESTINATIONS = ("in-place", "path", "device", "scratch")
 """Where a restore goes: where the data came from, another path (``--to``), a device, or a
 scratch place that is removed afterwards (a restore drill, ``recoverd verify``)."""
@@ -45,6 +52,8 @@ class RestoreRequest:
     """Drills: the seed of the random sample, recorded so that the sample can be drawn again."""
     items: tuple[str, ...] = ()
     """``--item``: what to recover from a Windows system image (files, folders or volumes)."""
+    verify: str = "restic"
+    """Files restores: one of :data:`VERIFY_MODES` (``--verify``)."""
 
 
 @dataclass
@@ -67,6 +76,9 @@ class RestorePlan:
     """Why this restore must not run; set by ``plan``, nothing has been written."""
     details: dict[str, Any] = field(default_factory=dict)
     """Facts for the record (device size, file-system type, image format, ...)."""
+    files: dict[str, int] = field(default_factory=dict, repr=False)
+    """Files targets: every regular file the restore writes, at its destination, with its size
+    in the snapshot (what verification expects to find)."""
 
 
 @dataclass
@@ -95,6 +107,9 @@ class RestoreTarget(ABC):
     takes_items = False
     """Whether this target restores parts of a snapshot named by ``--item``
     (:attr:`RestoreRequest.items`) rather than the whole snapshot."""
+    verify_modes: tuple[str, ...] = ()
+    """Which of :data:`VERIFY_MODES` this target offers, the default first; empty: it has one
+    way of its own (an image's sha256) and ``--verify`` does not apply."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine

@@ -304,8 +304,10 @@ class SimulatedWindows:
             cwd=self.root,
         )
         inv.on_terminate.append(process.kill)
-        # restic for Windows lists a snapshot's paths as C:\\Users\\x.
-        listing = bytearray() if args[:1] == ["snapshots"] and "--json" in args else None
+        # restic for Windows lists a snapshot's paths as C:\\Users\\x (also on the first line
+        # of `ls --json`).
+        listed = args[:1] in (["snapshots"], ["ls"]) and "--json" in args
+        listing = bytearray() if listed else None
         stdout = inv.stdout if listing is None else listing.extend
         pumps = [
             threading.Thread(target=_pump, args=(process.stdout, stdout), daemon=True),
@@ -320,18 +322,27 @@ class SimulatedWindows:
         return process.wait()
 
     def _windows_snapshots(self, listing: bytes) -> bytes:
+        """Given `snapshots --json` (one array) or `ls --json` output (a snapshot line, then
+        nodes), return it with the snapshots' paths as restic for Windows prints them."""
         try:
             snapshots = json.loads(listing)
-        except ValueError:
-            return listing
-        for snapshot in snapshots or []:
-            for key in ("paths", "excludes"):
-                if key in snapshot:
-                    snapshot[key] = [
-                        self.windows_path(p) if p.startswith(str(self.root)) else p
-                        for p in snapshot[key]
-                    ]
-        return json.dumps(snapshots).encode() + b"\n"
+        except ValueError:  # ls: only the first line is a snapshot
+            first, newline, nodes = listing.partition(b"\n")
+            try:
+                snapshot = json.loads(first)
+            except ValueError:
+                return listing
+            return json.dumps(self._windows_paths(snapshot)).encode() + newline + nodes
+        return json.dumps([self._windows_paths(s) for s in snapshots or []]).encode() + b"\n"
+
+    def _windows_paths(self, snapshot: dict) -> dict:
+        for key in ("paths", "excludes"):
+            if key in snapshot:
+                snapshot[key] = [
+                    self.windows_path(p) if p.startswith(str(self.root)) else p
+                    for p in snapshot[key]
+                ]
+        return snapshot
 
     def _powershell(self, inv: Invocation) -> int:
         script = decode(inv.argv)

@@ -6,6 +6,7 @@ import json
 import os
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -68,12 +69,15 @@ class Workplace:
         host_key: str | None = "pinned",
         known_hosts: Path | None = None,
         timeout: float = 5,
+        restic: Path | None = None,
     ) -> None:
         if host_key == "pinned":
             host_key = self.sshd.host_key_line
         line = f'host_key = "{host_key}"' if host_key else ""
         if known_hosts:
             line += f'\nknown_hosts = "{known_hosts}"'
+        if restic:
+            line += f'\nrestic = "{restic}"'
         (self.policies / "acme.toml").write_text(
             POLICY.format(
                 repo=self.repo,
@@ -327,3 +331,140 @@ def test_restore_refuses_while_another_run_holds_the_machine(
     assert "busy with another run" in capsys.readouterr().err
     assert (tree / "a").read_text() == "changed since"
     assert [r["action"] for r in place.log(capsys)] == ["backup", "prune"]
+
+
+def restored_tree(place: Workplace, files: dict[str, bytes]) -> tuple[Path, Path]:
+    """Back up a tree of ``files`` (name -> content); return the tree and an empty folder to
+    restore into."""
+    tree = place.root / "data"
+    tree.mkdir()
+    for name, data in files.items():
+        (tree / name).write_bytes(data)
+    place.write_policy([tree])
+    assert main(["backup", "ws-042", "--level", "nightly"]) == 0
+    return tree, place.root / "restored"
+
+
+def test_restore_verifies_with_restic_by_default_and_in_full_when_asked(
+    place: Workplace, capsys: pytest.CaptureFixture[str]
+) -> None:
+    files = {f"f{i}.bin": os.urandom(i * 1000) for i in range(5)}
+    tree, target = restored_tree(place, files)
+    assert main(["restore", "ws-042", "--to", str(target), "--yes"]) == 0
+    assert "verification passed (restic, 5 checked)" in capsys.readouterr().out
+    assert main(["restore", "ws-042", "--to", str(target), "--yes", "--verify", "full"]) == 0
+    default, full = place.log(capsys)[-2:]
+    for run, mode in ((default, "restic"), (full, "full")):
+        assert run["state"] == "succeeded", run
+        stats = run["stats"]
+        assert stats["verify"] == mode and stats["verification"] == "passed"
+        assert stats["files_verified"] == 5 and stats["mismatches"] == 0
+    assert "restic restore --verify" in default["stats"]["verification_method"]
+    assert "sha256" in full["stats"]["verification_method"]
+    for name, data in files.items():
+        assert (target / str(tree / name).lstrip("/")).read_bytes() == data
+
+
+def fake_restic(place: Workplace, body: str) -> Path:
+    """Write a program the machine runs as its restic: the real one, wrapped by ``body``
+    (Python; ``restic`` is a Popen of the real restic with the same arguments, its stdout
+    piped)."""
+    program = place.root / "restic-on-a-bad-disk"
+    program.write_text(
+        f"#!{sys.executable}\n"
+        "import os, signal, subprocess, sys\n"
+        "restic = subprocess.Popen(['restic', *sys.argv[1:]], stdout=subprocess.PIPE)\n"
+        f"{body}\n"
+        "sys.exit(restic.wait())\n"
+    )
+    program.chmod(0o755)
+    return program
+
+
+def test_restore_whose_file_restic_verify_finds_changed_fails_naming_it(
+    place: Workplace, capsys: pytest.CaptureFixture[str]
+) -> None:
+    files = {"a.txt": b"small\n", "zz-big.bin": os.urandom(64 << 20)}
+    tree, target = restored_tree(place, files)
+    victim = target / str(tree / "zz-big.bin").lstrip("/")
+    # The disk flips the last byte of the big file once restic starts to verify (restic is
+    # stopped meanwhile): same size, other content, which only restic's check can see.
+    program = fake_restic(
+        place,
+        f"""\
+for line in restic.stdout:
+    if line.startswith(b"verifying files in "):
+        restic.send_signal(signal.SIGSTOP)
+        with open({str(victim)!r}, "r+b") as f:
+            f.seek(-1, 2)
+            last = f.read(1)[0]
+            f.seek(-1, 2)
+            f.write(bytes([last ^ 1]))
+        restic.send_signal(signal.SIGCONT)
+    sys.stdout.buffer.write(line)
+    sys.stdout.flush()""",
+    )
+    place.write_policy([tree], restic=program)
+    assert main(["restore", "ws-042", "--to", str(target), "--yes"]) == 1
+    run = place.log(capsys)[-1]
+    assert run["state"] == "failed" and run["stats"]["verification"] == "failed"
+    assert run["stats"]["verify"] == "restic" and run["stats"]["mismatches"] == 1
+    assert f"{victim}: Unexpected content" in run["error"]
+    assert "(restic --verify)" in run["error"]
+    (mismatch,) = run["stats"]["mismatched"]
+    assert mismatch.startswith(f"{victim}: Unexpected content")
+
+
+def test_restore_whose_files_change_after_restic_verify_fails_on_their_size(
+    place: Workplace, capsys: pytest.CaptureFixture[str]
+) -> None:
+    files = {"a.txt": b"small\n", "b.bin": os.urandom(50_000)}
+    tree, target = restored_tree(place, files)
+    victim = target / str(tree / "b.bin").lstrip("/")
+    gone = victim.parent / "a.txt"
+    # The disk loses one file and truncates another after restic checked them.
+    program = fake_restic(
+        place,
+        f"""\
+for line in restic.stdout:
+    sys.stdout.buffer.write(line)
+if restic.wait() == 0 and sys.argv[1] == "restore":
+    open({str(victim)!r}, "wb").write(b"bit rot")
+    os.unlink({str(gone)!r})""",
+    )
+    place.write_policy([tree], restic=program)
+    assert main(["restore", "ws-042", "--to", str(target), "--yes"]) == 1
+    run = place.log(capsys)[-1]
+    assert run["state"] == "failed" and run["stats"]["mismatches"] == 2
+    assert f"{victim}: 7 bytes, the snapshot has 50000" in run["error"]
+    assert f"{gone}: missing after the restore" in run["error"]
+
+
+def test_restore_plan_opens_the_repository_once_and_names_bad_snapshot_ids(
+    place: Workplace, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tree, target = restored_tree(place, {"a.txt": b"first\n"})
+    (tree / "a.txt").write_bytes(b"second\n")
+    assert main(["backup", "ws-042", "--level", "nightly"]) == 0
+    first, _prune, second, _prune2 = place.log(capsys)
+    calls = place.root / "restic-calls"
+    program = fake_restic(
+        place,
+        f"open({str(calls)!r}, 'a').write(' '.join(sys.argv[1:]) + '\\n')\n"
+        "for line in restic.stdout:\n"
+        "    sys.stdout.buffer.write(line)",
+    )
+    place.write_policy([tree], restic=program)
+    capsys.readouterr()
+    assert main(["restore", "ws-042", "--to", str(target), "--dry-run", "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)["plan"]
+    assert plan["snapshot"] == second["snapshot"] and plan["created"] == 1
+    # The newest vouched snapshot and its files come from one restic command.
+    assert calls.read_text().splitlines() == [f"ls --json {second['snapshot']}"]
+    assert main(["restore", "ws-042", "--to", str(target), "--snapshot", first["snapshot"][:5],
+                 "--yes"]) == 0  # fmt: skip
+    assert (target / str(tree / "a.txt").lstrip("/")).read_bytes() == b"first\n"
+    calls.unlink()
+    assert main(["restore", "ws-042", "--to", str(target), "--snapshot", "latest"]) == 2
+    assert "'latest' is not a snapshot of level nightly" in capsys.readouterr().err
+    assert [c.split()[0] for c in calls.read_text().splitlines()] == ["snapshots"]

@@ -488,11 +488,19 @@ def test_restore_that_fails_verification_is_recorded_failed(
         return stats
 
     monkeypatch.setattr(FilesInPlace, "write", write_then_corrupt)
-    assert site.recoverd("restore", "ws-042", "--in-place", "--yes") == 1
+    assert site.recoverd("restore", "ws-042", "--in-place", "--yes", "--verify", "full") == 1
     run = site.runs(capsys)[-1]
     assert run["state"] == "failed" and run["stats"]["verification"] == "failed"
-    assert run["stats"]["mismatches"] == 1
+    assert run["stats"]["verify"] == "full" and run["stats"]["mismatches"] == 1
     assert f"{victim}: sha256 differs" in run["error"]
+
+
+def test_verify_modes_are_for_files_restores_only(
+    site: Site, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert site.recoverd("restore", "ws-042", "--verify", "full", "--dry-run") == 2
+    assert "--verify full is for files restores" in capsys.readouterr().err
+    assert site.recoverd("restore", "ws-042", "--in-place", "--verify", "full", "--dry-run") == 0
 
 
 def test_image_restore_that_fails_verification_is_recorded_failed(

@@ -210,9 +210,11 @@ def test_windows_restore_in_place_on_restic_0_16_puts_deleted_and_corrupted_file
             inv.stdout(b"restic 0.16.4 compiled with go1.21.6 on windows/amd64\r\n")
             return 0
         if args[:1] == ["restore"] and ":/" in args[1]:
+            verify = [a for a in args if a == "--verify"]
+            args = [a for a in args if a != "--verify"]
             snapshot, drive = args[1].split(":/")
             includes = [f"/{drive}{a}" for a in args[5::2]] or [f"/{drive}"]
-            args = ["restore", snapshot, "--target", str(host.root)]
+            args = ["restore", snapshot, "--target", str(host.root), *verify]
             inv.argv[1:] = [*args, *(x for i in includes for x in ("--include", i))]
         return restic(inv)
 
@@ -238,8 +240,12 @@ def test_windows_restore_in_place_on_restic_0_16_puts_deleted_and_corrupted_file
     assert snapshot.startswith(run["snapshot"])
     restores = [args for args in received if args[0] == "restore"]
     assert restores == [
-        ["restore", f"{snapshot}:/C", "--target", "C:\\", "--include", f"/Users/{USERS_DIR}"]
+        [
+            *["restore", f"{snapshot}:/C", "--target", "C:\\", "--verify"],
+            *["--include", f"/Users/{USERS_DIR}"],
+        ]
     ]
+    assert run["stats"]["verify"] == "restic"
 
 
 def test_windows_restore_dry_run_changes_nothing(
@@ -263,8 +269,11 @@ def test_windows_restore_without_yes_and_terminal_refuses(
     assert len(office.log(capsys)) == runs
 
 
+@pytest.mark.parametrize(
+    ("mode", "found"), [("restic", ": 7 bytes, the snapshot has"), ("full", ": sha256 differs")]
+)
 def test_windows_restore_that_writes_wrong_bytes_is_recorded_failed(
-    office: Office, capsys: pytest.CaptureFixture[str]
+    office: Office, capsys: pytest.CaptureFixture[str], mode: str, found: str
 ) -> None:
     host = office.server.host
     restic = host.programs["restic.exe"]
@@ -278,13 +287,13 @@ def test_windows_restore_that_writes_wrong_bytes_is_recorded_failed(
 
     host.programs["restic.exe"] = faulty_disk
     try:
-        assert office.run("restore", "fin-pc", "--to", target, "--yes") == 1
+        assert office.run("restore", "fin-pc", "--to", target, "--yes", "--verify", mode) == 1
     finally:
         host.programs["restic.exe"] = restic
     run = office.log(capsys)[-1]
     assert run["state"] == "failed" and run["stats"]["verification"] == "failed"
-    assert run["stats"]["mismatches"] == 1
-    assert f"{target}\\C\\Users\\{USERS_DIR}\\{victim}: sha256 differs" in run["error"]
+    assert run["stats"]["verify"] == mode and run["stats"]["mismatches"] == 1
+    assert f"{target}\\C\\Users\\{USERS_DIR}\\{victim}{found}" in run["error"]
 
 
 def test_windows_wbadmin_file_recovery_is_recorded_with_its_result(

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from recoverd.controller import Controller
@@ -41,6 +41,8 @@ class RestoreOrder:
     symptom: str | None = None
     reported_by: str | None = None
     engineer: str | None = None
+    verify: str | None = None
+    """``--verify``: how a files restore is checked (None: the target's default)."""
 
     @property
     def destination_kind(self) -> str:
@@ -104,28 +106,51 @@ def target_class(
     )
 
 
+def verify_mode(target_cls: type[RestoreTarget], wanted: str | None) -> str | None:
+    """Return how the restore is verified: ``wanted`` (``--verify``), else the target's
+    default; None for targets with a check of their own (images).
+
+    Raise UsageError if the target does not offer ``wanted``.
+    """
+    if wanted is None or wanted in target_cls.verify_modes:
+        return wanted or next(iter(target_cls.verify_modes), None)
+    raise UsageError(
+        f"--verify {wanted} is for files restores; the {target_cls.name} restore target "
+        "verifies in its own way (leave --verify out)"
+    )
+
+
 def choose_snapshot(
     ctl: Controller, engine: Engine, machine: Machine, level: Level, wanted: str | None
 ) -> Snapshot:
     """Return the snapshot named by ``wanted`` (an id or its prefix), else the newest one that
     the maintenance log records as a successful backup of the level.
 
+    The engine is asked for that one snapshot first (for restic one ``ls``, whose listing the
+    plan then reuses); only if it is not there are all the level's snapshots listed.
+
     Raise UsageError if there is none.
     """
     repository = ctl.policies.repository_for(machine, level)
+    good = [] if wanted else ctl.log.good_backups(machine.client, machine.name, level.name)
+    asked = wanted or (good[-1]["snapshot"] if good else None)
+    if asked:
+        found = engine.snapshot(machine.client, machine, repository, level.name, asked)
+        if found is not None:
+            return found
     snapshots = engine.snapshots(machine.client, machine, repository, level.name)
     if wanted:
-        found = [s for s in snapshots if s.id.startswith(wanted)]
-        if len(found) != 1:
-            problem = "matches several snapshots" if found else "is not a snapshot"
+        found_all = [s for s in snapshots if s.id.startswith(wanted)]
+        if len(found_all) != 1:
+            problem = "matches several snapshots" if found_all else "is not a snapshot"
             raise UsageError(
                 f"{wanted!r} {problem} of level {level.name} of {machine.qualified_name} "
                 f"(see `recoverd snapshots {machine.qualified_name} --level {level.name}`)"
             )
-        return found[0]
-    good = {v["snapshot"] for v in ctl.log.good_backups(machine.client, machine.name, level.name)}
+        return found_all[0]
+    vouched = {v["snapshot"] for v in good}
     for snapshot in reversed(snapshots):
-        if snapshot.id in good or snapshot.short_id in good:
+        if snapshot.id in vouched or snapshot.short_id in vouched:
             return snapshot
     if snapshots:
         raise UsageError(
@@ -171,6 +196,7 @@ class PreparedRestore(AbstractContextManager["PreparedRestore"]):
                 f"--item is not for the {self.target_cls.name} restore target: it restores the "
                 "whole snapshot"
             )
+        self.verify_mode = verify_mode(self.target_cls, order.verify)
         self.transport: Transport = ctl.transport(self.machine)
         self.transport.connect()
         try:
@@ -185,6 +211,7 @@ class PreparedRestore(AbstractContextManager["PreparedRestore"]):
                 snapshot=snapshot,
                 destination=order.device or order.to,
                 items=order.items,
+                **({"verify": self.verify_mode} if self.verify_mode else {}),
             )
             self.plan: RestorePlan = self.target.plan(self.request)
         except BaseException:
@@ -226,6 +253,8 @@ class PreparedRestore(AbstractContextManager["PreparedRestore"]):
                 "files_created": len(plan.created),
                 **plan.details,
             }
+            if self.verify_mode:
+                stats["verify"] = self.verify_mode
             try:
                 stats.update(self.target.write(self.request, plan, progress))
             except (TransportError, EngineError) as exc:
@@ -248,7 +277,9 @@ class PreparedRestore(AbstractContextManager["PreparedRestore"]):
         try:
             self.transport.close()
             self.transport.connect()
-            verification = self.target.verify(self.request, self.plan, None)
+            # Compare in full: a file cut short may already have its final size.
+            request = replace(self.request, verify="full") if self.verify_mode else self.request
+            verification = self.target.verify(request, self.plan, None)
         except RecoverdError:
             return exc
         if verification.ok:

@@ -15,7 +15,7 @@ from recoverd.errors import RestoreRefused, UsageError
 from recoverd.output import emit_json, format_table, human_bytes, local_time
 from recoverd.policy.model import BACKUP_KINDS, Machine
 from recoverd.progress import ProgressLine
-from recoverd.restore import RestorePlan
+from recoverd.restore import VERIFY_MODES, RestorePlan
 from recoverd.runs import exit_code
 
 LISTED = 20
@@ -96,6 +96,7 @@ def cmd_restore(ctl: Controller, args: argparse.Namespace) -> int:
         symptom=args.symptom,
         reported_by=args.reported_by,
         engineer=args.engineer,
+        verify=args.verify,
     )
     with PreparedRestore(ctl, order) as prepared:
         if args.json:
@@ -128,9 +129,10 @@ def cmd_restore(ctl: Controller, args: argparse.Namespace) -> int:
     else:
         stats = view["stats"] or {}
         verdict = stats.get("verification", "not verified")
+        how = f"{stats['verify']}, " if stats.get("verify") else ""
         print(
             f"{view['machine']} restore: {view['state']}, verification {verdict} "
-            f"({stats.get('files_verified', 0)} checked), "
+            f"({how}{stats.get('files_verified', 0)} checked), "
             f"{human_bytes(stats.get('bytes_restored'))} in {stats.get('time_to_restore_s')} s "
             f"(run {view['id']})"
         )
@@ -306,6 +308,13 @@ def register(add: AddCommand) -> None:
         default=[],
         metavar="PATH",
         help="Windows image: a file, folder or volume (D:) to recover; repeat for more",
+    )
+    p.add_argument(
+        "--verify",
+        choices=VERIFY_MODES,
+        help="files: 'restic' (default) has restic read every restored file back against the "
+        "snapshot and checks every file's size; 'full' also reads the snapshot again from the "
+        "repository and compares a sha256 of every file (slower, independent of restic restore)",
     )
     p.add_argument("--yes", action="store_true", help="do not ask (for scripts)")
     p.add_argument("--dry-run", action="store_true", help="show the plan, change nothing")
