@@ -338,13 +338,16 @@ class ResticEngine(Engine):
         on_stdout: Callable[[bytes], None] | None = None,
         on_stderr: Callable[[bytes], None] | None = None,
         timeout: float | None = None,
+        check_version: bool = False,
     ) -> CommandOutcome:
         """Run a POSIX sh ``script`` with positional ``args`` on the machine; in it, the shell
         function ``restic_ ARGS`` runs restic against ``repository``. Return how it ended.
 
-        The script's stdin is empty (the credentials were read before it starts).
+        The script's stdin is empty (the credentials were read before it starts). With
+        ``check_version`` restic's version is reported first (:func:`version_check`).
         """
-        argv = ["sh", "-c", SCRIPT_HEAD + script, self.program, *args]
+        check = version_check('"$0"') + "\n" if check_version else ""
+        argv = ["sh", "-c", SCRIPT_HEAD + check + script, self.program, *args]
         return self.transport.run(
             CommandRequest(
                 argv,
@@ -385,6 +388,11 @@ class ResticEngine(Engine):
         no separate ``restic version`` is needed: on POSIX machines."""
         return self.transport.os_family == "posix"
 
+    @property
+    def knows_version(self) -> bool:
+        """Whether restic's version was read already (this engine serves one run)."""
+        return self._version is not None
+
     def version(self) -> tuple[int, int, int]:
         """Return restic's version on the machine. Raise ToolMissing or EngineError."""
         if self._version is None:
@@ -394,6 +402,16 @@ class ResticEngine(Engine):
             self.take_version(outcome.stdout.decode("utf-8", "replace"))
         assert self._version is not None
         return self._version
+
+    def take_reported_version(self, text: str | None, outcome: CommandOutcome) -> None:
+        """Given the version a command with ``check_version`` reported (None if it did not)
+        and how the command ended, remember the version. Raise ToolMissing if restic is
+        missing or older than 0.14, EngineError if the version cannot be read; do nothing if
+        the command failed before it asked restic (the command's own failure says why)."""
+        if text is None and outcome.exit_status == 127:
+            raise classify_failure(outcome, "restic version", self.program)
+        if text is not None or outcome.exit_status == TOO_OLD:
+            self.take_version(text, outcome.exit_status)
 
     def take_version(self, text: str | None, exit_status: int | None = None) -> None:
         """Given ``restic version`` output (as a wrapper reported it, with the command's
@@ -492,14 +510,13 @@ class ResticEngine(Engine):
         """
         parsed = BackupOutput(progress)
         out, err = LineSplitter(parsed.stdout_line), LineSplitter(parsed.stderr_line)
-        check = self._version is None and self.reports_version
+        check = not self.knows_version and self.reports_version
         started = time.monotonic()
         outcome = self.restic(repository, args, on_stdout=out, on_stderr=err, check_version=check)
         out.flush()
         err.flush()
-        # Without the report the command failed before restic ran: classify_failure tells why.
-        if check and (parsed.version_text is not None or outcome.exit_status == TOO_OLD):
-            self.take_version(parsed.version_text, outcome.exit_status)
+        if check:
+            self.take_reported_version(parsed.version_text, outcome)
         return parsed, outcome, time.monotonic() - started
 
     def snapshots(

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from recoverd.controller import Controller
@@ -108,12 +108,21 @@ def choose_snapshot(
     ctl: Controller, engine: Engine, machine: Machine, level: Level, wanted: str | None
 ) -> Snapshot:
     """Return the snapshot named by ``wanted`` (an id or its prefix), else the newest one that
-    the maintenance log records as a successful backup of the level.
+    the maintenance log records as a successful backup of the level. A snapshot the log
+    records carries that backup's stats (``record``).
 
     Raise UsageError if there is none.
     """
     repository = ctl.policies.repository_for(machine, level)
     snapshots = engine.snapshots(machine.client, machine, repository, level.name)
+    good = {
+        v["snapshot"]: v for v in ctl.log.good_backups(machine.client, machine.name, level.name)
+    }
+
+    def recorded(snapshot: Snapshot) -> Snapshot:  # with what the log measured (an image's sha256)
+        view = good.get(snapshot.id) or good.get(snapshot.short_id)
+        return replace(snapshot, record=view["stats"] or {}) if view else snapshot
+
     if wanted:
         found = [s for s in snapshots if s.id.startswith(wanted)]
         if len(found) != 1:
@@ -122,11 +131,10 @@ def choose_snapshot(
                 f"{wanted!r} {problem} of level {level.name} of {machine.qualified_name} "
                 f"(see `recoverd snapshots {machine.qualified_name} --level {level.name}`)"
             )
-        return found[0]
-    good = {v["snapshot"] for v in ctl.log.good_backups(machine.client, machine.name, level.name)}
+        return recorded(found[0])
     for snapshot in reversed(snapshots):
         if snapshot.id in good or snapshot.short_id in good:
-            return snapshot
+            return recorded(snapshot)
     if snapshots:
         raise UsageError(
             f"none of the {len(snapshots)} snapshot(s) of level {level.name} is recorded as a "
