@@ -72,6 +72,11 @@ PARTCLONE = {
 """blkid's file-system TYPE -> the partclone program (``partclone.<name>``) that images it."""
 
 RAW_BLOCK = "4M"
+RELAY_CHUNK = 1 << 20
+"""A relayed stream crosses threads in pieces of about this size: each piece costs a queue
+hand-off, a hash update and a write, so pieces as small as an SSH packet (32 KiB) would cost
+more CPU than the bytes themselves. The queue holds RELAY_QUEUE of them at most."""
+RELAY_QUEUE = 16
 
 # Prints what the safety checks and the size checks need about a device or file, as
 # key=value lines. $1 is the path. Mounts are matched by resolved path, and an image file also
@@ -326,13 +331,26 @@ def relay(
 
     Return what passed. Raise the producer's error, if it had one.
     """
-    chunks = ByteQueue()
+    chunks = ByteQueue(RELAY_QUEUE)
     digest = StreamDigest(on_bytes=report.report)
     produced: dict[str, Any] = {}
+    pending: list[bytes] = []
+    pending_size = 0
+
+    def put(chunk: bytes) -> None:  # gathers the producer's small chunks into one piece
+        nonlocal pending_size
+        pending.append(chunk)
+        pending_size += len(chunk)
+        if pending_size >= RELAY_CHUNK:
+            chunks.put(b"".join(pending))
+            pending.clear()
+            pending_size = 0
 
     def run_producer() -> None:
         try:
-            produced["outcome"] = produce(chunks.put)
+            produced["outcome"] = produce(put)
+            if pending:
+                chunks.put(b"".join(pending))
         except StreamAborted:
             produced["outcome"] = CommandOutcome(None, signal="PIPE")
         except BaseException as exc:  # handed to the main thread below
