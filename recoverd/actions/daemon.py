@@ -202,6 +202,10 @@ class Daemon:
         with self._lock:
             if len(self._busy) >= self.max_parallel or machine.qualified_name in self._busy:
                 return False
+            if machine.qualified_name in self._ended:
+                # Its run ended after this tick read its duties: they are stale (the level
+                # is no longer due). The run's end woke the loop, and the next tick re-reads.
+                return False
             if self._held.get(machine.qualified_name, now) > now:
                 return False
             if repository is not None:
