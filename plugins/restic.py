@@ -542,6 +542,7 @@ class ResticEngine(Engine):
                     tags=tags,
                     files=summary.get("total_files_processed"),
                     size=summary.get("total_bytes_processed"),
+                    original=item.get("original"),
                 )
             )
         return sorted(found, key=lambda s: s.time)

@@ -104,6 +104,24 @@ def target_class(
     )
 
 
+def good_backups(ctl: Controller, machine: Machine, level: Level) -> dict[str, dict[str, Any]]:
+    """Return the level's successful backup runs in the maintenance log by their snapshot id."""
+    return {
+        v["snapshot"]: v for v in ctl.log.good_backups(machine.client, machine.name, level.name)
+    }
+
+
+def with_record(snapshot: Snapshot, good: dict[str, dict[str, Any]]) -> Snapshot:
+    """Given a snapshot and :func:`good_backups`, return the snapshot with the stats the log
+    recorded for the backup that made it (``record``: an image's sha256), or for the one it was
+    copied from; the snapshot as it is if the log records neither."""
+    ids = [snapshot.id, snapshot.short_id]
+    if snapshot.original:
+        ids += [snapshot.original, snapshot.original[:8]]
+    view = next((good[i] for i in ids if i in good), None)
+    return replace(snapshot, record=view["stats"] or {}) if view else snapshot
+
+
 def choose_snapshot(
     ctl: Controller, engine: Engine, machine: Machine, level: Level, wanted: str | None
 ) -> Snapshot:
@@ -115,14 +133,7 @@ def choose_snapshot(
     """
     repository = ctl.policies.repository_for(machine, level)
     snapshots = engine.snapshots(machine.client, machine, repository, level.name)
-    good = {
-        v["snapshot"]: v for v in ctl.log.good_backups(machine.client, machine.name, level.name)
-    }
-
-    def recorded(snapshot: Snapshot) -> Snapshot:  # with what the log measured (an image's sha256)
-        view = good.get(snapshot.id) or good.get(snapshot.short_id)
-        return replace(snapshot, record=view["stats"] or {}) if view else snapshot
-
+    good = good_backups(ctl, machine, level)
     if wanted:
         found = [s for s in snapshots if s.id.startswith(wanted)]
         if len(found) != 1:
@@ -131,10 +142,10 @@ def choose_snapshot(
                 f"{wanted!r} {problem} of level {level.name} of {machine.qualified_name} "
                 f"(see `recoverd snapshots {machine.qualified_name} --level {level.name}`)"
             )
-        return recorded(found[0])
+        return with_record(found[0], good)
     for snapshot in reversed(snapshots):
         if snapshot.id in good or snapshot.short_id in good:
-            return recorded(snapshot)
+            return with_record(snapshot, good)
     if snapshots:
         raise UsageError(
             f"none of the {len(snapshots)} snapshot(s) of level {level.name} is recorded as a "
