@@ -3,8 +3,9 @@
 A file system that partclone knows (ext2/3/4, xfs, btrfs, ntfs, vfat, ...) is imaged with
 partclone, which reads only the used blocks; anything else is copied raw. The stream goes into
 ``restic backup --stdin --stdin-filename <device>.<pcl|raw>``, so successive images of a device
-deduplicate against each other. Its size, sha256, duration and throughput go into the run's
-stats and into the snapshot's tags (``image-sha256=...``), which restores verify against.
+deduplicate against each other. Its format, file system and device size go into the
+snapshot's tags (``image-format=pcl``); its size, sha256, duration and throughput, measured
+while it passes, go into the run's stats in the maintenance log, which restores verify against.
 
 Where the stream goes is the level's ``via``:
 
@@ -51,6 +52,7 @@ from recoverd_plugins.restic import (
     LineSplitter,
     ResticEngine,
     classify_failure,
+    repository_missing,
     tag_filter,
 )
 
@@ -70,6 +72,11 @@ PARTCLONE = {
 """blkid's file-system TYPE -> the partclone program (``partclone.<name>``) that images it."""
 
 RAW_BLOCK = "4M"
+RELAY_CHUNK = 1 << 20
+"""A relayed stream crosses threads in pieces of about this size: each piece costs a queue
+hand-off, a hash update and a write, so pieces as small as an SSH packet (32 KiB) would cost
+more CPU than the bytes themselves. The queue holds RELAY_QUEUE of them at most."""
+RELAY_QUEUE = 16
 
 # Prints what the safety checks and the size checks need about a device or file, as
 # key=value lines. $1 is the path. Mounts are matched by resolved path, and an image file also
@@ -120,7 +127,7 @@ DIGEST = """
 PROGRESS_PCT = re.compile(r"Complete(?:d)?:\s*([\d.]+)%")
 PROGRESS_ETA = re.compile(r"Remaining:\s*(\d+):(\d+):(\d+)")
 DD_BYTES = re.compile(r"^(\d+) bytes")
-MARKER = re.compile(r"^recoverd-(producer-exit|consumer-exit|stream) ?(.*)$")
+MARKER = re.compile(r"^recoverd-(producer-exit|consumer-exit|stream|restic-version) ?(.*)$")
 
 
 @dataclass(frozen=True)
@@ -281,20 +288,34 @@ def _image_tags(snapshot: Snapshot) -> dict[str, str]:
 
 
 def image_facts(snapshot: Snapshot) -> dict[str, Any]:
-    """Given an image snapshot, return what its tags recorded: sha256, size, format, fs,
-    device, device_size. Raise EngineError if it is not a complete recoverd image."""
+    """Given an image snapshot, return what is known of it: sha256, size, format, fstype,
+    device_size and file.
+
+    Format, file system and device size are the snapshot's tags, written with the backup. The
+    stream's sha256 and size, measured while it passed, are in the maintenance log's record of
+    the backup (``snapshot.record``); images made before that carry them as tags. sha256 is None
+    when neither has it (a snapshot the log does not know): a restore then checks against the
+    stream restic gives back, whose blobs restic verifies against their content hashes.
+
+    Raise EngineError if the snapshot is not a recoverd image.
+    """
     tags = _image_tags(snapshot)
-    if "sha256" not in tags or "format" not in tags:
+    record = snapshot.record or {}
+    if "format" not in tags:
         raise EngineError(
-            f"snapshot {snapshot.short_id} is not a complete recoverd disk image "
-            "(no image-sha256 tag); pick another with --snapshot"
+            f"snapshot {snapshot.short_id} is not a recoverd disk image (no image-format tag); "
+            "pick another with --snapshot"
         )
+    device_size = int(tags["device-size"]) if tags.get("device-size") else None
+    size = tags.get("size") or record.get("image_size")
+    if size is None and tags["format"] == "raw":
+        size = device_size  # a raw image is the whole device
     return {
-        "sha256": tags["sha256"],
-        "size": int(tags.get("size", "0")),
+        "sha256": tags.get("sha256") or record.get("image_sha256"),
+        "size": int(size or 0),
         "format": tags["format"],
         "fstype": tags.get("fs") or None,
-        "device_size": int(tags["device-size"]) if tags.get("device-size") else None,
+        "device_size": device_size,
         "file": snapshot.paths[0] if snapshot.paths else None,
     }
 
@@ -310,13 +331,26 @@ def relay(
 
     Return what passed. Raise the producer's error, if it had one.
     """
-    chunks = ByteQueue()
+    chunks = ByteQueue(RELAY_QUEUE)
     digest = StreamDigest(on_bytes=report.report)
     produced: dict[str, Any] = {}
+    pending: list[bytes] = []
+    pending_size = 0
+
+    def put(chunk: bytes) -> None:  # gathers the producer's small chunks into one piece
+        nonlocal pending_size
+        pending.append(chunk)
+        pending_size += len(chunk)
+        if pending_size >= RELAY_CHUNK:
+            chunks.put(b"".join(pending))
+            pending.clear()
+            pending_size = 0
 
     def run_producer() -> None:
         try:
-            produced["outcome"] = produce(chunks.put)
+            produced["outcome"] = produce(put)
+            if pending:
+                chunks.put(b"".join(pending))
         except StreamAborted:
             produced["outcome"] = CommandOutcome(None, signal="PIPE")
         except BaseException as exc:  # handed to the main thread below
@@ -437,8 +471,6 @@ class ImageEngine(Engine):
                 )
             consistency = "crash-consistent"
         restic = self.restic_for(level)
-        restic.version()
-        created = restic.ensure_repository(request.repository)
         if level.snapshot == "lvm":
             with LvmSnapshot(self.transport, level) as snapshot_device:
                 outcome = self._image(request, snapshot_device, info, restic, progress)
@@ -446,7 +478,6 @@ class ImageEngine(Engine):
         else:
             outcome = self._image(request, level.device, info, restic, progress)
             outcome.stats["consistency"] = consistency
-        outcome.stats["repository_created"] = created
         return outcome
 
     def _image(
@@ -471,25 +502,21 @@ class ImageEngine(Engine):
             "--tag",
             f"recoverd,{tag_filter(request.client, self.machine.name, level.name)}",
         ]
-        report = StreamReport(progress, info.size if fmt.format == "raw" else None)
-        # restic's status lines say how much of the stream it has read.
-        parsed = BackupOutput(lambda seen: report.report(seen.bytes_done))
-        out = LineSplitter(parsed.stdout_line)
-        if level.via == "controller":
-            stream = self._pull_into(
-                restic, request.repository, fmt.clone(device), args, out, report
+        # What is known before the stream goes into the snapshot's tags; what is measured while
+        # it passes (size, sha256, duration) goes into the record: a `restic tag` afterwards
+        # would open the repository once more and rewrite the snapshot.
+        args += ["--tag", f"image-format={fmt.format}"]
+        args += ["--tag", f"image-fs={fmt.fstype or ''}"]
+        args += ["--tag", f"image-device-size={info.size or ''}"]
+        # The repository is opened only by the backup itself; only a backup that finds none
+        # creates it and streams again (see ResticEngine.backup).
+        report, parsed, stream = self._stream(request, device, fmt, info, restic, args, progress)
+        created = False
+        if repository_missing(report.status("consumer-exit"), "\n".join(report.messages)):
+            created = restic.ensure_repository(request.repository)
+            report, parsed, stream = self._stream(
+                request, device, fmt, info, restic, args, progress
             )
-        else:
-            stream = self._pipe_on_machine(
-                restic,
-                request.repository,
-                fmt.clone(device),
-                ["restic_", '"$@"'],
-                args,
-                out,
-                report,
-            )
-        out.flush()
         summary = parsed.summary
         producer, consumer = report.status("producer-exit"), report.status("consumer-exit")
         if producer != 0 or consumer != 0 or summary is None:
@@ -502,16 +529,6 @@ class ImageEngine(Engine):
                 (consumer, "restic"),
             )
         seconds = max(stream.seconds, 1e-6)
-        tags = [
-            f"image-sha256={stream.sha256}",
-            f"image-size={stream.size}",
-            f"image-format={fmt.format}",
-            f"image-fs={fmt.fstype or ''}",
-            f"image-device-size={info.size or ''}",
-            f"image-duration-s={stream.seconds:.1f}",
-            f"image-throughput-bytes-s={int(stream.size / seconds)}",
-        ]
-        snapshot = restic.tag(request.repository, summary["snapshot_id"], tags)
         stats = {
             "device": level.device,
             "imaged_device": device,
@@ -526,8 +543,44 @@ class ImageEngine(Engine):
             "throughput_bytes_s": int(stream.size / seconds),
             "via": level.via,
             "restic_version": ".".join(map(str, restic.version())),
+            "repository_created": created,
         }
-        return Outcome("succeeded", snapshot[:8], stats)
+        return Outcome("succeeded", summary["snapshot_id"][:8], stats)
+
+    def _stream(
+        self,
+        request: BackupRequest,
+        device: str,
+        fmt: ImageFormat,
+        info: DeviceInfo,
+        restic: ResticEngine,
+        args: list[str],
+        progress: ProgressCallback | None,
+    ) -> tuple[StreamReport, BackupOutput, StreamResult]:
+        """Stream the image of ``device`` into ``restic backup`` ARGS; return the stream's
+        report, restic's parsed output and what passed. Raise ToolMissing or EngineError if
+        restic is missing or too old."""
+        report = StreamReport(progress, info.size if fmt.format == "raw" else None)
+        # restic's status lines say how much of the stream it has read.
+        parsed = BackupOutput(lambda seen: report.report(seen.bytes_done))
+        out = LineSplitter(parsed.stdout_line)
+        if request.level.via == "controller":
+            stream = self._pull_into(
+                restic, request.repository, fmt.clone(device), args, out, report
+            )
+        else:
+            stream = self._pipe_on_machine(
+                restic,
+                request.repository,
+                fmt.clone(device),
+                ["restic_", '"$@"'],
+                args,
+                out,
+                report,
+                check_version=True,
+            )
+        out.flush()
+        return report, parsed, stream
 
     def _stream_failure(
         self,
@@ -560,15 +613,28 @@ class ImageEngine(Engine):
         restic_args: list[str],
         on_stdout: Callable[[bytes], None] | None,
         report: StreamReport,
+        *,
+        check_version: bool = False,
     ) -> StreamResult:
         """Run ``producer | consumer`` on the machine, one side being ``restic_ "$@"`` with
-        ``restic_args``; return the stream's size and sha256 as the machine measured them."""
+        ``restic_args``; return the stream's size and sha256 as the machine measured them.
+
+        ``check_version``: the same command first reports restic's version (unless it is known),
+        which ``restic`` then knows. Raise ToolMissing if restic is missing or too old."""
         script = STREAM.format(producer=self._shell(producer), consumer=self._shell(consumer))
+        check = check_version and not restic.knows_version
         started = time.monotonic()
         outcome = restic.run_script(
-            repository, script, restic_args, on_stdout=on_stdout, on_stderr=report
+            repository,
+            script,
+            restic_args,
+            on_stdout=on_stdout,
+            on_stderr=report,
+            check_version=check,
         )
         report.flush()
+        if check:
+            restic.take_reported_version(report.markers.get("restic-version"), outcome)
         self._check_script(outcome, report)
         sha, _, size = report.markers.get("stream", "").partition(" ")
         return StreamResult(int(size or 0), sha, time.monotonic() - started)
@@ -599,18 +665,37 @@ class ImageEngine(Engine):
         report: StreamReport,
     ) -> StreamResult:
         """Run ``producer`` on the machine and store its output with restic on the controller;
-        the stream passes through a bounded queue, so a slow restic slows the SSH reader."""
+        the stream passes through a bounded queue, so a slow restic slows the SSH reader.
+
+        restic reports its version in the same command (unless it is known), which ``restic``
+        then knows. Raise ToolMissing if restic is missing or too old."""
         machine_side = report.source()
-        return relay(
+        check = not restic.knows_version
+        stored: list[CommandOutcome] = []
+
+        def store(data: Iterable[bytes]) -> CommandOutcome:
+            outcome = restic.restic(
+                repository,
+                restic_args,
+                on_stdout=on_stdout,
+                on_stderr=report,
+                data=data,
+                check_version=check,
+            )
+            stored.append(outcome)
+            return outcome
+
+        stream = relay(
             lambda out: self.transport.run(
                 CommandRequest(producer, on_stdout=out, on_stderr=machine_side)
             ),
-            lambda data: restic.restic(
-                repository, restic_args, on_stdout=on_stdout, on_stderr=report, data=data
-            ),
+            store,
             report,
             "image-pull",
         )
+        if check:
+            restic.take_reported_version(report.markers.get("restic-version"), stored[0])
+        return stream
 
     # -- restoring ---------------------------------------------------------------------------
 
@@ -821,6 +906,7 @@ class _ImageTarget(RestoreTarget):
         stream = self.engine.write_image(
             request.level, request.repository, request.snapshot, consumer, progress
         )
+        plan.details["stream_sha256"] = stream.sha256
         return {
             "bytes_restored": stream.size,
             "stream_sha256": stream.sha256,
@@ -830,16 +916,21 @@ class _ImageTarget(RestoreTarget):
     def verify(
         self, request: RestoreRequest, plan: RestorePlan, progress: ProgressCallback | None
     ) -> Verification:
-        """Image the destination again and compare its sha256 with the recorded one."""
+        """Image the destination again and compare its sha256 with the one recorded at backup
+        time (else with the stream restic gave back, for a snapshot the log does not know)."""
         facts = image_facts(request.snapshot)
         found = self.engine.image_digest(plan.destination, facts, progress)
+        expected, method = facts["sha256"], "image sha256 read back from the destination"
+        if expected is None:
+            expected = plan.details["stream_sha256"]
+            method += " against the stream restic restored (no sha256 recorded at backup time)"
         mismatches = []
-        if found != facts["sha256"]:
+        if found != expected:
             mismatches.append(
                 f"{plan.destination}: image sha256 {found[:16]}... differs from the snapshot's "
-                f"{facts['sha256'][:16]}..."
+                f"{expected[:16]}..."
             )
-        return Verification("image sha256 read back from the destination", 1, mismatches)
+        return Verification(method, 1, mismatches)
 
 
 class ImageToDevice(_ImageTarget):

@@ -45,18 +45,59 @@ COPY_VARIABLES = (*CREDENTIAL_VARIABLES, "RESTIC_FROM_PASSWORD", "RESTIC_FROM_RE
 (restic 0.14 reads them from RESTIC_FROM_PASSWORD / RESTIC_FROM_REPOSITORY)."""
 
 
-def sh_wrapper(variables: tuple[str, ...]) -> str:
+MIN_VERSION = (0, 14, 0)
+VERSION_MARKER = "recoverd-restic-version "
+"""Starts the stderr line on which a wrapper reports ``restic version`` before restic runs."""
+TOO_OLD = 96
+"""A wrapper's exit status when the machine's restic is older than MIN_VERSION."""
+
+
+def version_check(restic: str) -> str:
+    """Return a shell command that runs ``restic version`` (``restic`` is how the script names
+    the program, e.g. ``"$1"``), reports it on stderr after :data:`VERSION_MARKER` and exits
+    :data:`TOO_OLD` if restic is older than :data:`MIN_VERSION` (the status of ``restic
+    version`` if that fails: 127 when restic is missing).
+
+    It runs in the same remote command as the work that follows: a separate ``restic version``
+    would cost one more command (and login shell) on the machine per run.
+    """
+    major, minor = MIN_VERSION[0], MIN_VERSION[1]
+    return (
+        f'{{ v=$({restic} version) || exit; printf "{VERSION_MARKER}%s\\n" "$v" >&2; '
+        "n=${v#restic }; n=${n%% *}; M=${n%%.*}; m=${n#*.}; m=${m%%.*}; "
+        f'[ "$M" -gt {major} ] 2>/dev/null || {{ [ "$M" -eq {major} ] && [ "$m" -ge {minor} ]; }} '
+        f"2>/dev/null || exit {TOO_OLD}; }}"
+    )
+
+
+def sh_wrapper(variables: tuple[str, ...], *, check_version: bool = False) -> str:
     """Return a ``sh -c`` script that reads ``variables`` from stdin lines, then execs "$@".
 
     Anything after those lines (an image stream) reaches the program untouched, because
-    ``read`` on a pipe stops at the newline.
+    ``read`` on a pipe stops at the newline. With ``check_version``, restic (``$1``) first
+    reports its version on stderr (:data:`VERSION_MARKER`) and the script exits
+    :data:`TOO_OLD` if it is older than :data:`MIN_VERSION`.
     """
     reads = " && ".join(f"IFS= read -r {name}" for name in variables)
-    return f'{reads} && export {" ".join(variables)} RESTIC_PROGRESS_FPS=1 && exec "$@"'
+    check = version_check('"$1"') + " && " if check_version else ""
+    return f'{reads} && export {" ".join(variables)} RESTIC_PROGRESS_FPS=1 && {check}exec "$@"'
 
 
-WRAPPER = sh_wrapper(CREDENTIAL_VARIABLES)
-# The same two lines for a shell script that runs restic inside a pipeline (an image stream
+def parse_version(text: str) -> tuple[int, int, int] | None:
+    """Given ``restic version`` output, return the version, or None if it names none."""
+    found = re.search(r"restic (\d+)\.(\d+)\.(\d+)", text)
+    return (int(found[1]), int(found[2]), int(found[3])) if found else None
+
+
+def too_old(version: tuple[int, int, int]) -> ToolMissing:
+    """Return the error for a machine whose restic is older than :data:`MIN_VERSION`."""
+    return ToolMissing(
+        f"restic {'.'.join(map(str, version))} on the machine is too old; "
+        "recoverd needs 0.14 or later"
+    )
+
+
+# The credentials' two lines for a shell script that runs restic inside a pipeline (an image stream
 # into `restic backup --stdin`, `restic dump` into partclone): the script calls the function
 # `restic_ ARGS`, and only restic's own environment holds the password.
 SCRIPT_HEAD = (
@@ -64,7 +105,6 @@ SCRIPT_HEAD = (
     "{ echo 'recoverd: no credentials on stdin' >&2; exit 97; }\n"
     'restic_() { RESTIC_PASSWORD="$p" RESTIC_REPOSITORY="$r" RESTIC_PROGRESS_FPS=1 "$0" "$@"; }\n'
 )
-MIN_VERSION = (0, 14, 0)
 SUBFOLDER_VERSION = (0, 16, 0)
 """restic understands ``SNAPSHOT:/sub/folder`` from this version on."""
 MAX_LISTED = 100
@@ -139,6 +179,8 @@ class BackupOutput:
         self.unreadable: list[str] = []
         self.missing: list[str] = []
         self.messages: list[str] = []
+        self.version_text: str | None = None
+        """``restic version`` as the wrapper reported it (:func:`version_check`), if it did."""
 
     def stdout_line(self, line: str) -> None:
         message = _json(line)
@@ -159,6 +201,9 @@ class BackupOutput:
             )
 
     def stderr_line(self, line: str) -> None:
+        if line.startswith(VERSION_MARKER):
+            self.version_text = line[len(VERSION_MARKER) :]
+            return
         message = _json(line)
         if message and message.get("message_type") == "error":
             self.unreadable.append(message.get("item") or _error_text(message.get("error")))
@@ -200,6 +245,7 @@ def _snapshot(item: dict[str, Any]) -> Snapshot:
         tags=tags,
         files=summary.get("total_files_processed"),
         size=summary.get("total_bytes_processed"),
+        original=item.get("original"),
     )
 
 
@@ -366,12 +412,13 @@ class ResticEngine(Engine):
         timeout: float | None = None,
         from_repository: Repository | None = None,
         data: Iterable[bytes] | None = None,
+        check_version: bool = False,
     ) -> CommandOutcome:
         """Run ``restic ARGS`` against ``repository`` on the machine and return how it ended.
 
         ``from_repository`` is the source of a ``restic copy``; its credentials travel on
         stdin too. ``data`` (byte chunks) follows the credentials on restic's stdin: the stream
-        of ``backup --stdin``.
+        of ``backup --stdin``. ``check_version``: see :meth:`command`.
         """
         variables, credentials = CREDENTIAL_VARIABLES, self._credentials(repository)
         if from_repository is not None:
@@ -380,7 +427,7 @@ class ResticEngine(Engine):
         stdin = credentials if data is None else itertools.chain([credentials], data)
         return self.transport.run(
             CommandRequest(
-                self.command(args, variables),
+                self.command(args, variables, check_version=check_version),
                 stdin=stdin,
                 on_stdout=on_stdout,
                 on_stderr=on_stderr,
@@ -398,14 +445,17 @@ class ResticEngine(Engine):
         on_stderr: Callable[[bytes], None] | None = None,
         timeout: float | None = None,
         data: bytes | None = None,
+        check_version: bool = False,
     ) -> CommandOutcome:
         """Run a POSIX sh ``script`` with positional ``args`` on the machine; in it, the shell
         function ``restic_ ARGS`` runs restic against ``repository``. Return how it ended.
 
         The script's stdin holds ``data`` (empty without it): the credentials before it were
-        read before the script starts.
+        read before the script starts. With ``check_version`` restic's version is reported
+        first (:func:`version_check`).
         """
-        argv = ["sh", "-c", SCRIPT_HEAD + script, self.program, *args]
+        check = version_check('"$0"') + "\n" if check_version else ""
+        argv = ["sh", "-c", SCRIPT_HEAD + check + script, self.program, *args]
         return self.transport.run(
             CommandRequest(
                 argv,
@@ -417,10 +467,18 @@ class ResticEngine(Engine):
         )
 
     def command(
-        self, args: list[str], variables: tuple[str, ...] = CREDENTIAL_VARIABLES
+        self,
+        args: list[str],
+        variables: tuple[str, ...] = CREDENTIAL_VARIABLES,
+        *,
+        check_version: bool = False,
     ) -> list[str]:
         """Return the argv that runs ``restic ARGS`` on the machine with ``variables`` taken
-        from the first lines of stdin: through ``sh`` on POSIX, through PowerShell on Windows."""
+        from the first lines of stdin: through ``sh`` on POSIX, through PowerShell on Windows.
+
+        ``check_version`` (POSIX only: see :attr:`reports_version`): the command first reports
+        restic's version on stderr and refuses a restic older than 0.14 (:func:`version_check`).
+        """
         if self.transport.os_family == "windows":
             script = powershell.start_process(
                 self.program,
@@ -429,7 +487,19 @@ class ResticEngine(Engine):
                 env={"RESTIC_PROGRESS_FPS": "1"},
             )
             return powershell.encoded(script)
-        return ["sh", "-c", sh_wrapper(variables), "recoverd-restic", self.program, *args]
+        wrapper = sh_wrapper(variables, check_version=check_version)
+        return ["sh", "-c", wrapper, "recoverd-restic", self.program, *args]
+
+    @property
+    def reports_version(self) -> bool:
+        """Whether a command can report restic's version itself (``check_version``), so that
+        no separate ``restic version`` is needed: on POSIX machines."""
+        return self.transport.os_family == "posix"
+
+    @property
+    def knows_version(self) -> bool:
+        """Whether restic's version was read already (this engine serves one run)."""
+        return self._version is not None
 
     def version(self) -> tuple[int, int, int]:
         """Return restic's version on the machine. Raise ToolMissing or EngineError."""
@@ -437,16 +507,31 @@ class ResticEngine(Engine):
             outcome = self.transport.run(CommandRequest([self.program, "version"], timeout=60))
             if not outcome.ok:
                 raise classify_failure(outcome, "restic version", self.program)
-            found = re.search(rb"restic (\d+)\.(\d+)\.(\d+)", outcome.stdout)
-            if not found:
-                raise EngineError(f"cannot read restic's version from {outcome.stdout[:80]!r}")
-            self._version = (int(found[1]), int(found[2]), int(found[3]))
-            if self._version < MIN_VERSION:
-                raise ToolMissing(
-                    f"restic {'.'.join(map(str, self._version))} on the machine is too old; "
-                    "recoverd needs 0.14 or later"
-                )
+            self.take_version(outcome.stdout.decode("utf-8", "replace"))
+        assert self._version is not None
         return self._version
+
+    def take_reported_version(self, text: str | None, outcome: CommandOutcome) -> None:
+        """Given the version a command with ``check_version`` reported (None if it did not)
+        and how the command ended, remember the version. Raise ToolMissing if restic is
+        missing or older than 0.14, EngineError if the version cannot be read; do nothing if
+        the command failed before it asked restic (the command's own failure says why)."""
+        if text is None and outcome.exit_status == 127:
+            raise classify_failure(outcome, "restic version", self.program)
+        if text is not None or outcome.exit_status == TOO_OLD:
+            self.take_version(text, outcome.exit_status)
+
+    def take_version(self, text: str | None, exit_status: int | None = None) -> None:
+        """Given ``restic version`` output (as a wrapper reported it, with the command's
+        ``exit_status``), remember the version. Raise ToolMissing if restic is older than 0.14,
+        EngineError if the text names no version."""
+        found = parse_version(text or "")
+        if found is None:
+            shown = (text or "nothing")[:80]
+            raise EngineError(f"cannot read restic's version from {shown!r}")
+        if found < MIN_VERSION or exit_status == TOO_OLD:
+            raise too_old(found)
+        self._version = found
 
     def ensure_repository(self, repository: Repository) -> bool:
         """Initialise ``repository`` if it does not exist; return True if it was created."""
@@ -466,7 +551,6 @@ class ResticEngine(Engine):
 
     def backup(self, request: BackupRequest, progress: ProgressCallback | None = None) -> Outcome:
         """Back up the level's paths; ``partial`` lists the files restic could not read."""
-        version = self.version()
         level, machine = request.level, request.machine
         args = [
             "backup",
@@ -486,6 +570,8 @@ class ResticEngine(Engine):
         # On Windows it is probed first: a backup that finds none would take a VSS snapshot for
         # nothing.
         created = False
+        if not self.reports_version:
+            self.version()
         if self.transport.os_family == "windows":
             created = self.ensure_repository(request.repository)
         parsed, outcome, duration = self._backup_command(request.repository, args, progress)
@@ -496,6 +582,7 @@ class ResticEngine(Engine):
             if parsed.messages:
                 outcome.stderr = "\n".join(parsed.messages).encode()
             raise classify_failure(outcome, f"backup of {level.name}", self.program)
+        version = self.version()
         summary = parsed.summary
         unreadable = parsed.unreadable + [f"{p} (does not exist)" for p in parsed.missing]
         stats = {
@@ -523,13 +610,21 @@ class ResticEngine(Engine):
     def _backup_command(
         self, repository: Repository, args: list[str], progress: ProgressCallback | None
     ) -> tuple[BackupOutput, CommandOutcome, float]:
-        """Run ``restic backup`` ARGS; return its parsed output, how it ended and its seconds."""
+        """Run ``restic backup`` ARGS; return its parsed output, how it ended and its seconds.
+
+        On POSIX the same command reports restic's version first, unless it is known already
+        (this engine serves one run); raise ToolMissing or EngineError if that version is too
+        old or cannot be read.
+        """
         parsed = BackupOutput(progress)
         out, err = LineSplitter(parsed.stdout_line), LineSplitter(parsed.stderr_line)
+        check = not self.knows_version and self.reports_version
         started = time.monotonic()
-        outcome = self.restic(repository, args, on_stdout=out, on_stderr=err)
+        outcome = self.restic(repository, args, on_stdout=out, on_stderr=err, check_version=check)
         out.flush()
         err.flush()
+        if check:
+            self.take_reported_version(parsed.version_text, outcome)
         return parsed, outcome, time.monotonic() - started
 
     def snapshots(

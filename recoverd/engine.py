@@ -57,6 +57,11 @@ class Snapshot:
     tags: tuple[str, ...]
     files: int | None = None
     size: int | None = None
+    original: str | None = None
+    """The id of the snapshot this one is a copy of (``restic copy``), if it is one."""
+    record: dict[str, Any] | None = field(default=None, compare=False)
+    """The stats the maintenance log holds for the backup that made this snapshot (an image's
+    ``image_sha256``, ...), when the snapshot was chosen from the log's good backups."""
 
 
 @dataclass(frozen=True)

@@ -396,3 +396,40 @@ def test_retention_never_runs_beside_another_writer_of_its_repository(sim: Path)
         if what == "forget":
             others = [(b, e) for w, b, e in spans if (w, b, e) != (what, began, ended)]
             assert all(e <= began or b >= ended for b, e in others)
+
+
+def test_run_that_ends_while_a_tick_looks_is_not_started_again(
+    sim: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (sim / "policies" / "acme.toml").write_text(
+        policy("acme", "UTC", level("nightly", "day at 02:00"), machines=("ws-1", "ws-2"))
+    )
+    release = threading.Event()
+    real_backup = SimEngine.backup
+
+    def held_backup(self: SimEngine, request: BackupRequest, progress: Any = None) -> Outcome:
+        release.wait(10)
+        return real_backup(self, request, progress)
+
+    monkeypatch.setattr(SimEngine, "backup", held_backup)
+    with use_clock(FakeClock(datetime(2026, 5, 1, 3, tzinfo=UTC))):
+        ctl = controller(sim)
+        daemon = Daemon(ctl, max_parallel=1, tick_seconds=60)
+        daemon.tick()  # ws-1 runs, ws-2 waits for the one slot
+        real_look = daemon._look
+
+        def look_then_end_the_run(machine: Any, now: datetime) -> list:
+            duties = real_look(machine, now)
+            if machine.name == "ws-2":  # the last machine looked at: ws-1's run ends now
+                release.set()
+                assert daemon.wait_idle(10)
+            return duties
+
+        daemon._look = look_then_end_the_run  # type: ignore[method-assign]
+        daemon.tick()  # ws-1's duty was read before its run ended: it must not run again
+        assert daemon.wait_idle(10)
+        daemon._look = real_look  # type: ignore[method-assign]
+        for _ in range(2):
+            daemon.tick()
+            assert daemon.wait_idle(10)
+    assert sorted(name for name, *_ in SimEngine.calls) == ["ws-1", "ws-2"]

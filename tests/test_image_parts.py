@@ -11,13 +11,14 @@ import pytest
 import recoverd
 from recoverd.actions.restore import target_class
 from recoverd.controller import Controller
+from recoverd.engine import Snapshot
 from recoverd.errors import EngineError, UsageError
 from recoverd.plugins import Kind, PluginHost
 from recoverd.policy.model import Level, Machine
 from recoverd.secrets import SecretResolver
 from recoverd.streams import ByteQueue, StreamAborted
 from recoverd_plugins.files_restore import FilesInPlace, FilesToPath
-from recoverd_plugins.image import ImageFormat, ImageToDevice, LvmSnapshot
+from recoverd_plugins.image import ImageFormat, ImageToDevice, LvmSnapshot, image_facts
 from recoverd_plugins.local import LocalTransport
 
 FAKE_LVM = """#!/bin/sh
@@ -136,3 +137,44 @@ def test_target_class_prefers_a_third_party_target_over_the_built_in(tmp_path: P
         UsageError, match="no restore target restores files snapshots with --device"
     ):
         target_class(ctl, files, "device")
+
+
+def image_snapshot(tags: tuple[str, ...], record: dict | None = None) -> Snapshot:
+    return Snapshot(
+        id="ab" * 32,
+        short_id="abababab",
+        time="2026-11-01T03:00:00Z",
+        level="weekly-image",
+        paths=("/sda2.pcl",),
+        tags=("recoverd", "level=weekly-image", *tags),
+        record=record,
+    )
+
+
+def test_image_facts_take_the_measured_stream_from_the_record() -> None:
+    tags = ("image-format=pcl", "image-fs=ext4", "image-device-size=67108864")
+    facts = image_facts(image_snapshot(tags, {"image_sha256": "f" * 64, "image_size": 1234}))
+    assert facts == {
+        "sha256": "f" * 64,
+        "size": 1234,
+        "format": "pcl",
+        "fstype": "ext4",
+        "device_size": 67108864,
+        "file": "/sda2.pcl",
+    }
+
+
+def test_image_facts_of_an_image_tagged_after_its_backup_read_the_tags() -> None:
+    tags = ("image-format=raw", "image-fs=", "image-sha256=" + "e" * 64, "image-size=99")
+    facts = image_facts(image_snapshot(tags))
+    assert facts["sha256"] == "e" * 64 and facts["size"] == 99 and facts["fstype"] is None
+
+
+def test_image_facts_without_a_record_know_a_raw_image_by_its_device_size() -> None:
+    facts = image_facts(image_snapshot(("image-format=raw", "image-device-size=4096")))
+    assert facts["sha256"] is None and facts["size"] == 4096
+
+
+def test_image_facts_of_a_snapshot_that_is_no_image_refuse() -> None:
+    with pytest.raises(EngineError, match="not a recoverd disk image"):
+        image_facts(image_snapshot(()))

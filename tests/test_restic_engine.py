@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from recoverd.engine import BackupRequest
-from recoverd.errors import RepositoryLocked, ToolMissing, WrongPassword
+from recoverd.errors import EngineError, RepositoryLocked, ToolMissing, WrongPassword
 from recoverd.policy.model import Level, Machine, Repository
 from recoverd.secrets import SecretResolver
 from recoverd.transport import CommandOutcome
@@ -129,3 +129,54 @@ def test_password_is_in_no_argv(tmp_path: Path, secrets, monkeypatch) -> None:
 def test_classify_failure_maps_restic_text_and_codes(status, stderr, error) -> None:
     exc = classify_failure(CommandOutcome(status, b"", stderr.encode()), "backup", "restic")
     assert isinstance(exc, error)
+
+
+def test_backup_asks_restic_version_in_the_backup_command_itself(tmp_path: Path, secrets) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.txt").write_text("alpha")
+    engine = make_engine(secrets)
+    engine.backup(request(engine, tmp_path / "repo", [str(src)]))  # creates the repository
+    engine = make_engine(secrets)  # a new run knows no version yet
+    commands: list[list[str]] = []
+    real_run = engine.transport.run
+
+    def spy(req):
+        commands.append(req.argv)
+        return real_run(req)
+
+    engine.transport.run = spy
+    outcome = engine.backup(request(engine, tmp_path / "repo", [str(src)]))
+    found = subprocess.run(["restic", "version"], capture_output=True, text=True).stdout
+    assert outcome.state == "succeeded"
+    assert len(commands) == 1 and "backup" in commands[0]
+    assert f"restic {outcome.stats['restic_version']} " in found
+
+
+def fake_restic(tmp_path: Path, version_line: str) -> Path:
+    """Write a restic that prints ``version_line`` for `version` and notes any other call."""
+    program = tmp_path / "old-restic"
+    ran = tmp_path / "ran"
+    program.write_text(
+        f'#!/bin/sh\nif [ "$1" = version ]; then echo "{version_line}"; exit 0; fi\n'
+        f'echo "$@" >> {ran}\nexit 1\n'
+    )
+    program.chmod(0o755)
+    return program
+
+
+@pytest.mark.parametrize("version_line", ["restic 0.13.1 compiled with go1.18", "restic 0.9.6"])
+def test_backup_refuses_restic_older_than_0_14_before_it_runs(
+    tmp_path: Path, secrets, version_line: str
+) -> None:
+    engine = make_engine(secrets, restic=str(fake_restic(tmp_path, version_line)))
+    with pytest.raises(ToolMissing, match=r"restic 0\.(13\.1|9\.6) on the machine is too old"):
+        engine.backup(request(engine, tmp_path / "repo", [str(tmp_path)]))
+    assert not (tmp_path / "ran").exists()
+
+
+def test_backup_with_unreadable_restic_version_says_so(tmp_path: Path, secrets) -> None:
+    engine = make_engine(secrets, restic=str(fake_restic(tmp_path, "something else")))
+    with pytest.raises(EngineError, match="cannot read restic's version from 'something else'"):
+        engine.backup(request(engine, tmp_path / "repo", [str(tmp_path)]))
+    assert not (tmp_path / "ran").exists()

@@ -46,6 +46,10 @@ password = "env:TEST_DRILL_PASSWORD"
 url = "{root}/images"
 password = "env:TEST_DRILL_PASSWORD"
 
+[repositories.offsite]
+url = "{root}/offsite"
+password = "env:TEST_DRILL_PASSWORD"
+
 [machines.ws-042]
 address = "127.0.0.1"
 port = {port}
@@ -103,6 +107,17 @@ name = "drill-image-here"
 kind = "verify"
 of = "weekly-image"
 where = "controller"
+
+[[machines.ws-042.levels]]
+name = "image-offsite"
+kind = "copy"
+of = "weekly-image"
+to = "offsite"
+
+[[machines.ws-042.levels]]
+name = "drill-image-offsite"
+kind = "verify"
+of = "image-offsite"
 """
 
 HOME_FILES = {
@@ -294,6 +309,10 @@ def test_image_drill_passes_and_a_damaged_image_fails(
     code, run = site.drill(capsys, "--level", "drill-image-here")
     assert code == 0, run["error"]
     assert run["stats"]["where"] == "controller" and run["stats"]["fs_check"].endswith("exit 0")
+    # The copy has a new id; its sha256 is the one recorded for the image it was copied from.
+    code, run = site.drill(capsys, "--level", "drill-image-offsite")
+    assert code == 0, run["error"]
+    assert run["stats"]["stream_sha256"] == run["stats"]["image_sha256"] == stats["image_sha256"]
 
     with damaged(site.root / "images"):
         code, run = site.drill(capsys, "--level", "drill-image")

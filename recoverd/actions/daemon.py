@@ -21,7 +21,6 @@ from __future__ import annotations
 import logging
 import os
 import threading
-import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -144,6 +143,8 @@ class Daemon:
         self.started = 0
         """Runs started so far (tests drive :meth:`tick` until it starts nothing more)."""
         self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        """Notified when the last run in progress ends."""
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._reload = threading.Event()
@@ -165,8 +166,8 @@ class Daemon:
             key=lambda d: (d.level.of is not None, d.run_at, d.machine.qualified_name),
         )
         for duty in order:
-            if self._stop.is_set():
-                break
+            if self._stop.is_set() or self._full():
+                break  # a fleet queued behind max_parallel waits for the next run to end
             self._dispatch(duty, pending, now)
         upcoming = [d.run_at for d in duties if d.run_at is not None and d.run_at > now]
         return min([*upcoming, now + timedelta(seconds=self.tick_seconds)])
@@ -193,6 +194,10 @@ class Daemon:
             self._read_at[name] = now
         return known
 
+    def _full(self) -> bool:
+        with self._lock:
+            return len(self._busy) >= self.max_parallel
+
     def _dispatch(self, duty: Duty, pending: set[tuple[str, str]], now: datetime) -> bool:
         machine, level = duty.machine, duty.level
         if level.of and (machine.qualified_name, level.of) in pending:
@@ -201,6 +206,10 @@ class Daemon:
         repository = written_repository(level)
         with self._lock:
             if len(self._busy) >= self.max_parallel or machine.qualified_name in self._busy:
+                return False
+            if machine.qualified_name in self._ended:
+                # Its run ended after this tick read its duties: they are stale (the level
+                # is no longer due). The run's end woke the loop, and the next tick re-reads.
                 return False
             if self._held.get(machine.qualified_name, now) > now:
                 return False
@@ -247,6 +256,8 @@ class Daemon:
             with self._lock:
                 del self._busy[machine.qualified_name]
                 self._ended.add(machine.qualified_name)
+                if not self._busy:
+                    self._idle.notify_all()
             self._wake.set()
 
     def _hold(self, machine: Machine) -> None:
@@ -316,14 +327,8 @@ class Daemon:
 
     def wait_idle(self, timeout: float | None = None) -> bool:
         """Wait (real time) until no run is in progress; return False on timeout."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            with self._lock:
-                if not self._busy:
-                    return True
-            if deadline is not None and time.monotonic() >= deadline:
-                return False
-            time.sleep(0.01)
+        with self._idle:
+            return self._idle.wait_for(lambda: not self._busy, timeout)
 
     def shutdown(self, grace: float) -> list[str]:
         """Stop: let running runs finish within ``grace`` seconds, then give up on them: their

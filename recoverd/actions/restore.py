@@ -120,11 +120,30 @@ def verify_mode(target_cls: type[RestoreTarget], wanted: str | None) -> str | No
     )
 
 
+def good_backups(ctl: Controller, machine: Machine, level: Level) -> dict[str, dict[str, Any]]:
+    """Return the level's successful backup runs in the maintenance log by their snapshot id."""
+    return {
+        v["snapshot"]: v for v in ctl.log.good_backups(machine.client, machine.name, level.name)
+    }
+
+
+def with_record(snapshot: Snapshot, good: dict[str, dict[str, Any]]) -> Snapshot:
+    """Given a snapshot and :func:`good_backups`, return the snapshot with the stats the log
+    recorded for the backup that made it (``record``: an image's sha256), or for the one it was
+    copied from; the snapshot as it is if the log records neither."""
+    ids = [snapshot.id, snapshot.short_id]
+    if snapshot.original:
+        ids += [snapshot.original, snapshot.original[:8]]
+    view = next((good[i] for i in ids if i in good), None)
+    return replace(snapshot, record=view["stats"] or {}) if view else snapshot
+
+
 def choose_snapshot(
     ctl: Controller, engine: Engine, machine: Machine, level: Level, wanted: str | None
 ) -> Snapshot:
     """Return the snapshot named by ``wanted`` (an id or its prefix), else the newest one that
-    the maintenance log records as a successful backup of the level.
+    the maintenance log records as a successful backup of the level. A snapshot the log
+    records carries that backup's stats (``record``).
 
     The engine is asked for that one snapshot first (for restic one ``ls``, whose listing the
     plan then reuses); only if it is not there are all the level's snapshots listed.
@@ -132,12 +151,12 @@ def choose_snapshot(
     Raise UsageError if there is none.
     """
     repository = ctl.policies.repository_for(machine, level)
-    good = [] if wanted else ctl.log.good_backups(machine.client, machine.name, level.name)
-    asked = wanted or (good[-1]["snapshot"] if good else None)
+    good = good_backups(ctl, machine, level)
+    asked = wanted or next(reversed(good), None)  # the newest good backup
     if asked:
         found = engine.snapshot(machine.client, machine, repository, level.name, asked)
         if found is not None:
-            return found
+            return with_record(found, good)
     snapshots = engine.snapshots(machine.client, machine, repository, level.name)
     if wanted:
         found_all = [s for s in snapshots if s.id.startswith(wanted)]
@@ -147,11 +166,10 @@ def choose_snapshot(
                 f"{wanted!r} {problem} of level {level.name} of {machine.qualified_name} "
                 f"(see `recoverd snapshots {machine.qualified_name} --level {level.name}`)"
             )
-        return found_all[0]
-    vouched = {v["snapshot"] for v in good}
+        return with_record(found_all[0], good)
     for snapshot in reversed(snapshots):
-        if snapshot.id in vouched or snapshot.short_id in vouched:
-            return snapshot
+        if snapshot.id in good or snapshot.short_id in good:
+            return with_record(snapshot, good)
     if snapshots:
         raise UsageError(
             f"none of the {len(snapshots)} snapshot(s) of level {level.name} is recorded as a "

@@ -21,7 +21,14 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from recoverd.actions.restore import MAX_LISTED, choose_snapshot, record_verification, target_class
+from recoverd.actions.restore import (
+    MAX_LISTED,
+    choose_snapshot,
+    good_backups,
+    record_verification,
+    target_class,
+    with_record,
+)
 from recoverd.controller import Controller
 from recoverd.engine import Engine, Outcome, ProgressCallback, Snapshot
 from recoverd.errors import RepositoryLocked, UsageError
@@ -127,7 +134,8 @@ def _newest_snapshot(
     ctl: Controller, engine: Engine, machine: Machine, source: DrillSource
 ) -> Snapshot:
     """The newest good snapshot: recorded as a successful backup, or for a copy the newest one
-    in the copy's repository (copies get new ids there)."""
+    in the copy's repository (copies get new ids there), with the record of the backup it
+    was copied from."""
     if source.of.kind != "copy":
         return choose_snapshot(ctl, engine, machine, source.data_level, None)
     found = engine.snapshots(machine.client, machine, source.repository, source.data_level.name)
@@ -135,7 +143,7 @@ def _newest_snapshot(
         raise UsageError(
             f"copy level {source.of.name} of {machine.qualified_name} holds no snapshots yet"
         )
-    return found[-1]
+    return with_record(found[-1], good_backups(ctl, machine, source.data_level))
 
 
 def _transport(ctl: Controller, machine: Machine, level: Level) -> Transport:
