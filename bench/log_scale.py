@@ -1,12 +1,14 @@
 """Benchmark: the maintenance log at fleet scale (about 1,000,000 entries, 200 machines).
 
     .venv/bin/python bench/log_scale.py [--entries 1000000] [--machines 200] [--quick]
+                                        [--keep DIR]
 
 Builds a state directory whose log holds ENTRIES signed entries (start + end of each run): one
 client with MACHINES machines, each with a nightly level (backup and its retention) and a
 4-hourly level, over as many days as that takes. The entries go through the real store (hash
 chain, Ed25519 signature per entry) in one transaction with ``synchronous=OFF``; only the signed
-head file is written once at the end instead of after every entry. Then it times, both
+head file is written once at the end instead of after every entry. With ``--keep DIR`` the log
+is built in DIR and kept, and a later run with the same DIR reuses it. Then it times, both
 in-process (``recoverd.cli.main``) and as a fresh ``recoverd`` process (what a user waits for):
 
 - ``recoverd log --machine m7 --since <a week ago>``   target < 0.2 s
@@ -101,13 +103,21 @@ def fresh_process(argv: list[str]) -> tuple[float, int]:
     return time.perf_counter() - started, done.returncode
 
 
-def run(entries: int, machines: int) -> int:
-    with tempfile.TemporaryDirectory(prefix="recoverd-bench-") as tmp:
+def run(entries: int, machines: int, keep: Path | None = None) -> int:
+    with contextlib.ExitStack() as stack:
+        if keep is None:
+            tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="recoverd-bench-"))
+        else:
+            keep.mkdir(parents=True, exist_ok=True)
+            tmp = str(keep)
         root = Path(tmp)
-        started = time.perf_counter()
-        written = build(root, machines, entries)
-        took = time.perf_counter() - started
-        print(f"log: {written:,} entries, {machines} machines, built in {took:.0f} s")
+        if (root / "state" / "log-head.json").exists():
+            print(f"log: reusing the log built in {root} (its own size)")
+        else:
+            started = time.perf_counter()
+            written = build(root, machines, entries)
+            took = time.perf_counter() - started
+            print(f"log: {written:,} entries, {machines} machines, built in {took:.0f} s")
         os.environ["RECOVERD_POLICIES"] = str(root / "policies")
         os.environ["RECOVERD_STATE"] = str(root / "state")
         since = (NOW - timedelta(days=7)).date().isoformat()
@@ -142,5 +152,7 @@ if __name__ == "__main__":
     parser.add_argument("--entries", type=int, default=1_000_000)
     parser.add_argument("--machines", type=int, default=200)
     parser.add_argument("--quick", action="store_true", help="50,000 entries, 50 machines")
+    parser.add_argument("--keep", type=Path, help="build the log in DIR and keep it; reuse it")
     args = parser.parse_args()
-    sys.exit(run(50_000, 50) if args.quick else run(args.entries, args.machines))
+    size = (50_000, 50) if args.quick else (args.entries, args.machines)
+    sys.exit(run(*size, keep=args.keep))

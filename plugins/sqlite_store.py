@@ -22,8 +22,9 @@ from typing import Any
 
 import recoverd
 from recoverd.errors import RecoverdError
-from recoverd.log.record import GENESIS, Entry, canonical, entry_hash
-from recoverd.log.signing import LogKey
+from recoverd.log.record import GENESIS, Entry, canonical, entry_hash, parse_body
+from recoverd.log.signing import Head, LogKey
+from recoverd.log.verify import Row
 
 COLUMNS = "seq, run_id, type, at, body, prev_hash, hash, signature"
 
@@ -49,13 +50,7 @@ MAX_VARIABLES = 30_000
 """Run ids bound in one query (SQLite allows 32,766 variables per statement)."""
 
 
-def _body(text: str) -> dict[str, Any]:
-    """Return a stored body; one that is no JSON object (edited by hand) is kept as text."""
-    try:
-        body = json.loads(text)
-    except ValueError:
-        return {"unparseable": text}
-    return body if isinstance(body, dict) else {"unparseable": text}
+_body = parse_body
 
 
 class SQLiteStore:
@@ -190,12 +185,24 @@ class SQLiteStore:
         for seq, run_id, type_, at, body, prev, digest, signature in rows:
             yield Entry(seq, run_id, type_, at, _body(body), prev, digest, signature)
 
-    def index_columns(self) -> dict[int, tuple[str | None, str | None]]:
-        """Return each entry's ``client`` and ``machine`` columns (copies of its body's
-        fields for queries; not hashed, so `log verify` compares them with the body)."""
-        with self._lock:
-            rows = self._db.execute("SELECT seq, client, machine FROM entries").fetchall()
-        return {seq: (client, machine) for seq, client, machine in rows}
+    @contextmanager
+    def snapshot(self) -> Iterator[LogSnapshot]:
+        """Hold one consistent view of the entries and the signed head for the block.
+
+        The view is a read transaction on a second connection, begun while this one holds
+        the write lock (so the head file matches it); writers are not held up while it is
+        read, which for `log verify` of a large log takes seconds.
+        """
+        reader = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        try:
+            with self.transaction():
+                reader.execute("BEGIN")
+                reader.execute("SELECT seq FROM entries ORDER BY seq DESC LIMIT 1").fetchall()
+                head = self.key.read_head()
+            yield LogSnapshot(reader, head)
+            reader.execute("COMMIT")
+        finally:
+            reader.close()
 
     def run_ids(
         self,
@@ -241,6 +248,47 @@ class SQLiteStore:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+class LogSnapshot:
+    """A read-only view of the store at one moment, with the signed head of that moment (the
+    :class:`recoverd.log.verify.ChainSource` that `log verify` walks)."""
+
+    # The index columns are copies of the body's fields for queries, not hashed: the walk
+    # flags each entry whose columns disagree with its body (json_extract, so no parsing in
+    # Python; a body that is no JSON must have empty columns, as it has no client).
+    CHAIN = (
+        "SELECT seq, run_id, type, at, body, prev_hash, hash, signature, client, machine, "
+        "CASE WHEN json_valid(body) THEN client IS NOT json_extract(body, '$.client') "
+        "OR machine IS NOT json_extract(body, '$.machine') "
+        "ELSE client IS NOT NULL OR machine IS NOT NULL END "
+        "FROM entries WHERE seq >= ? ORDER BY seq"
+    )
+
+    def __init__(self, db: sqlite3.Connection, head: Head | None) -> None:
+        self._db = db
+        self.head = head
+
+    def chain(self, first_seq: int = 1) -> Iterator[Row]:
+        """Yield the entries from ``first_seq`` on in log order, streamed from the database."""
+        yield from self._db.execute(self.CHAIN, (first_seq,))
+
+    def seq_of_hash(self, digest: str) -> int | None:
+        row = self._db.execute("SELECT seq FROM entries WHERE hash = ?", (digest,)).fetchone()
+        return row[0] if row else None
+
+    def hash_at(self, seq: int) -> str | None:
+        row = self._db.execute("SELECT hash FROM entries WHERE seq = ?", (seq,)).fetchone()
+        return row[0] if row else None
+
+    def last_seq(self) -> int | None:
+        """Return the seq of the last entry, or None if the log is empty."""
+        return self._db.execute("SELECT max(seq) FROM entries").fetchone()[0]
+
+    def first_seq_since(self, at: str) -> int | None:
+        """Return the first entry (in log order) dated ``at`` (ISO 8601, UTC) or later."""
+        query = "SELECT min(seq) FROM entries WHERE type IN ('start', 'end', 'accept') AND at >= ?"
+        return self._db.execute(query, (at,)).fetchone()[0]
 
 
 @recoverd.hookimpl

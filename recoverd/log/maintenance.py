@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from recoverd import clock
 from recoverd.errors import UsageError
 from recoverd.log.record import STATES, Entry, current_view
-from recoverd.log.verify import Verdict, verify_entries
+from recoverd.log.verify import Verdict, verify_chain
 from recoverd.plugins import Kind
 from recoverd.secrets import redact
 
@@ -188,19 +188,39 @@ class MaintenanceLog:
         """Return the acceptance entries of a run, oldest first."""
         return [e for e in self.store.entries([run_id]) if e.type == "accept"]
 
-    def verify(self, public_key: Ed25519PublicKey | None = None) -> Verdict:
-        """Check the chain, every signature and the signed head; return the verdict.
+    def verify(
+        self,
+        public_key: Ed25519PublicKey | None = None,
+        *,
+        signatures: bool = False,
+        since: datetime | None = None,
+    ) -> Verdict:
+        """Check the chain, the signed head and the last signature; return the verdict.
 
-        Without ``public_key`` the state directory's own key is used. Raise RecoverdError if
-        there is neither a key given nor one in the state directory.
+        With ``signatures`` every entry's signature is checked too (see
+        :mod:`recoverd.log.verify`). With ``since`` only the entries from the first one dated
+        ``since`` or later to the end of the log are checked. Without ``public_key`` the state
+        directory's own key is used. Raise RecoverdError if there is neither a key given nor
+        one in the state directory.
         """
-        with self.store.transaction():  # one consistent snapshot of entries and head
-            entries = list(self.store.entries())
-            head = self.store.key.read_head()
-            index = self.store.index_columns()
-        if not entries and head is None and public_key is None and not self.store.key.exists:
-            return Verdict(0, 0, None, None, None, None)  # a new, empty log: nothing to check
-        return verify_entries(entries, public_key or self.store.key.public(), head, index)
+        with self.store.snapshot() as snapshot:
+            last = snapshot.last_seq()
+            if (
+                last is None
+                and snapshot.head is None
+                and not public_key
+                and not self.store.key.exists
+            ):
+                return Verdict(0, 0, None, None, None, None)  # a new, empty log: nothing to check
+            key = public_key or self.store.key.public()
+            first = 1
+            if since is not None and last is not None:
+                # Nothing dated `since` or later: check the last entry, so that the head and
+                # its signature are still checked against the log.
+                first = snapshot.first_seq_since(iso(since)) or last
+            return verify_chain(
+                snapshot, key, snapshot.head, first_seq=first, signatures=signatures
+            )
 
     def reap_orphans(self) -> list[str]:
         """Mark runs whose controller process is gone ``interrupted``; return their ids."""

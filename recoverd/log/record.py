@@ -69,6 +69,15 @@ def canonical(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
+def parse_body(text: str) -> dict[str, Any]:
+    """Return a stored body; one that is no JSON object (edited by hand) is kept as text."""
+    try:
+        body = json.loads(text)
+    except ValueError:
+        return {"unparseable": text}
+    return body if isinstance(body, dict) else {"unparseable": text}
+
+
 def entry_hash(seq: int, run_id: str, type_: str, at: str, body: dict, prev_hash: str) -> str:
     """Return the chain hash of an entry with these fields."""
     material = canonical(
