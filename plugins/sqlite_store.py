@@ -223,6 +223,70 @@ class SQLiteStore:
         with self._lock:
             return [r[0] for r in self._db.execute(query + " ORDER BY seq", params)]
 
+    def runs_started_rows(self, client: str, since: str, until: str) -> list[tuple[Any, ...]]:
+        """Return the client's runs whose start entry is dated in [``since``, ``until``)
+        (ISO 8601, UTC), in log order, one row per start and end entry pair:
+
+        run_id, number of entries of the run, then seq, at, body, hash and prev_hash of the
+        start and of an end entry (None if it has none). Runs with more than these two
+        entries (accepted, or ended twice) have a row per end entry.
+        """
+        query = (
+            "SELECT s.run_id, (SELECT count(*) FROM entries x WHERE x.run_id = s.run_id), "
+            "s.seq, s.at, s.body, s.hash, s.prev_hash, "
+            "e.seq, e.at, e.body, e.hash, e.prev_hash "
+            "FROM entries s LEFT JOIN entries e ON e.run_id = s.run_id AND e.type = 'end' "
+            "WHERE s.type = 'start' AND s.client = ? AND s.at >= ? AND s.at < ? ORDER BY s.seq"
+        )
+        with self._lock:
+            return self._db.execute(query, (client, since, until)).fetchall()
+
+    def last_good_backup_id(
+        self, client: str, machine: str, level: str | None, before: str
+    ) -> str | None:
+        """Return the id of the newest (in log order) succeeded backup run of a machine (of
+        ``level``, if given) that started before ``before`` (ISO 8601, UTC), or None.
+
+        The machine's entries are read backwards through the (client, machine, seq) index,
+        so this costs about as many rows as the machine has after the instant.
+        """
+        query = (
+            "SELECT s.run_id FROM entries s JOIN entries e ON e.run_id = s.run_id "
+            "AND e.type = 'end' "
+            "WHERE s.client = ? AND s.machine = ? AND s.type = 'start' AND s.at < ? "
+            "AND json_extract(s.body, '$.action') = 'backup' "
+            "AND (? IS NULL OR json_extract(s.body, '$.level') = ?) "
+            # A run's view shows its last end entry: no later end may say otherwise.
+            "AND json_extract(e.body, '$.state') = 'succeeded' AND NOT EXISTS (SELECT 1 FROM "
+            "entries x WHERE x.run_id = s.run_id AND x.type = 'end' AND x.seq > e.seq) "
+            "ORDER BY s.seq DESC LIMIT 1"
+        )
+        with self._lock:
+            row = self._db.execute(query, (client, machine, before, level, level)).fetchone()
+        return row[0] if row else None
+
+    def bytes_added_by_repository(self, client: str, before: str) -> dict[str | None, int]:
+        """Return, per repository, the sum of ``stats.bytes_added`` of the client's backup runs
+        started before ``before`` (ISO 8601, UTC): one aggregate over that whole history, on
+        a connection of its own (SQLite runs it without Python's GIL, so a thread can do it
+        while the caller works on)."""
+        query = (
+            "SELECT json_extract(s.body, '$.repository'), sum(CASE WHEN "
+            "json_type(e.body, '$.stats.bytes_added') IN ('integer', 'real') "
+            "THEN CAST(json_extract(e.body, '$.stats.bytes_added') AS INTEGER) ELSE 0 END) "
+            "FROM entries s JOIN entries e ON e.run_id = s.run_id AND e.type = 'end' "
+            "WHERE s.client = ? AND s.type = 'start' AND s.at < ? "
+            "AND json_extract(s.body, '$.action') = 'backup' "
+            "AND NOT EXISTS (SELECT 1 FROM entries x WHERE x.run_id = s.run_id "
+            "AND x.type = 'end' AND x.seq > e.seq) "
+            "GROUP BY 1"
+        )
+        db = sqlite3.connect(self.path, check_same_thread=False)
+        try:
+            return dict(db.execute(query, (client, before)).fetchall())
+        finally:
+            db.close()
+
     def open_runs(self) -> list[Entry]:
         """Return the start entries of runs that have no end entry yet."""
         query = (

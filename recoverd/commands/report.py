@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from datetime import datetime
 from pathlib import Path
 
-from recoverd.actions.report import build_report
+from recoverd.actions.report import Month, build_report
 from recoverd.actions.report_render import FORMATS, render, report_data
 from recoverd.commands import AddCommand
 from recoverd.controller import Controller
@@ -15,18 +16,32 @@ from recoverd.log.maintenance import utc_now
 from recoverd.output import emit_json
 
 
-def integrity_line(ctl: Controller) -> str:
-    """Return one line on the log's integrity for the report's footer (never raises)."""
+def integrity_line(ctl: Controller, month: Month) -> str:
+    """Return one line on the log's integrity for the report's footer (never raises).
+
+    What is checked is what the report rests on: the entries from the month's start to the
+    end of the log (their hash chain, the signed head and the last signature, which vouches
+    for every entry before it), not the log's whole history; the line says which entries.
+    """
     try:
-        verdict = ctl.log.verify()
+        verdict = ctl.log.verify(since=month.start)
     except RecoverdError as exc:
         return f"Maintenance log not verified: {exc}"
     if not verdict.intact and verdict.problem:
         return f"WARNING — maintenance log NOT intact: {verdict.problem.message}"
-    head = f", signed head {verdict.head.hash}" if verdict.head else ""
+    if verdict.first is None or verdict.last is None:
+        return "Maintenance log verified intact when this report was made: it is empty."
+    head = f"; signed head {verdict.head.hash}" if verdict.head else ""
+    if datetime.fromisoformat(verdict.first.at) >= month.start:
+        span = (
+            f"entries {verdict.first.seq}..{verdict.last.seq}, from "
+            f"{month.start:%Y-%m-%d} to the end of the log"
+        )
+    else:  # nothing dated in the month or later: the last entry and the head were checked
+        span = f"entry {verdict.last.seq}, the last of the log (none is dated {month} or later)"
     return (
-        "Maintenance log verified intact when this report was made: "
-        f"{verdict.entries} entries{head}."
+        f"Maintenance log verified intact when this report was made: {span}, hash-chained "
+        f"and signed{head}."
     )
 
 
@@ -40,7 +55,7 @@ def cmd_report(ctl: Controller, args: argparse.Namespace) -> int:
     if args.json:
         emit_json(report_data(report))
         return 0
-    text = render(report, fmt, integrity_line(ctl))
+    text = render(report, fmt, integrity_line(ctl, report.month))
     if args.output:
         args.output.write_text(text, encoding="utf-8")
         print(f"{fmt} report of {args.client} for {report.month} written to {args.output}")
