@@ -263,6 +263,7 @@ def verify_chain(
     problem: Finding | None = None
     first: Row | None = None
     previous: Row | None = None
+    consistent: Row | None = None
     expected_seq = first_seq
     expected_prev: str | None = GENESIS if first_seq == 1 else None
     count = runs = 0
@@ -279,10 +280,11 @@ def verify_chain(
                 f"{_describe(row)} does not match its hash: its content was edited after it "
                 "was written",
             )
-        elif row[10]:
-            problem = _index_finding(row)
         elif signatures and not _signed(row, key):
             problem = _signature_finding(row, head_seq)
+        elif row[10]:
+            problem = _index_finding(row)
+            consistent = row  # its hash and link are right: its signature can vouch for it
         if problem:
             break
         count += 1
@@ -290,10 +292,11 @@ def verify_chain(
         previous = row
         expected_seq = row[0] + 1
         expected_prev = row[6]
-    if not signatures and previous is not None and not _signed(previous, key):
-        # The chain up to `previous` is consistent but its last hash is not the key's: find
-        # the first entry whose signature fails (it comes before any broken link).
-        forged = _first_unsigned(source, first_seq, previous[0] + 1, key)
+    consistent = consistent or previous
+    if not signatures and consistent is not None and not _signed(consistent, key):
+        # The chain up to `consistent` holds together but its last hash is not the key's:
+        # find the first entry whose signature fails (it comes before any other problem).
+        forged = _first_unsigned(source, first_seq, consistent[0] + 1, key)
         problem = _signature_finding(forged, head_seq) if forged else problem
     if problem and problem.kind in ("forged", "inserted") and first and problem.seq == first[0]:
         unsigned = _count_if_none_signed(source, first_seq, key)
