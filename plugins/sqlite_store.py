@@ -251,14 +251,13 @@ class SQLiteStore:
         so this costs about as many rows as the machine has after the instant.
         """
         query = (
-            "SELECT s.run_id FROM entries s JOIN entries e ON e.run_id = s.run_id "
-            "AND e.type = 'end' "
+            "SELECT s.run_id FROM entries s JOIN entries e ON e.seq = (SELECT max(x.seq) "
+            "FROM entries x WHERE x.run_id = s.run_id AND x.type = 'end') "
             "WHERE s.client = ? AND s.machine = ? AND s.type = 'start' AND s.at < ? "
             "AND json_extract(s.body, '$.action') = 'backup' "
             "AND (? IS NULL OR json_extract(s.body, '$.level') = ?) "
-            # A run's view shows its last end entry: no later end may say otherwise.
-            "AND json_extract(e.body, '$.state') = 'succeeded' AND NOT EXISTS (SELECT 1 FROM "
-            "entries x WHERE x.run_id = s.run_id AND x.type = 'end' AND x.seq > e.seq) "
+            # The state a run's view shows is its last end entry's.
+            "AND json_extract(e.body, '$.state') = 'succeeded' "
             "ORDER BY s.seq DESC LIMIT 1"
         )
         with self._lock:
@@ -274,11 +273,11 @@ class SQLiteStore:
             "SELECT json_extract(s.body, '$.repository'), sum(CASE WHEN "
             "json_type(e.body, '$.stats.bytes_added') IN ('integer', 'real') "
             "THEN CAST(json_extract(e.body, '$.stats.bytes_added') AS INTEGER) ELSE 0 END) "
-            "FROM entries s JOIN entries e ON e.run_id = s.run_id AND e.type = 'end' "
+            # A run's view shows its last end entry (the index ends in seq: max is one probe).
+            "FROM entries s JOIN entries e ON e.seq = (SELECT max(x.seq) FROM entries x "
+            "WHERE x.run_id = s.run_id AND x.type = 'end') "
             "WHERE s.client = ? AND s.type = 'start' AND s.at < ? "
             "AND json_extract(s.body, '$.action') = 'backup' "
-            "AND NOT EXISTS (SELECT 1 FROM entries x WHERE x.run_id = s.run_id "
-            "AND x.type = 'end' AND x.seq > e.seq) "
             "GROUP BY 1"
         )
         db = sqlite3.connect(self.path, check_same_thread=False)
