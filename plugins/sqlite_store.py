@@ -49,6 +49,42 @@ CREATE INDEX IF NOT EXISTS entries_type_at ON entries (type, at);
 MAX_VARIABLES = 30_000
 """Run ids bound in one query (SQLite allows 32,766 variables per statement)."""
 
+# The report's queries (see SQLiteStore.runs_started_rows, last_good_backup_id and
+# bytes_added_by_repository); module constants so that tests can check their query plans.
+RUNS_STARTED = (
+    "SELECT s.run_id, (SELECT count(*) FROM entries x WHERE x.run_id = s.run_id), "
+    "s.seq, s.at, s.body, s.hash, s.prev_hash, "
+    "e.seq, e.at, e.body, e.hash, e.prev_hash "
+    "FROM entries s LEFT JOIN entries e ON e.run_id = s.run_id AND e.type = 'end' "
+    "WHERE s.type = 'start' AND s.client = ? AND s.at >= ? AND s.at < ? ORDER BY s.seq"
+)
+
+LAST_GOOD_BACKUP = (
+    "SELECT s.run_id FROM entries s JOIN entries e ON e.seq = (SELECT max(x.seq) "
+    "FROM entries x WHERE x.run_id = s.run_id AND x.type = 'end') "
+    # `+` keeps the planner off the (machine, type, at) index: that reads every start
+    # before the instant and sorts them, where this reads backwards from it.
+    "WHERE s.client = ? AND s.machine = ? AND +s.type = 'start' AND +s.at < ? "
+    "AND json_extract(s.body, '$.action') = 'backup' "
+    "AND (? IS NULL OR json_extract(s.body, '$.level') = ?) "
+    # The state a run's view shows is its last end entry's.
+    "AND json_extract(e.body, '$.state') = 'succeeded' "
+    "ORDER BY s.seq DESC LIMIT 1"
+)
+
+BYTES_ADDED = (
+    "SELECT json_extract(s.body, '$.repository'), sum(CASE WHEN "
+    "json_type(e.body, '$.stats.bytes_added') IN ('integer', 'real') "
+    "THEN CAST(json_extract(e.body, '$.stats.bytes_added') AS INTEGER) ELSE 0 END) "
+    # A run's view shows its last end entry (the index ends in seq: max is one probe).
+    "FROM entries s JOIN entries e ON e.seq = (SELECT max(x.seq) FROM entries x "
+    "WHERE x.run_id = s.run_id AND x.type = 'end') "
+    # `+`: through the client's rows (client, machine, seq), not every client's starts.
+    "WHERE s.client = ? AND +s.type = 'start' AND +s.at < ? "
+    "AND json_extract(s.body, '$.action') = 'backup' "
+    "GROUP BY 1"
+)
+
 
 _body = parse_body
 
@@ -231,15 +267,8 @@ class SQLiteStore:
         start and of an end entry (None if it has none). Runs with more than these two
         entries (accepted, or ended twice) have a row per end entry.
         """
-        query = (
-            "SELECT s.run_id, (SELECT count(*) FROM entries x WHERE x.run_id = s.run_id), "
-            "s.seq, s.at, s.body, s.hash, s.prev_hash, "
-            "e.seq, e.at, e.body, e.hash, e.prev_hash "
-            "FROM entries s LEFT JOIN entries e ON e.run_id = s.run_id AND e.type = 'end' "
-            "WHERE s.type = 'start' AND s.client = ? AND s.at >= ? AND s.at < ? ORDER BY s.seq"
-        )
         with self._lock:
-            return self._db.execute(query, (client, since, until)).fetchall()
+            return self._db.execute(RUNS_STARTED, (client, since, until)).fetchall()
 
     def last_good_backup_id(
         self, client: str, machine: str, level: str | None, before: str
@@ -250,18 +279,10 @@ class SQLiteStore:
         The machine's entries are read backwards through the (client, machine, seq) index,
         so this costs about as many rows as the machine has after the instant.
         """
-        query = (
-            "SELECT s.run_id FROM entries s JOIN entries e ON e.seq = (SELECT max(x.seq) "
-            "FROM entries x WHERE x.run_id = s.run_id AND x.type = 'end') "
-            "WHERE s.client = ? AND s.machine = ? AND s.type = 'start' AND s.at < ? "
-            "AND json_extract(s.body, '$.action') = 'backup' "
-            "AND (? IS NULL OR json_extract(s.body, '$.level') = ?) "
-            # The state a run's view shows is its last end entry's.
-            "AND json_extract(e.body, '$.state') = 'succeeded' "
-            "ORDER BY s.seq DESC LIMIT 1"
-        )
         with self._lock:
-            row = self._db.execute(query, (client, machine, before, level, level)).fetchone()
+            row = self._db.execute(
+                LAST_GOOD_BACKUP, (client, machine, before, level, level)
+            ).fetchone()
         return row[0] if row else None
 
     def bytes_added_by_repository(self, client: str, before: str) -> dict[str | None, int]:
@@ -269,20 +290,12 @@ class SQLiteStore:
         started before ``before`` (ISO 8601, UTC): one aggregate over that whole history, on
         a connection of its own (SQLite runs it without Python's GIL, so a thread can do it
         while the caller works on)."""
-        query = (
-            "SELECT json_extract(s.body, '$.repository'), sum(CASE WHEN "
-            "json_type(e.body, '$.stats.bytes_added') IN ('integer', 'real') "
-            "THEN CAST(json_extract(e.body, '$.stats.bytes_added') AS INTEGER) ELSE 0 END) "
-            # A run's view shows its last end entry (the index ends in seq: max is one probe).
-            "FROM entries s JOIN entries e ON e.seq = (SELECT max(x.seq) FROM entries x "
-            "WHERE x.run_id = s.run_id AND x.type = 'end') "
-            "WHERE s.client = ? AND s.type = 'start' AND s.at < ? "
-            "AND json_extract(s.body, '$.action') = 'backup' "
-            "GROUP BY 1"
-        )
         db = sqlite3.connect(self.path, check_same_thread=False)
         try:
-            return dict(db.execute(query, (client, before)).fetchall())
+            # The client's rows are spread over the whole table and visited machine by machine:
+            # mapped pages are revisited without a read() each time (a third less CPU).
+            db.execute("PRAGMA mmap_size = 2147418112")
+            return dict(db.execute(BYTES_ADDED, (client, before)).fetchall())
         finally:
             db.close()
 

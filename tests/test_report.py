@@ -27,6 +27,7 @@ from recoverd.log.record import canonical, entry_hash
 from recoverd.plugins import PluginHost
 from recoverd.policy import load_policies
 from recoverd.policy.model import Level
+from recoverd_plugins import sqlite_store
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 CHROMIUM = "/usr/bin/chromium"
@@ -560,3 +561,21 @@ def test_report_finds_last_good_backup_from_before_the_month(tmp_path: Path) -> 
     assert (nas.added_in_month, nas.added_to_date, nas.protected) == (1000, 3000, 100_000)
     assert report.machines[1].last_good is None  # ws-2: never backed up
     mlog.close()
+
+
+def test_report_queries_read_the_month_and_one_client_not_the_whole_log(world) -> None:
+    """The query plans: the month's runs by date, each last-good lookup backwards through
+    the machine's own entries (no sort of its history), the bytes added through the
+    client's rows only."""
+    db = sqlite3.connect(world[1] / "maintenance.db")
+
+    def plan(query: str, *params: object) -> str:
+        return str(db.execute("EXPLAIN QUERY PLAN " + query, params).fetchall())
+
+    month = plan(sqlite_store.RUNS_STARTED, "acme", "2026-09-30", "2026-10-31")
+    assert "entries_type_at (type=? AND at>? AND at<?)" in month
+    lookup = plan(sqlite_store.LAST_GOOD_BACKUP, "acme", "ws-1", "2026-09-30", None, None)
+    assert "entries_machine (client=? AND machine=?)" in lookup and "TEMP B-TREE" not in lookup
+    added = plan(sqlite_store.BYTES_ADDED, "acme", "2026-09-30")
+    assert "entries_machine (client=?)" in added
+    db.close()
