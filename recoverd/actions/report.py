@@ -16,8 +16,9 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from recoverd.errors import UsageError
+from recoverd.errors import RecoverdError, UsageError
 from recoverd.log import MaintenanceLog
+from recoverd.log.verify import Verdict
 from recoverd.policy.every import parse_every
 from recoverd.policy.model import Client, Level, Machine, PolicySet
 
@@ -210,6 +211,8 @@ class Report:
     sla: timedelta | None
     machines: list[MachineReport]
     repositories: list[RepositoryUsage]
+    log_check: Verdict | RecoverdError | None = None
+    """The check of the log from the month's start to its end, when one was asked for."""
 
     @property
     def scheduled(self) -> int:
@@ -245,9 +248,16 @@ class Report:
 
 
 def build_report(
-    policies: PolicySet, log: MaintenanceLog, client_id: str, month_text: str, now: datetime
+    policies: PolicySet,
+    log: MaintenanceLog,
+    client_id: str,
+    month_text: str,
+    now: datetime,
+    *,
+    check_log: bool = False,
 ) -> Report:
-    """Given the policies, the log, a client and ``YYYY-MM``, return the month's figures.
+    """Given the policies, the log, a client and ``YYYY-MM``, return the month's figures;
+    with ``check_log`` also the verdict on the log from the month's start to its end.
 
     Only the month's runs are read as a whole; what the report needs from before the month
     (each machine's last good backup, per level, and the bytes added to each repository) is
@@ -263,7 +273,8 @@ def build_report(
     sla = parse_sla(client.restore_sla)
     with ThreadPoolExecutor(max_workers=1) as pool:
         # The bytes added before the month are one aggregate over the whole history; SQLite
-        # runs it without the GIL, so it proceeds while the month's runs are read.
+        # runs it without the GIL, so it proceeds while the month's runs are read and the
+        # log is checked.
         added_before = pool.submit(log.bytes_added, client.id, month.start)
         in_month = log.runs_started(client.id, month.start, month.end)
         earlier = {
@@ -279,9 +290,19 @@ def build_report(
             )
             for machine in client.machines.values()
         ]
+        log_check = _check_log(log, month) if check_log else None
         good_before = [v for views in earlier.values() for v in views]
         repositories = _repositories(client, good_before, added_before.result(), in_month)
-    return Report(client, month, as_of, sla, machines, repositories)
+    return Report(client, month, as_of, sla, machines, repositories, log_check)
+
+
+def _check_log(log: MaintenanceLog, month: Month) -> Verdict | RecoverdError:
+    """Return the verdict on the entries from the month's start to the end of the log (the
+    chain, the signed head and the last signature), or why the log could not be checked."""
+    try:
+        return log.verify(since=month.start)
+    except RecoverdError as exc:
+        return exc
 
 
 def _good_before(
