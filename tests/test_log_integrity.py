@@ -477,3 +477,10 @@ def test_log_verify_fields_that_need_json_escaping_are_hashed_canonically(big, c
     sql(big, "UPDATE entries SET at = '2026-11-30T00:00:01+00:00' WHERE seq = 3001")
     code, summary = verify(capsys)
     assert (summary["problem"]["seq"], summary["problem"]["kind"]) == (3001, "edited")
+
+
+def test_log_verify_blob_in_a_text_column_is_edited(place, capsys) -> None:
+    state, _ = place
+    sql(state, "UPDATE entries SET run_id = X'ff00' WHERE seq = 3")
+    code, summary = verify(capsys)
+    assert code == 1 and (summary["problem"]["seq"], summary["problem"]["kind"]) == (3, "edited")

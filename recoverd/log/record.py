@@ -81,7 +81,7 @@ def parse_body(text: str) -> dict[str, Any]:
         # Stored bodies are canonical JSON: decoding them without json.loads's whitespace
         # scans saves a third of the time, which counts when a report reads 100,000.
         body, end = _decode(text)
-    except ValueError:
+    except (ValueError, TypeError):  # TypeError: a blob, not text
         end = -1
     if end != len(text):  # whitespace around it, or no JSON at all
         try:
