@@ -17,8 +17,10 @@ in-process (``recoverd.cli.main``) and as a fresh ``recoverd`` process (what a u
 - ``recoverd log verify``                              target < 30 s
 - ``recoverd log verify --signatures`` (every signature; no target, shown for its cost)
 
-``--only NAME`` times only some of them; ``--baseline REF`` (e.g. ``main``) also times each as
-a new process running the code of git REF, in the same invocation, and prints the ratio.
+``--only NAME`` times only some of them; ``--repeat N`` keeps the best of N runs and shows the
+CPU time of the best new process; ``--baseline REF`` (e.g. ``main``) also times each once as a
+new process running the code of git REF, in the same invocation, and prints the ratio of that
+to the best new process.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import argparse
 import contextlib
 import io
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -99,8 +102,10 @@ def in_process(argv: list[str]) -> tuple[float, int]:
     return time.perf_counter() - started, code
 
 
-def fresh_process(argv: list[str], pythonpath: Path | None = None) -> tuple[float, int]:
-    """Return (seconds, exit code) of ``recoverd ARGV`` as a new process, output dropped.
+def fresh_process(argv: list[str], pythonpath: Path | None = None) -> tuple[float, int, float]:
+    """Return (seconds, exit code, CPU seconds) of ``recoverd ARGV`` as a new process, output
+    dropped. The CPU time (user and system, all threads) is what load on the machine does not
+    change much.
 
     With ``pythonpath`` the process runs the recoverd found there (see :func:`baseline_path`).
     """
@@ -111,9 +116,13 @@ def fresh_process(argv: list[str], pythonpath: Path | None = None) -> tuple[floa
         command = [sys.executable, "-c", "import sys; from recoverd.cli import main; "
                    "sys.exit(main(sys.argv[1:]))"]  # fmt: skip
         env["PYTHONPATH"] = str(pythonpath)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     done = subprocess.run([*command, *argv], capture_output=True, check=False, env=env, cwd=cwd)
-    return time.perf_counter() - started, done.returncode
+    took = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+    return took, done.returncode, cpu
 
 
 def baseline_path(ref: str, into: Path) -> Path:
@@ -137,6 +146,7 @@ def run(
     keep: Path | None = None,
     only: list[str] | None = None,
     baseline: str | None = None,
+    repeat: int = 1,
 ) -> int:
     with contextlib.ExitStack() as stack:
         if keep is None:
@@ -169,22 +179,24 @@ def run(
             ("signatures", ["log", "verify", "--signatures"], {0}),
         ]  # fmt: skip
         failed = False
-        columns = ["in-process", "new process"] + (["baseline", "ratio"] if old else [])
+        columns = ["in-process", "new process", "its CPU"] + (["baseline", "ratio"] if old else [])
         print(f"{'command':<60} " + " ".join(f"{c:>12}" for c in columns) + f" {'target':>8}")
         for name, argv, ok_codes in cases:
             if only and name not in only:
                 continue
-            measured: list[tuple[float, int]] = [in_process(argv)]
-            if name != "signatures":  # minutes long: start-up does not matter
-                measured.append(fresh_process(argv))
-            codes = {code for _s, code in measured}
+            # Best of `repeat` runs: other work on the machine only ever adds time.
+            inside = [in_process(argv) for _ in range(repeat if name != "signatures" else 1)]
+            outside = [] if name == "signatures" else [fresh_process(argv) for _ in range(repeat)]
+            codes = {r[1] for r in inside + outside}
+            best = [min(inside)[0]] + ([min(outside)[0]] if outside else [])
             target = TARGETS.get(name)
-            met = (target is None or all(s < target for s, _c in measured)) and codes <= ok_codes
+            met = (target is None or all(s < target for s in best)) and codes <= ok_codes
             failed |= not met
-            shown = [f"{s:.3f}s" for s, _c in measured] + [""] * (2 - len(measured))
+            shown = [f"{s:.3f}s" for s in best] + [""] * (2 - len(best))
+            shown.append(f"{min(outside)[2]:.3f}s" if outside else "")
             if old and name != "signatures":
-                before, code = fresh_process(argv, old)
-                shown += [f"{before:.3f}s", f"{before / measured[-1][0]:.2f}x"]
+                before, code, _cpu = fresh_process(argv, old)
+                shown += [f"{before:.3f}s", f"{before / best[-1]:.2f}x"]
                 if code not in ok_codes:
                     shown[-1] += f" (baseline exit {code})"
             print(
@@ -214,6 +226,9 @@ if __name__ == "__main__":
         metavar="REF",
         help="also time each command (as a new process) with the code of git REF, e.g. main",
     )
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="time each command N times and keep the best"
+    )
     args = parser.parse_args()
     size = (50_000, 50) if args.quick else (args.entries, args.machines)
-    sys.exit(run(*size, keep=args.keep, only=args.only, baseline=args.baseline))
+    sys.exit(run(*size, keep=args.keep, only=args.only, baseline=args.baseline, repeat=args.repeat))
