@@ -15,14 +15,17 @@ import subprocess
 import sys
 import textwrap
 import time
-from datetime import UTC, datetime
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from unittest import mock
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from recoverd.cli import main
 from recoverd.log import MaintenanceLog
+from recoverd.log import verify as verify_module
 from recoverd.log.record import GENESIS, VIEW_FIELDS, canonical, entry_hash
 from recoverd.log.signing import public_pem
 from recoverd.plugins import PluginHost
@@ -362,3 +365,122 @@ def test_log_verify_edited_index_column_is_caught(place, capsys) -> None:
     assert code == 1
     assert summary["problem"]["seq"] == 5 and summary["problem"]["kind"] == "edited"
     assert "index columns were edited" in summary["problem"]["message"]
+
+
+# --- A longer log: one signature vouches for the chain; a forgery is still located ---------
+
+
+def big_log(state: Path, runs: int = 1500) -> MaintenanceLog:
+    """Write ``runs`` finished runs (two entries each) through the real store, signed."""
+    mlog = MaintenanceLog(state, PluginHost()["log_sinks"])
+    store = mlog.store
+    common = {"client": "acme", "level": "nightly", "kind": "files", "action": "backup"}
+    # The head is re-signed after every entry in normal use; once at the end is enough here.
+    with mock.patch.object(store.key, "write_head"), store.transaction():
+        for i in range(runs):
+            start = at("2026-10-01T00:00+00:00") + timedelta(minutes=10 * i)
+            run = mlog.start(machine=f"ws-{1 + i % 2}", at=start, **common)
+            mlog.finish(run, "succeeded", snapshot=f"s{i}", at=start + timedelta(minutes=5))
+    last = store._db.execute("SELECT seq, hash FROM entries ORDER BY seq DESC LIMIT 1").fetchone()
+    store.key.write_head(last[0], last[1])
+    return mlog
+
+
+def rechain_from(state: Path, seq: int, edit: Callable[[dict], None]) -> None:
+    """Edit entry ``seq``'s body and recompute every hash from there on, as an intruder
+    without the signing key would (the signatures stay as they were)."""
+    db = sqlite3.connect(state / "maintenance.db")
+    (prev,) = db.execute("SELECT prev_hash FROM entries WHERE seq = ?", (seq,)).fetchone()
+    rows = db.execute(
+        "SELECT seq, run_id, type, at, body FROM entries WHERE seq >= ? ORDER BY seq", (seq,)
+    ).fetchall()
+    with db:
+        for row_seq, run_id, type_, at_, body in rows:
+            data = json.loads(body)
+            if row_seq == seq:
+                edit(data)
+            digest = entry_hash(row_seq, run_id, type_, at_, data, prev)
+            db.execute(
+                "UPDATE entries SET body = ?, prev_hash = ?, hash = ? WHERE seq = ?",
+                (canonical(data), prev, digest, row_seq),
+            )
+            prev = digest
+    db.close()
+
+
+@pytest.fixture(scope="module")
+def big_pristine(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    state = tmp_path_factory.mktemp("big") / "state"
+    big_log(state).close()
+    return state
+
+
+@pytest.fixture
+def big(tmp_path: Path, big_pristine: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    state = tmp_path / "state"
+    shutil.copytree(big_pristine, state)
+    monkeypatch.setenv("RECOVERD_STATE", str(state))
+    monkeypatch.setenv("RECOVERD_POLICIES", str(tmp_path / "policies"))
+    return state
+
+
+def counted_signatures(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Count the entry signatures `log verify` checks from now on."""
+    calls = [0]
+    real = verify_module.verify_signature
+
+    def counting(key, signature, message):
+        if message.startswith(b"recoverd-log-entry:"):
+            calls[0] += 1
+        return real(key, signature, message)
+
+    monkeypatch.setattr(verify_module, "verify_signature", counting)
+    return calls
+
+
+def test_log_verify_checks_the_chain_and_one_signature_by_default(big, capsys, monkeypatch):
+    calls = counted_signatures(monkeypatch)
+    code, summary = verify(capsys)
+    assert code == 0 and summary["intact"] and summary["signatures"] == "last entry and head"
+    assert summary["head"]["seq"] == 3000 and calls[0] == 1
+    code, summary = verify(capsys, "--signatures")
+    assert code == 0 and summary["signatures"] == "every entry" and calls[0] == 1 + 3000
+
+
+@pytest.mark.parametrize("thorough", [False, True], ids=["default", "signatures"])
+def test_log_verify_rewritten_and_rechained_middle_is_forged(big, capsys, thorough) -> None:
+    """Hashes and links are all consistent after the rewrite; only the key can tell."""
+    rechain_from(big, 1601, lambda body: body.update(machine="ws-9"))
+    code, summary = verify(capsys, *(["--signatures"] if thorough else []))
+    assert code == 1
+    assert summary["problem"]["seq"] == 1601 and summary["problem"]["kind"] == "forged"
+    assert "rewritten with a recomputed hash" in summary["problem"]["message"]
+
+
+def test_log_verify_forgery_before_a_broken_link_is_named_first(big, capsys) -> None:
+    """A rewritten entry 1001, and entry 2001 deleted: the forgery is the first problem."""
+    rechain_from(big, 1001, lambda body: body.update(state="failed"))
+    sql(big, "DELETE FROM entries WHERE seq = 2001")
+    code, summary = verify(capsys)
+    assert code == 1 and (summary["problem"]["seq"], summary["problem"]["kind"]) == (1001, "forged")
+
+
+def test_log_verify_fields_that_need_json_escaping_are_hashed_canonically(big, capsys) -> None:
+    """The fast hash builds the material from the stored text; fields with quotes or
+    backslashes take the canonical way, and an edit among them is still found."""
+    mlog = MaintenanceLog(big, PluginHost()["log_sinks"])
+    odd = 'run "quoted" \\ one'
+    mlog.store.write(odd, "start", "2026-11-30T00:00:00+00:00", {"client": "acme", "x": 'a"b'})
+    mlog.close()
+    code, summary = verify(capsys)
+    assert code == 0 and summary["entries"] == 3001
+    sql(big, "UPDATE entries SET at = '2026-11-30T00:00:01+00:00' WHERE seq = 3001")
+    code, summary = verify(capsys)
+    assert (summary["problem"]["seq"], summary["problem"]["kind"]) == (3001, "edited")
+
+
+def test_log_verify_blob_in_a_text_column_is_edited(place, capsys) -> None:
+    state, _ = place
+    sql(state, "UPDATE entries SET run_id = X'ff00' WHERE seq = 3")
+    code, summary = verify(capsys)
+    assert code == 1 and (summary["problem"]["seq"], summary["problem"]["kind"]) == (3, "edited")

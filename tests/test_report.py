@@ -12,6 +12,7 @@ import json
 import os
 import re
 import shutil
+import sqlite3
 import subprocess
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -22,9 +23,11 @@ import pytest
 from recoverd.actions.report import Month, build_report, expected_runs
 from recoverd.cli import main
 from recoverd.log import MaintenanceLog
+from recoverd.log.record import canonical, entry_hash
 from recoverd.plugins import PluginHost
 from recoverd.policy import load_policies
 from recoverd.policy.model import Level
+from recoverd_plugins import sqlite_store
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 CHROMIUM = "/usr/bin/chromium"
@@ -450,3 +453,129 @@ def test_report_json_figures(env, capsys) -> None:
     ws2 = data["machines"][1]
     assert ws2["failures"][0]["rpo_s"] == (5 * 24 + 7) * 3600 + 20 * 60
     assert ws2["restores"][0]["within_sla"] is False
+
+
+# --- The integrity line: what it checked, and that it fails loudly ----------------------------
+
+
+@pytest.fixture
+def own_copy(world: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A private copy of the report's state directory, set in the environment."""
+    state = tmp_path / "state"
+    shutil.copytree(world[1], state)
+    monkeypatch.setenv("RECOVERD_POLICIES", str(world[0]))
+    monkeypatch.setenv("RECOVERD_STATE", str(state))
+    return state
+
+
+def integrity(capsys: pytest.CaptureFixture[str]) -> str:
+    capsys.readouterr()
+    assert main(["report", "--client", "acme", "--month", "2026-10"]) == 0
+    (line,) = [x for x in capsys.readouterr().out.splitlines() if "aintenance log" in x]
+    return line
+
+
+def entries_of(state: Path, where: str) -> list[int]:
+    db = sqlite3.connect(state / "maintenance.db")
+    seqs = [s for (s,) in db.execute(f"SELECT seq FROM entries WHERE {where} ORDER BY seq")]
+    db.close()
+    return seqs
+
+
+def test_report_integrity_line_names_the_entries_it_checked(own_copy, capsys) -> None:
+    # September's run (entries 1-2) is before the month; October starts at entry 3 (the
+    # first dated 1 October or later in Shanghai), and the check runs to the end of the log.
+    last = entries_of(own_copy, "1")[-1]
+    line = integrity(capsys)
+    assert line.startswith(
+        f"Maintenance log verified intact when this report was made: entries 3..{last}, "
+        "from 2026-10-01 to the end of the log, hash-chained and signed; signed head "
+    )
+
+
+def test_report_integrity_line_warns_of_an_edited_entry_in_the_month(own_copy, capsys) -> None:
+    (seq,) = entries_of(own_copy, "type = 'end' AND body LIKE '%host unreachable%'")
+    db = sqlite3.connect(own_copy / "maintenance.db")
+    with db:
+        db.execute(
+            "UPDATE entries SET body = replace(body, 'failed', 'succeeded') WHERE seq = ?", (seq,)
+        )
+    db.close()
+    line = integrity(capsys)
+    assert line.startswith("WARNING — maintenance log NOT intact: ")
+    assert f"entry {seq} (end of run" in line and "edited" in line
+
+
+def test_report_integrity_line_warns_of_a_rechained_forgery_after_the_month(
+    own_copy, capsys
+) -> None:
+    """An entry of November rewritten, and the chain re-hashed to the end without the key:
+    every link holds, only the last signature fails; the forged entry is named."""
+    first_november = entries_of(own_copy, "at >= '2026-10-31T16:00:00+00:00'")[0]
+    db = sqlite3.connect(own_copy / "maintenance.db")
+    (prev,) = db.execute(
+        "SELECT prev_hash FROM entries WHERE seq = ?", (first_november,)
+    ).fetchone()
+    rows = db.execute(
+        "SELECT seq, run_id, type, at, body FROM entries WHERE seq >= ? ORDER BY seq",
+        (first_november,),
+    ).fetchall()
+    with db:
+        for seq, run_id, type_, at, body in rows:
+            data = json.loads(body)
+            if seq == first_november:
+                data["engineer"] = "Nobody"
+            digest = entry_hash(seq, run_id, type_, at, data, prev)
+            db.execute(
+                "UPDATE entries SET body = ?, prev_hash = ?, hash = ? WHERE seq = ?",
+                (canonical(data), prev, digest, seq),
+            )
+            prev = digest
+    db.close()
+    line = integrity(capsys)
+    assert line.startswith("WARNING — maintenance log NOT intact: ")
+    assert f"entry {first_november} (start of run" in line and "recomputed hash" in line
+
+
+def test_report_finds_last_good_backup_from_before_the_month(tmp_path: Path) -> None:
+    """A machine whose backups all failed in October: its last good backup, the recovery
+    point of each failure and the protected size come from September, found by a lookup."""
+    (tmp_path / "policies").mkdir()
+    (tmp_path / "policies" / "acme.toml").write_text(POLICY)
+    mlog = MaintenanceLog(tmp_path / "state", PluginHost()["log_sinks"])
+    nightly(mlog, "srv-1", local(20, 1, 30, month=9))
+    nightly(mlog, "srv-1", local(28, 1, 30, month=9))
+    nightly(mlog, "srv-1", local(29, 1, 30, month=9), "failed")
+    nightly(mlog, "ws-1", local(2, 1, 30))
+    nightly(mlog, "srv-1", local(3, 1, 30), "failed")
+    report = build_report(
+        load_policies(tmp_path / "policies"), mlog, "acme", "2026-10", local(4, 0)
+    )
+    srv1 = report.machines[2]
+    assert srv1.last_good and srv1.last_good["started_at"] == local(28, 1, 30, 9).astimezone(
+        UTC
+    ).isoformat(timespec="seconds")
+    assert srv1.last_good_age == timedelta(days=5, hours=22, minutes=20)
+    assert [f.rpo for f in srv1.failures] == [timedelta(days=4, hours=23, minutes=50)]
+    nas = report.repositories[0]
+    assert (nas.added_in_month, nas.added_to_date, nas.protected) == (1000, 3000, 100_000)
+    assert report.machines[1].last_good is None  # ws-2: never backed up
+    mlog.close()
+
+
+def test_report_queries_read_the_month_and_one_client_not_the_whole_log(world) -> None:
+    """The query plans: the month's runs by date, each last-good lookup backwards through
+    the machine's own entries (no sort of its history), the bytes added through the
+    client's rows only."""
+    db = sqlite3.connect(world[1] / "maintenance.db")
+
+    def plan(query: str, *params: object) -> str:
+        return str(db.execute("EXPLAIN QUERY PLAN " + query, params).fetchall())
+
+    month = plan(sqlite_store.RUNS_STARTED, "acme", "2026-09-30", "2026-10-31")
+    assert "entries_type_at (type=? AND at>? AND at<?)" in month
+    lookup = plan(sqlite_store.LAST_GOOD_BACKUP, "acme", "ws-1", "2026-09-30", None, None)
+    assert "entries_machine (client=? AND machine=?)" in lookup and "TEMP B-TREE" not in lookup
+    added = plan(sqlite_store.BYTES_ADDED, "acme", "2026-09-30")
+    assert "entries_machine (client=?)" in added
+    db.close()

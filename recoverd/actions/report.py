@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import calendar
 import re
-from collections import Counter
+from collections import Counter, defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from recoverd.errors import UsageError
-from recoverd.log import MaintenanceLog, RunFilter
+from recoverd.errors import RecoverdError, UsageError
+from recoverd.log import MaintenanceLog
+from recoverd.log.verify import Verdict
 from recoverd.policy.every import parse_every
 from recoverd.policy.model import Client, Level, Machine, PolicySet
 
@@ -209,6 +211,8 @@ class Report:
     sla: timedelta | None
     machines: list[MachineReport]
     repositories: list[RepositoryUsage]
+    log_check: Verdict | RecoverdError | None = None
+    """The check of the log from the month's start to its end, when one was asked for."""
 
     @property
     def scheduled(self) -> int:
@@ -244,11 +248,21 @@ class Report:
 
 
 def build_report(
-    policies: PolicySet, log: MaintenanceLog, client_id: str, month_text: str, now: datetime
+    policies: PolicySet,
+    log: MaintenanceLog,
+    client_id: str,
+    month_text: str,
+    now: datetime,
+    *,
+    check_log: bool = False,
 ) -> Report:
-    """Given the policies, the log, a client and ``YYYY-MM``, return the month's figures.
+    """Given the policies, the log, a client and ``YYYY-MM``, return the month's figures;
+    with ``check_log`` also the verdict on the log from the month's start to its end.
 
-    Raise UsageError if the client is unknown or the month malformed.
+    Only the month's runs are read as a whole; what the report needs from before the month
+    (each machine's last good backup, per level, and the bytes added to each repository) is
+    asked of the log directly, so a report costs the same in the log's first year and its
+    tenth. Raise UsageError if the client is unknown or the month malformed.
     """
     client = policies.clients.get(client_id)
     if client is None:
@@ -257,36 +271,66 @@ def build_report(
     month = Month.parse(month_text, client.timezone)
     as_of = min(now, month.end)
     sla = parse_sla(client.restore_sla)
-    history = [v for v in log.runs(RunFilter(client=client.id)) if _before(v, month.end)]
-    in_month = [v for v in history if month.contains(v["started_at"])]
-    machines = [
-        _machine_report(machine, history, in_month, month, as_of, sla)
-        for machine in client.machines.values()
-    ]
-    return Report(client, month, as_of, sla, machines, _repositories(client, history, in_month))
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        # The bytes added before the month are one aggregate over the whole history; SQLite
+        # runs it without the GIL, so it proceeds while the month's runs are read and the
+        # log is checked.
+        added_before = pool.submit(log.bytes_added, client.id, month.start)
+        in_month = log.runs_started(client.id, month.start, month.end)
+        earlier = {
+            machine.name: _good_before(log, client, machine, month)
+            for machine in client.machines.values()
+        }
+        by_machine: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for view in in_month:
+            by_machine[view["machine"]].append(view)
+        machines = [
+            _machine_report(
+                machine, earlier[machine.name], by_machine[machine.name], month, as_of, sla
+            )
+            for machine in client.machines.values()
+        ]
+        log_check = _check_log(log, month) if check_log else None
+        good_before = [v for views in earlier.values() for v in views]
+        repositories = _repositories(client, good_before, added_before.result(), in_month)
+    return Report(client, month, as_of, sla, machines, repositories, log_check)
 
 
-def _before(view: dict[str, Any], end: datetime) -> bool:
-    return datetime.fromisoformat(view["started_at"]) < end
+def _check_log(log: MaintenanceLog, month: Month) -> Verdict | RecoverdError:
+    """Return the verdict on the entries from the month's start to the end of the log (the
+    chain, the signed head and the last signature), or why the log could not be checked."""
+    try:
+        return log.verify(since=month.start)
+    except RecoverdError as exc:
+        return exc
+
+
+def _good_before(
+    log: MaintenanceLog, client: Client, machine: Machine, month: Month
+) -> list[dict[str, Any]]:
+    """Return the machine's last good backup before the month of each of its backup levels,
+    and of any level (one no longer in the policy may hold its newest backup)."""
+    names = [lv.name for lv in machine.levels if _action_of(lv) == "backup"]
+    found: dict[str, dict[str, Any]] = {}
+    for level in (*names, None):
+        view = log.last_good_backup(client.id, machine.name, level, month.start)
+        if view:
+            found.setdefault(view["id"], view)
+    return list(found.values())
 
 
 def _machine_report(
     machine: Machine,
-    history: list[dict[str, Any]],
+    good_before: list[dict[str, Any]],
     in_month: list[dict[str, Any]],
     month: Month,
     as_of: datetime,
     sla: timedelta | None,
 ) -> MachineReport:
-    mine = sorted(
-        (v for v in in_month if v["machine"] == machine.name),
-        key=lambda v: datetime.fromisoformat(v["started_at"]),
-    )
-    good_backups = [
-        v
-        for v in history
-        if v["machine"] == machine.name and v["action"] == "backup" and v["state"] == GOOD
-    ]
+    """Given a machine's good backups before the month and its runs in the month, return
+    what the report says about it."""
+    mine = sorted(in_month, key=lambda v: datetime.fromisoformat(v["started_at"]))
+    good_backups = good_before + [v for v in mine if v["action"] == "backup" and v["state"] == GOOD]
     # Log order is start order; runs of different levels may overlap, so compare end times.
     last_good = max(good_backups, key=_finished, default=None)
     return MachineReport(
@@ -309,10 +353,15 @@ def _finished(view: dict[str, Any]) -> datetime:
     return datetime.fromisoformat(view["finished_at"] or view["started_at"])
 
 
+def _action_of(level: Level) -> str:
+    """Return the action a level's runs are recorded as (files and image levels: backup)."""
+    return {"verify": "verify", "copy": "copy"}.get(level.kind, "backup")
+
+
 def _level_figures(
     level: Level, runs: list[dict[str, Any]], month: Month, as_of: datetime
 ) -> LevelFigures:
-    action = {"verify": "verify", "copy": "copy"}.get(level.kind, "backup")
+    action = _action_of(level)
     states = Counter(v["state"] for v in runs if v["level"] == level.name and v["action"] == action)
     return LevelFigures(
         name=level.name,
@@ -360,22 +409,28 @@ def _days(runs: list[dict[str, Any]], month: Month, as_of: datetime) -> dict[dat
 
 
 def _repositories(
-    client: Client, history: list[dict[str, Any]], in_month: list[dict[str, Any]]
+    client: Client,
+    good_before: list[dict[str, Any]],
+    added_before: dict[str | None, int],
+    in_month: list[dict[str, Any]],
 ) -> list[RepositoryUsage]:
-    backups = [v for v in history if v["action"] == "backup"]
+    """Return each repository's usage: the month's backups, the bytes added before it, and
+    the newest good backup of each machine level (from the month, else from before it)."""
+    backups = [v for v in in_month if v["action"] == "backup"]
     usage = []
     for name in sorted(client.repositories):
-        here = [v for v in backups if v["repository"] == name]
+        this_month = [v for v in backups if v["repository"] == name]
         newest: dict[tuple[str, str], dict[str, Any]] = {}
-        for view in sorted(here, key=_finished):
+        candidates = [v for v in good_before if v["repository"] == name] + this_month
+        for view in sorted(candidates, key=_finished):
             if view["state"] == GOOD:
                 newest[(view["machine"], view["level"])] = view
-        this_month = [v for v in here if v in in_month]
+        added_in_month = sum(_stat(v, "bytes_added") for v in this_month)
         usage.append(
             RepositoryUsage(
                 name=name,
-                added_in_month=sum(_stat(v, "bytes_added") for v in this_month),
-                added_to_date=sum(_stat(v, "bytes_added") for v in here),
+                added_in_month=added_in_month,
+                added_to_date=added_before.get(name, 0) + added_in_month,
                 protected=sum(_stat(v, "bytes_processed") for v in newest.values()),
                 snapshots_in_month=sum(1 for v in this_month if v["snapshot"]),
             )

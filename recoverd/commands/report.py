@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from datetime import datetime
 from pathlib import Path
 
-from recoverd.actions.report import build_report
+from recoverd.actions.report import Report, build_report
 from recoverd.actions.report_render import FORMATS, render, report_data
 from recoverd.commands import AddCommand
 from recoverd.controller import Controller
@@ -15,18 +16,33 @@ from recoverd.log.maintenance import utc_now
 from recoverd.output import emit_json
 
 
-def integrity_line(ctl: Controller) -> str:
-    """Return one line on the log's integrity for the report's footer (never raises)."""
-    try:
-        verdict = ctl.log.verify()
-    except RecoverdError as exc:
-        return f"Maintenance log not verified: {exc}"
+def integrity_line(report: Report) -> str:
+    """Return the report's footer line on the log's integrity, from its ``log_check``.
+
+    What was checked is what the report rests on: the entries from the month's start to the
+    end of the log (their hash chain, the signed head and the last signature, which vouches
+    for every entry before it), not the log's whole history; the line says which entries.
+    """
+    verdict, month = report.log_check, report.month
+    if isinstance(verdict, RecoverdError):
+        return f"Maintenance log not verified: {verdict}"
+    if verdict is None:
+        return "Maintenance log not verified."
     if not verdict.intact and verdict.problem:
         return f"WARNING — maintenance log NOT intact: {verdict.problem.message}"
-    head = f", signed head {verdict.head.hash}" if verdict.head else ""
+    if verdict.first is None or verdict.last is None:
+        return "Maintenance log verified intact when this report was made: it is empty."
+    head = f"; signed head {verdict.head.hash}" if verdict.head else ""
+    if datetime.fromisoformat(verdict.first.at) >= month.start:
+        span = (
+            f"entries {verdict.first.seq}..{verdict.last.seq}, from "
+            f"{month.start:%Y-%m-%d} to the end of the log"
+        )
+    else:  # nothing dated in the month or later: the last entry and the head were checked
+        span = f"entry {verdict.last.seq}, the last of the log (none is dated {month} or later)"
     return (
-        "Maintenance log verified intact when this report was made: "
-        f"{verdict.entries} entries{head}."
+        f"Maintenance log verified intact when this report was made: {span}, hash-chained "
+        f"and signed{head}."
     )
 
 
@@ -36,11 +52,13 @@ def cmd_report(ctl: Controller, args: argparse.Namespace) -> int:
         suffix = args.output.suffix.lstrip(".").lower() if args.output else ""
         fmt = {"htm": "html", "markdown": "md"}.get(suffix, suffix)
         fmt = fmt if fmt in FORMATS else "md"
-    report = build_report(ctl.policies, ctl.log, args.client, args.month, utc_now())
+    report = build_report(
+        ctl.policies, ctl.log, args.client, args.month, utc_now(), check_log=not args.json
+    )
     if args.json:
         emit_json(report_data(report))
         return 0
-    text = render(report, fmt, integrity_line(ctl))
+    text = render(report, fmt, integrity_line(report))
     if args.output:
         args.output.write_text(text, encoding="utf-8")
         print(f"{fmt} report of {args.client} for {report.month} written to {args.output}")

@@ -6,11 +6,14 @@ and then to every other registered log sink; finished runs are handed to the not
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import secrets as stdlib_secrets
 import socket
 from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,14 +23,37 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from recoverd import clock
 from recoverd.errors import UsageError
-from recoverd.log.record import STATES, Entry, current_view
-from recoverd.log.verify import Verdict, verify_entries
+from recoverd.log.record import (
+    STATES,
+    Entry,
+    add_to_view,
+    current_view,
+    empty_view,
+    parse_body,
+)
+from recoverd.log.verify import Verdict, verify_chain
 from recoverd.plugins import Kind
 from recoverd.secrets import redact
 
 log = logging.getLogger(__name__)
 
 STORE = "sqlite"
+
+
+@contextmanager
+def paused_gc() -> Iterator[None]:
+    """Pause the cyclic garbage collector for the block.
+
+    Reading tens of thousands of runs makes hundreds of thousands of dicts and no reference
+    cycles; the collector would walk the growing heap again and again (a third of the time).
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def utc_now() -> datetime:
@@ -188,19 +214,39 @@ class MaintenanceLog:
         """Return the acceptance entries of a run, oldest first."""
         return [e for e in self.store.entries([run_id]) if e.type == "accept"]
 
-    def verify(self, public_key: Ed25519PublicKey | None = None) -> Verdict:
-        """Check the chain, every signature and the signed head; return the verdict.
+    def verify(
+        self,
+        public_key: Ed25519PublicKey | None = None,
+        *,
+        signatures: bool = False,
+        since: datetime | None = None,
+    ) -> Verdict:
+        """Check the chain, the signed head and the last signature; return the verdict.
 
-        Without ``public_key`` the state directory's own key is used. Raise RecoverdError if
-        there is neither a key given nor one in the state directory.
+        With ``signatures`` every entry's signature is checked too (see
+        :mod:`recoverd.log.verify`). With ``since`` only the entries from the first one dated
+        ``since`` or later to the end of the log are checked. Without ``public_key`` the state
+        directory's own key is used. Raise RecoverdError if there is neither a key given nor
+        one in the state directory.
         """
-        with self.store.transaction():  # one consistent snapshot of entries and head
-            entries = list(self.store.entries())
-            head = self.store.key.read_head()
-            index = self.store.index_columns()
-        if not entries and head is None and public_key is None and not self.store.key.exists:
-            return Verdict(0, 0, None, None, None, None)  # a new, empty log: nothing to check
-        return verify_entries(entries, public_key or self.store.key.public(), head, index)
+        with self.store.snapshot() as snapshot:
+            last = snapshot.last_seq()
+            if (
+                last is None
+                and snapshot.head is None
+                and not public_key
+                and not self.store.key.exists
+            ):
+                return Verdict(0, 0, None, None, None, None)  # a new, empty log: nothing to check
+            key = public_key or self.store.key.public()
+            first = 1
+            if since is not None and last is not None:
+                # Nothing dated `since` or later: check the last entry, so that the head and
+                # its signature are still checked against the log.
+                first = snapshot.first_seq_since(iso(since)) or last
+            return verify_chain(
+                snapshot, key, snapshot.head, first_seq=first, signatures=signatures
+            )
 
     def reap_orphans(self) -> list[str]:
         """Mark runs whose controller process is gone ``interrupted``; return their ids."""
@@ -281,6 +327,44 @@ class MaintenanceLog:
         """Return the newest run of a machine's level (in ``state`` if given), or None."""
         run_id = self.store.newest_level_run_id(client, machine, level, state)
         return self.run(run_id) if run_id else None
+
+    def runs_started(self, client: str, since: datetime, until: datetime) -> list[dict[str, Any]]:
+        """Return the current views of the client's runs started in [``since``, ``until``),
+        in log order: one query, whatever the length of the client's history."""
+        views: dict[str, dict[str, Any] | None] = {}
+        others = []
+        with paused_gc():
+            for row in self.store.runs_started_rows(client, iso(since), iso(until)):
+                run_id, count, s_seq, s_at, s_body, s_hash, s_prev, e_seq, *end = row
+                if count == 2 and e_seq is not None and e_seq > s_seq:
+                    # The usual run, a start and then an end: its view from the two rows.
+                    view = empty_view()
+                    add_to_view(view, run_id, "start", s_at, parse_body(s_body), s_hash, s_prev)
+                    e_at, e_body, e_hash, e_prev = end
+                    add_to_view(view, run_id, "end", e_at, parse_body(e_body), e_hash, e_prev)
+                    views[run_id] = view
+                elif run_id not in views:
+                    views[run_id] = None  # keeps its place in log order
+                    others.append(run_id)
+            if others:
+                grouped: dict[str, list[Entry]] = defaultdict(list)
+                for entry in self.store.entries(others):
+                    grouped[entry.run_id].append(entry)
+                views.update((run_id, current_view(grouped[run_id])) for run_id in others)
+        return [view for view in views.values() if view is not None]
+
+    def last_good_backup(
+        self, client: str, machine: str, level: str | None, before: datetime
+    ) -> dict[str, Any] | None:
+        """Return the newest (in log order) succeeded backup run of a machine's level (of any
+        level if ``level`` is None) started before ``before``, or None."""
+        run_id = self.store.last_good_backup_id(client, machine, level, iso(before))
+        return self.run(run_id) if run_id else None
+
+    def bytes_added(self, client: str, before: datetime) -> dict[str | None, int]:
+        """Return, per repository, the bytes added by the client's backup runs started before
+        ``before`` (the sum of their ``bytes_added`` stats)."""
+        return self.store.bytes_added_by_repository(client, iso(before))
 
     def close(self) -> None:
         self.store.close()
