@@ -18,6 +18,7 @@ declare -A PACKAGES=(
     [debugfs]=e2fsprogs
     [python3]=python3
     [chromium]=chromium  # the report test renders HTML in headless Chromium
+    [openssl]=openssl    # image hashes on the machine use the CPU's SHA extensions through it
 )
 missing=()
 for program in "${!PACKAGES[@]}"; do

@@ -104,15 +104,25 @@ parent=$(dirname "$real")
 exit 0
 """
 
+# The sha256 of stdin, hex first. OpenSSL uses the CPU's SHA extensions where coreutils'
+# sha256sum does not: 0.85 s against 5.3 s per GiB here, and on 2 cores the difference slowed an
+# image stream via the machine to 1.45x of the same stream by hand. sha256sum where there is no
+# openssl. (Braces doubled: the scripts below go through str.format.)
+SHA256 = """
+sha256_stdin() {{
+  if command -v openssl >/dev/null 2>&1; then openssl dgst -sha256 -r; else sha256sum; fi
+}}
+"""
+
 # Runs PRODUCER | tee | CONSUMER on the machine and reports, on stderr, both exit statuses and
 # the sha256 and size of what passed between them (each report on a line of its own: dd and
-# partclone end their progress lines without a newline). Two FIFOs feed sha256sum and wc alongside
+# partclone end their progress lines without a newline). Two FIFOs feed the hash and wc alongside
 # the consumer, with POSIX tools only (no `pipefail`, no process substitution in dash).
-STREAM = """
+STREAM = SHA256 + """
 t=$(mktemp -d) || exit 98
 trap 'rm -rf "$t"' EXIT
 mkfifo "$t/sum" "$t/size" || exit 98
-sha256sum < "$t/sum" > "$t/sha" &
+sha256_stdin < "$t/sum" > "$t/sha" &
 wc -c < "$t/size" > "$t/n" &
 {{ {producer}; printf '\\nrecoverd-producer-exit %s\\n' $? >&2; }} | tee "$t/sum" "$t/size" | \
 {{ {consumer}; printf '\\nrecoverd-consumer-exit %s\\n' $? >&2; }}
@@ -120,8 +130,8 @@ wait
 echo "recoverd-stream $(cut -c1-64 "$t/sha") $(cat "$t/n")" >&2
 """
 
-DIGEST = """
-{{ {producer}; printf '\\nrecoverd-producer-exit %s\\n' $? >&2; }} | sha256sum
+DIGEST = SHA256 + """
+{{ {producer}; printf '\\nrecoverd-producer-exit %s\\n' $? >&2; }} | sha256_stdin
 """
 
 PROGRESS_PCT = re.compile(r"Complete(?:d)?:\s*([\d.]+)%")
@@ -767,7 +777,7 @@ class ImageEngine(Engine):
                 f"reading back {path}",
                 report,
                 (report.status("producer-exit"), producer[0]),
-                (outcome.exit_status, "sha256sum"),
+                (outcome.exit_status, "sha256"),
             )
         return outcome.stdout.decode().split()[0]
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+import shutil
+import subprocess
 import threading
 from pathlib import Path
 
@@ -18,7 +21,7 @@ from recoverd.policy.model import Level, Machine
 from recoverd.secrets import SecretResolver
 from recoverd.streams import ByteQueue, StreamAborted
 from recoverd_plugins.files_restore import FilesInPlace, FilesToPath
-from recoverd_plugins.image import ImageFormat, ImageToDevice, LvmSnapshot, image_facts
+from recoverd_plugins.image import DIGEST, ImageFormat, ImageToDevice, LvmSnapshot, image_facts
 from recoverd_plugins.local import LocalTransport
 
 FAKE_LVM = """#!/bin/sh
@@ -178,3 +181,27 @@ def test_image_facts_without_a_record_know_a_raw_image_by_its_device_size() -> N
 def test_image_facts_of_a_snapshot_that_is_no_image_refuse() -> None:
     with pytest.raises(EngineError, match="not a recoverd disk image"):
         image_facts(image_snapshot(()))
+
+
+@pytest.mark.parametrize("with_openssl", [True, False])
+def test_image_digest_script_hashes_with_openssl_or_sha256sum(
+    tmp_path: Path, with_openssl: bool
+) -> None:
+    # The machine's hash of an image: openssl (SHA extensions) where it is installed, else
+    # coreutils' sha256sum; both must give the same hex digest first on the line.
+    data = os.urandom(3 << 20)
+    (tmp_path / "image").write_bytes(data)
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    for tool in ["cat", "sha256sum", *(["openssl"] if with_openssl else [])]:
+        found = shutil.which(tool)
+        assert found, tool
+        (tools / tool).symlink_to(found)
+    script = DIGEST.format(producer=f"cat {tmp_path / 'image'}")
+    done = subprocess.run(
+        ["/bin/sh", "-c", script], env={"PATH": str(tools)}, capture_output=True, check=True
+    )
+    digest, name = done.stdout.decode().split()
+    assert digest == hashlib.sha256(data).hexdigest()
+    assert name == ("*stdin" if with_openssl else "-")  # which tool answered
+    assert b"recoverd-producer-exit 0" in done.stderr
