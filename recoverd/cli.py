@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from recoverd import __version__
-from recoverd.commands import MODULES, Handler
+from recoverd.commands import MODULES, Handler, global_options
 from recoverd.controller import Controller
 from recoverd.errors import PolicyError, RecoverdError
 
@@ -30,26 +30,8 @@ def default_state_dir() -> Path:
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """Return the parser of every command, or only of the command module that has
     ``command`` (the others are not imported)."""
-    # SUPPRESS lets the global options stand before or after the command without the
-    # subcommand's defaults overriding what was given before it.
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--policies",
-        type=Path,
-        default=argparse.SUPPRESS,
-        help="policy directory (env RECOVERD_POLICIES, default ./policies)",
-    )
-    common.add_argument(
-        "--json", action="store_true", default=argparse.SUPPRESS, help="print data as JSON"
-    )
-    with_state = argparse.ArgumentParser(add_help=False, parents=[common])
-    with_state.add_argument(
-        "--state",
-        dest="state_dir",
-        type=Path,
-        default=argparse.SUPPRESS,
-        help="state directory (env RECOVERD_STATE, default ~/.local/state/recoverd)",
-    )
+    common = global_options(state=False)
+    with_state = global_options(state=True)
     parser = argparse.ArgumentParser(
         prog="recoverd",
         parents=[with_state],

@@ -9,11 +9,38 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
+from pathlib import Path
 from typing import Protocol
 
 from recoverd.controller import Controller
 
 Handler = Callable[[Controller, argparse.Namespace], int]
+
+
+def global_options(*, state: bool) -> argparse.ArgumentParser:
+    """Return a parent parser with the global options: ``--policies``, ``--json`` and, with
+    ``state``, ``--state``. Commands and their actions take it as a parent, so the options may
+    stand before or after them; SUPPRESS keeps a later parser's defaults from overriding what
+    was given earlier."""
+    options = argparse.ArgumentParser(add_help=False)
+    options.add_argument(
+        "--policies",
+        type=Path,
+        default=argparse.SUPPRESS,
+        help="policy directory (env RECOVERD_POLICIES, default ./policies)",
+    )
+    options.add_argument(
+        "--json", action="store_true", default=argparse.SUPPRESS, help="print data as JSON"
+    )
+    if state:
+        options.add_argument(
+            "--state",
+            dest="state_dir",
+            type=Path,
+            default=argparse.SUPPRESS,
+            help="state directory (env RECOVERD_STATE, default ~/.local/state/recoverd)",
+        )
+    return options
 
 
 class AddCommand(Protocol):

@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from recoverd.commands import AddCommand
+from recoverd.commands import AddCommand, global_options
 from recoverd.controller import Controller
 from recoverd.errors import UsageError
 from recoverd.log import RunFilter
@@ -186,15 +186,11 @@ def register(add: AddCommand) -> None:
     actions = p.add_subparsers(dest="log_action", metavar="ACTION")
 
     def action(name: str, handler: Any, help_text: str) -> argparse.ArgumentParser:
-        sub = actions.add_parser(name, help=help_text, description=help_text)
-        sub.set_defaults(handler=handler)
         # The global options are also accepted after the action, as after any command.
-        sub.add_argument(
-            "--json", action="store_true", default=argparse.SUPPRESS, help="print data as JSON"
+        sub = actions.add_parser(
+            name, parents=[global_options(state=False)], help=help_text, description=help_text
         )
-        sub.add_argument(
-            "--policies", type=Path, default=argparse.SUPPRESS, help="policy directory"
-        )
+        sub.set_defaults(handler=handler)
         return sub
 
     verify = action(

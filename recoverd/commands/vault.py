@@ -9,9 +9,8 @@ from __future__ import annotations
 import argparse
 import getpass
 import sys
-from pathlib import Path
 
-from recoverd.commands import AddCommand
+from recoverd.commands import AddCommand, global_options
 from recoverd.controller import Controller
 from recoverd.errors import UsageError
 from recoverd.output import emit_json
@@ -54,19 +53,10 @@ def register(add: AddCommand) -> None:
     actions = p.add_subparsers(dest="vault_command", metavar="ACTION", required=True)
 
     def action(name: str, help_text: str) -> argparse.ArgumentParser:
-        sub = actions.add_parser(name, help=help_text, description=help_text)
         # The global options are also accepted after the action, as after any command.
-        sub.add_argument(
-            "--state",
-            dest="state_dir",
-            type=Path,
-            default=argparse.SUPPRESS,
-            help="state directory",
+        return actions.add_parser(
+            name, parents=[global_options(state=True)], help=help_text, description=help_text
         )
-        sub.add_argument(
-            "--json", action="store_true", default=argparse.SUPPRESS, help="print data as JSON"
-        )
-        return sub
 
     action("set", "store a secret (asked for twice, or the first line of stdin)").add_argument(
         "name", metavar="NAME", help="the name a policy uses as vault:NAME"
