@@ -18,7 +18,6 @@ import fcntl
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from recoverd.errors import SecretError, UsageError
+from recoverd.private_files import write_private
 from recoverd.secrets import VAULT_NAME
 
 VAULT_FILE = "vault.json"
@@ -54,20 +54,6 @@ def key_path(state_dir: Path) -> Path:
 def _key_id(key: bytes) -> str:
     """Return a short public fingerprint of ``key`` (it does not reveal the key)."""
     return hashlib.sha256(b"recoverd-vault-key-id:" + key).hexdigest()[:16]
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    """Replace ``path`` atomically with ``data``, mode 0600."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 @dataclass(frozen=True)
@@ -113,9 +99,9 @@ class Vault:
         if self.key_path.exists() or self.names():
             return self._read_key()
         self.key_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(self.key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w", encoding="ascii") as f:
-            f.write(AESGCM.generate_key(bit_length=256).hex() + "\n")
+        # Of two first `vault set`s at once, one key wins and both use it.
+        key = AESGCM.generate_key(bit_length=256).hex() + "\n"
+        write_private(self.key_path, key.encode("ascii"), replace=False)
         return self._read_key()
 
     # -- the file ---------------------------------------------------------------------------
@@ -145,9 +131,8 @@ class Vault:
             fcntl.flock(fd, fcntl.LOCK_EX)
             content = self._load()
             yield content
-            _write_private(
-                self.path, (json.dumps(content, indent=1, sort_keys=True) + "\n").encode()
-            )
+            text = json.dumps(content, indent=1, sort_keys=True) + "\n"
+            write_private(self.path, text.encode(), replace=True)
         finally:
             os.close(fd)
 

@@ -15,8 +15,6 @@ PEM, mode 0600); auditors get the public key with ``recoverd log pubkey``.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +23,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from recoverd.errors import RecoverdError
+from recoverd.private_files import write_private
 
 KEY_FILE = "log-signing.key"
 HEAD_FILE = "log-head.json"
@@ -42,31 +41,6 @@ def entry_message(digest: str) -> bytes:
 def head_message(seq: int, digest: str) -> bytes:
     """Return the bytes the head's signature covers: the last entry's seq and hash."""
     return _HEAD_DOMAIN + f"{seq}:{digest}".encode("ascii")
-
-
-def _write_private(path: Path, data: bytes, *, replace: bool) -> bool:
-    """Write ``data`` to ``path`` atomically with mode 0600; return False if it existed.
-
-    With ``replace`` the file is swapped in with rename; without, it is linked into place so
-    that of two processes creating it at once exactly one wins and the other reads its file.
-    """
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:  # mkstemp creates the file 0600
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        if replace:
-            os.replace(tmp, path)
-            return True
-        try:
-            os.link(tmp, path)
-        except FileExistsError:
-            return False
-        return True
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def load_public_key(data: bytes, source: str) -> Ed25519PublicKey:
@@ -135,7 +109,7 @@ class LogKey:
                     serialization.PrivateFormat.PKCS8,
                     serialization.NoEncryption(),
                 )
-                _write_private(self.path, pem, replace=False)
+                write_private(self.path, pem, replace=False)
             try:
                 key = serialization.load_pem_private_key(self.path.read_bytes(), None)
             except (OSError, ValueError) as exc:
@@ -165,7 +139,7 @@ class LogKey:
         """Replace the signed head file with one naming entry ``seq`` with hash ``digest``."""
         signature = self.private().sign(head_message(seq, digest)).hex()
         data = json.dumps({"seq": seq, "hash": digest, "signature": signature}).encode()
-        _write_private(self.head_path, data, replace=True)
+        write_private(self.head_path, data, replace=True)
 
     def read_head(self) -> Head | None:
         """Return the head file's content, or None if there is none.
