@@ -81,9 +81,16 @@ RUNS_STARTED = (
     "WHERE s.type = 'start' AND s.client = ? AND s.at >= ? AND s.at < ? ORDER BY s.seq"
 )
 
-LAST_GOOD_BACKUP = (
-    "SELECT s.run_id FROM entries s JOIN entries e ON e.seq = (SELECT max(x.seq) "
+# Start entries s joined to their run's last end entry e: a run's view shows that end's state
+# and stats (an end is never edited, only added). The index entries_run ends in seq, so max is
+# one probe.
+_LAST_END = (
+    "FROM entries s JOIN entries e ON e.seq = (SELECT max(x.seq) "
     "FROM entries x WHERE x.run_id = s.run_id AND x.type = 'end') "
+)
+
+LAST_GOOD_BACKUP = (
+    "SELECT s.run_id " + _LAST_END +
     # `+` keeps the planner off the (machine, type, at) index: that reads every start
     # before the instant and sorts them, where this reads backwards from it.
     "WHERE s.client = ? AND s.machine = ? AND +s.type = 'start' AND +s.at < ? "
@@ -97,10 +104,7 @@ LAST_GOOD_BACKUP = (
 BYTES_ADDED = (
     "SELECT json_extract(s.body, '$.repository'), sum(CASE WHEN "
     "json_type(e.body, '$.stats.bytes_added') IN ('integer', 'real') "
-    "THEN CAST(json_extract(e.body, '$.stats.bytes_added') AS INTEGER) ELSE 0 END) "
-    # A run's view shows its last end entry (the index ends in seq: max is one probe).
-    "FROM entries s JOIN entries e ON e.seq = (SELECT max(x.seq) FROM entries x "
-    "WHERE x.run_id = s.run_id AND x.type = 'end') "
+    "THEN CAST(json_extract(e.body, '$.stats.bytes_added') AS INTEGER) ELSE 0 END) " + _LAST_END +
     # `+`: through the client's rows (client, machine, seq), not every client's starts.
     "WHERE s.client = ? AND +s.type = 'start' AND +s.at < ? "
     "AND json_extract(s.body, '$.action') = 'backup' "
