@@ -35,11 +35,7 @@ name = "Bench"
 url = "{root}/repo"
 password = "env:BENCH_PASSWORD"
 [machines.bench]
-address = "127.0.0.1"
-port = {port}
-user = "root"
-identity = "{identity}"
-host_key = "{host_key}"
+{ssh}
 [[machines.bench.levels]]
 name = "nightly"
 kind = "files"
@@ -83,9 +79,7 @@ def main_bench() -> None:
         (root / "policies" / "bench.toml").write_text(
             POLICY.format(
                 root=root,
-                port=sshd.port,
-                identity=sshd.client_key,
-                host_key=sshd.host_key_line,
+                ssh=sshd.policy_lines,
             )
         )
         started = time.monotonic()

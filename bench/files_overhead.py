@@ -47,11 +47,7 @@ name = "Bench"
 url = "{repo}"
 password = "env:BENCH_PASSWORD"
 [machines.bench]
-address = "127.0.0.1"
-port = {port}
-user = "root"
-identity = "{identity}"
-host_key = "{host_key}"
+{ssh}
 [[machines.bench.levels]]
 name = "nightly"
 kind = "files"
@@ -169,9 +165,7 @@ def run(mib: int, files: int, repeat: int) -> int:
         (policies / "bench.toml").write_text(
             POLICY.format(
                 repo=ours,
-                port=sshd.port,
-                identity=sshd.client_key,
-                host_key=sshd.host_key_line,
+                ssh=sshd.policy_lines,
                 tree=tree,
             )
         )

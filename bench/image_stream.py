@@ -43,11 +43,7 @@ name = "Bench"
 url = "{root}/repo"
 password = "env:BENCH_PASSWORD"
 [machines.bench]
-address = "127.0.0.1"
-port = {port}
-user = "root"
-identity = "{identity}"
-host_key = "{host_key}"
+{ssh}
 restore = "image"
 [[machines.bench.levels]]
 name = "image"
@@ -130,9 +126,7 @@ def run(gib: float, via: str) -> int:
         (root / "acme.toml").write_text(
             POLICY.format(
                 root=root,
-                port=sshd.port,
-                identity=sshd.client_key,
-                host_key=sshd.host_key_line,
+                ssh=sshd.policy_lines,
                 via=via,
             )
         )

@@ -39,11 +39,7 @@ password = "file:{password_file}"
 
 [machines.ws-demo]
 transport = "ssh"
-address = "127.0.0.1"
-port = {port}
-user = "root"
-identity = "{identity}"
-host_key = "{host_key}"
+{ssh}
 role = "workstation"
 asset_tag = "DEMO-PC-001"
 mac = "52:54:00:12:34:56"
@@ -169,9 +165,7 @@ def main() -> None:
             POLICY.format(
                 repo=DEMO / "repo",
                 password_file=password_file,
-                port=sshd.port,
-                identity=sshd.client_key,
-                host_key=sshd.host_key_line,
+                ssh=sshd.policy_lines,
                 disk=disk,
                 disk_image=disk_image,
             )

@@ -85,6 +85,15 @@ class ThrowawaySSHD:
         fields = self.host_key_path.with_suffix(".pub").read_text().split()
         return " ".join(fields[:2])
 
+    @property
+    def policy_lines(self) -> str:
+        """The keys of a policy's ``[machines.NAME]`` table that reach this server: address,
+        port, user, identity and the pinned host key."""
+        return (
+            f'address = "127.0.0.1"\nport = {self.port}\nuser = "{self.user}"\n'
+            f'identity = "{self.client_key}"\nhost_key = "{self.host_key_line}"'
+        )
+
     def start(self) -> ThrowawaySSHD:
         """Create the keys (once), start sshd and return self once it accepts connections.
 

@@ -393,11 +393,7 @@ name = "Acme"
 url = "{repo}"
 password = "env:TEST_REPO_PASSWORD"
 [machines.ws-042]
-address = "127.0.0.1"
-port = {port}
-user = "root"
-identity = "{identity}"
-host_key = "{host_key}"
+{ssh}
 [[machines.ws-042.levels]]
 name = "image"
 kind = "image"
@@ -427,9 +423,7 @@ def test_rekey_image_stream_via_controller_survives_several_rekeys(
         (place.policies / "acme.toml").write_text(
             IMAGE_POLICY.format(
                 repo=place.repo,
-                port=server.port,
-                identity=server.client_key,
-                host_key=server.host_key_line,
+                ssh=server.policy_lines,
                 device=device,
             )
         )

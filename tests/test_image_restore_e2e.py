@@ -39,11 +39,7 @@ url = "{root}/repo"
 password = "env:TEST_IMAGE_PASSWORD"
 
 [machines.ws-042]
-address = "127.0.0.1"
-port = {port}
-user = "root"
-identity = "{identity}"
-host_key = "{host_key}"
+{ssh}
 asset_tag = "ACME-PC-042"
 mac = "52:54:00:12:34:56"
 restore = "image"
@@ -105,9 +101,7 @@ class Site:
         (self.policies / "acme.toml").write_text(
             POLICY.format(
                 root=self.root,
-                port=self.sshd.port,
-                identity=self.sshd.client_key,
-                host_key=self.sshd.host_key_line,
+                ssh=self.sshd.policy_lines,
                 extra=extra,
             )
         )

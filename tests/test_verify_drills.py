@@ -51,11 +51,7 @@ url = "{root}/offsite"
 password = "env:TEST_DRILL_PASSWORD"
 
 [machines.ws-042]
-address = "127.0.0.1"
-port = {port}
-user = "root"
-identity = "{identity}"
-host_key = "{host_key}"
+{ssh}
 
 [[machines.ws-042.levels]]
 name = "nightly"
@@ -143,9 +139,7 @@ class Site:
         (self.policies / "acme.toml").write_text(
             POLICY.format(
                 root=root,
-                port=sshd.port,
-                identity=sshd.client_key,
-                host_key=sshd.host_key_line,
+                ssh=sshd.policy_lines,
             )
         )
 
