@@ -118,7 +118,9 @@ sha256_stdin() {{
 # the sha256 and size of what passed between them (each report on a line of its own: dd and
 # partclone end their progress lines without a newline). Two FIFOs feed the hash and wc alongside
 # the consumer, with POSIX tools only (no `pipefail`, no process substitution in dash).
-STREAM = SHA256 + """
+STREAM = (
+    SHA256
+    + """
 t=$(mktemp -d) || exit 98
 trap 'rm -rf "$t"' EXIT
 mkfifo "$t/sum" "$t/size" || exit 98
@@ -129,10 +131,14 @@ wc -c < "$t/size" > "$t/n" &
 wait
 echo "recoverd-stream $(cut -c1-64 "$t/sha") $(cat "$t/n")" >&2
 """
+)
 
-DIGEST = SHA256 + """
+DIGEST = (
+    SHA256
+    + """
 {{ {producer}; printf '\\nrecoverd-producer-exit %s\\n' $? >&2; }} | sha256_stdin
 """
+)
 
 PROGRESS_PCT = re.compile(r"Complete(?:d)?:\s*([\d.]+)%")
 PROGRESS_ETA = re.compile(r"Remaining:\s*(\d+):(\d+):(\d+)")
