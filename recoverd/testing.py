@@ -53,6 +53,8 @@ class ThrowawaySSHD:
     ``client_key`` is a private key authorised for ``user`` (the current user); ``host_key_line``
     is the server's public key as a policy's ``host_key`` pins it. ``rekey_limit`` is sshd's
     ``RekeyLimit`` (e.g. ``"32M"``: the server starts a key exchange every 32 MiB).
+    ``path`` is the ``PATH`` of the commands it runs (sshd's ``SetEnv``); by default the PATH of
+    the process that starts it, so the "machine" runs the same restic as the controller.
     """
 
     def __init__(
@@ -60,8 +62,10 @@ class ThrowawaySSHD:
         sshd: str = "/usr/sbin/sshd",
         start_timeout: float = 10.0,
         rekey_limit: str | None = None,
+        path: str | None = None,
     ) -> None:
         self.sshd = sshd
+        self.path = path
         self.start_timeout = start_timeout
         self.rekey_limit = rekey_limit
         self.user = getpass.getuser()
@@ -205,6 +209,7 @@ class ThrowawaySSHD:
             "MaxSessions 50\n"
             "MaxStartups 50\n"
             "Subsystem sftp internal-sftp\n"
+            f'SetEnv "PATH={self.path or os.environ.get("PATH", "/usr/bin:/bin")}"\n'
             + (f"RekeyLimit {self.rekey_limit}\n" if self.rekey_limit else "")
         )
 
