@@ -13,7 +13,6 @@ import pytest
 from recoverd.policy.model import Machine
 from recoverd.testing import ThrowawaySSHD
 
-
 RESTIC_UNDER_TEST = "RECOVERD_TEST_RESTIC"
 """Environment variable: the restic binary the suite runs, on the controller and on every test
 machine (``./setup.sh test`` runs the suite once per supported restic). Unset: ``restic`` on
