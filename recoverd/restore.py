@@ -54,6 +54,10 @@ class RestoreRequest:
     """``--item``: what to recover from a Windows system image (files, folders or volumes)."""
     verify: str = "restic"
     """Files restores: one of :data:`VERIFY_MODES` (``--verify``)."""
+    replace_links: bool = False
+    """Files restores: replace a symbolic link found where the snapshot has a folder (or above
+    the ``--to`` destination) with that folder (``--replace-links``); without it the plan is
+    refused."""
 
 
 @dataclass
@@ -69,9 +73,9 @@ class RestorePlan:
     created: list[str] = field(default_factory=list)
     """Files that do not exist at the destination now."""
     replaced: list[str] = field(default_factory=list)
-    """Existing files that will be overwritten and differ (size or time) from the snapshot."""
+    """Existing files that will be overwritten: they differ from the snapshot."""
     unchanged: int = 0
-    """Existing files that look identical already (they are rewritten all the same)."""
+    """Existing files that match the snapshot already (files targets leave them alone)."""
     refusal: str | None = None
     """Why this restore must not run; set by ``plan``, nothing has been written."""
     details: dict[str, Any] = field(default_factory=dict)

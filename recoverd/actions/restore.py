@@ -43,6 +43,8 @@ class RestoreOrder:
     engineer: str | None = None
     verify: str | None = None
     """``--verify``: how a files restore is checked (None: the target's default)."""
+    replace_links: bool = False
+    """``--replace-links``: replace symbolic links where the snapshot has folders."""
 
     @property
     def destination_kind(self) -> str:
@@ -229,6 +231,7 @@ class PreparedRestore(AbstractContextManager["PreparedRestore"]):
                 snapshot=snapshot,
                 destination=order.device or order.to,
                 items=order.items,
+                replace_links=order.replace_links,
                 **({"verify": self.verify_mode} if self.verify_mode else {}),
             )
             self.plan: RestorePlan = self.target.plan(self.request)

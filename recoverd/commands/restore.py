@@ -19,7 +19,7 @@ from recoverd.restore import VERIFY_MODES, RestorePlan
 from recoverd.runs import exit_code
 
 LISTED = 20
-"""Replaced files a plan shows by name; the rest are counted."""
+"""Replaced (and created) files a plan shows by name; the rest are counted."""
 
 
 def plan_record(prepared: PreparedRestore) -> dict[str, Any]:
@@ -37,9 +37,12 @@ def plan_record(prepared: PreparedRestore) -> dict[str, Any]:
         "destination": plan.destination,
         "bytes": plan.bytes_total,
         "files": plan.files_total,
-        "replaced": plan.replaced,
-        "created": len(plan.created),
+        "replaced": plan.replaced[:LISTED],
+        "replaced_count": len(plan.replaced),
+        "created": plan.created[:LISTED],
+        "created_count": len(plan.created),
         "unchanged": plan.unchanged,
+        "links_found": plan.details.get("links_found", []),
         "refusal": plan.refusal,
     }
 
@@ -67,7 +70,16 @@ def format_plan(prepared: PreparedRestore) -> str:
         if len(plan.replaced) > LISTED:
             lines.append(f"               ... and {len(plan.replaced) - LISTED} more")
         lines.append(f"  creates    {len(plan.created)} file(s) missing now")
-        lines.append(f"  rewrites   {plan.unchanged} file(s) that look unchanged")
+        lines += [f"               {path}" for path in plan.created[:LISTED]]
+        if len(plan.created) > LISTED:
+            lines.append(f"               ... and {len(plan.created) - LISTED} more")
+        lines.append(f"  leaves     {plan.unchanged} file(s) that match the snapshot")
+        links = plan.details.get("links_found", [])
+        if links:
+            lines.append(
+                f"  links      {len(links)} symbolic link(s) where the snapshot has a folder"
+            )
+            lines += [f"               {link}" for link in links[:LISTED]]
     if plan.refusal:
         lines.append(f"  REFUSED    {plan.refusal}")
     return "\n".join(lines)
@@ -97,6 +109,7 @@ def cmd_restore(ctl: Controller, args: argparse.Namespace) -> int:
         reported_by=args.reported_by,
         engineer=args.engineer,
         verify=args.verify,
+        replace_links=args.replace_links,
     )
     with PreparedRestore(ctl, order) as prepared:
         if args.json:
@@ -130,11 +143,15 @@ def cmd_restore(ctl: Controller, args: argparse.Namespace) -> int:
         stats = view["stats"] or {}
         verdict = stats.get("verification", "not verified")
         how = f"{stats['verify']}, " if stats.get("verify") else ""
+        took = stats.get("time_to_restore_s")
+        written = (
+            f"{human_bytes(stats.get('bytes_restored'))} in {took} s"
+            if took is not None
+            else "not restored"
+        )
         print(
             f"{view['machine']} restore: {view['state']}, verification {verdict} "
-            f"({how}{stats.get('files_verified', 0)} checked), "
-            f"{human_bytes(stats.get('bytes_restored'))} in {stats.get('time_to_restore_s')} s "
-            f"(run {view['id']})"
+            f"({how}{stats.get('files_verified', 0)} checked), {written} (run {view['id']})"
         )
         if view.get("error"):
             print(f"  {view['error']}")
@@ -315,6 +332,12 @@ def register(add: AddCommand) -> None:
         help="files: 'restic' (default) has restic read every restored file back against the "
         "snapshot and checks every file's size; 'full' also reads the snapshot again from the "
         "repository and compares a sha256 of every file (slower, independent of restic restore)",
+    )
+    p.add_argument(
+        "--replace-links",
+        action="store_true",
+        help="files: replace symbolic links found where the snapshot has folders with those "
+        "folders (without it such a restore is refused: it would write through them)",
     )
     p.add_argument("--yes", action="store_true", help="do not ask (for scripts)")
     p.add_argument("--dry-run", action="store_true", help="show the plan, change nothing")
