@@ -60,6 +60,10 @@ def format_plan(prepared: PreparedRestore) -> str:
         + ("" if plan.bytes_total is None else f", {human_bytes(plan.bytes_total)}"),
         f"  to         {plan.destination}  [{plan.target}]",
     ]
+    if plan.details.get("destination_given"):
+        lines.append(
+            f"             (given as {plan.details['destination_given']}: a symbolic link)"
+        )
     # A whole image replaces its destination; a recovery of some files names them.
     if prepared.level.kind == "image" and plan.replaced in ([], [plan.destination]):
         if plan.replaced:
