@@ -11,7 +11,7 @@ import pytest
 from test_backup_e2e import Workplace
 
 from recoverd.cli import main
-from recoverd_plugins.files_restore import FilesInPlace, checked_destination
+from recoverd_plugins.files_restore import FilesInPlace
 
 
 @pytest.fixture
@@ -179,6 +179,8 @@ def test_to_path_that_is_not_absolute_or_has_dotdot_is_a_usage_error(
 
 
 def test_checked_destination_cleans_dots_and_slashes() -> None:
+    from recoverd_plugins.files_restore import checked_destination
+
     assert checked_destination("/srv//restored/./x/") == "/srv/restored/x"
     assert checked_destination("/") == "/"
 
