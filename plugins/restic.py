@@ -346,14 +346,18 @@ exit 98, nothing written), ``R`` a path to remove first (a file or symlink being
 ``I`` a restic ``--include`` pattern, ``F`` a path whose facts (:data:`PATH_FACTS`) are printed
 afterwards. ``$1`` is ``all`` (restore the whole snapshot: ``restic_ $2...``), ``some`` (only
 the ``I`` patterns) or ``none``; the exit status is restic's."""
+OVERWRITE_VERSION = (0, 17, 0)
+"""From this version restic overwrites an existing file only where its content differs from
+the snapshot (it reads the file to tell), and ``--verify`` checks only what it wrote."""
 LINKS_APPEARED = 98
 """RESTORE_SELECTED's exit status when a path that must not be a symlink now is one."""
 
 
 def include_pattern(path: str) -> str:
     """Return a restic ``--include`` pattern that matches ``path`` (and what is below it)
-    only: glob characters in a name are written as one-character classes."""
-    return re.sub(r"([*?\[\\])", r"[\1]", path)
+    only: glob characters and backslashes in a name are escaped with a backslash (restic
+    matches each name with Go's ``filepath.Match``)."""
+    return re.sub(r"([*?\[\\])", r"\\\1", path)
 
 
 @dataclass
@@ -370,6 +374,8 @@ class RestoreReport:
     sizes: dict[str, int] | None = None
     """Size of every path asked about that exists after the restore (``sizes_of``); None when
     not asked."""
+    version: tuple[int, int, int] | None = None
+    """The version of the restic that restored (:meth:`ResticEngine.restore_selected`)."""
     facts: bytes | None = None
     """:data:`PATH_FACTS` output for the paths asked about after the restore
     (:meth:`ResticEngine.restore_selected`); None when not asked."""
@@ -397,6 +403,7 @@ class RestoreOutput:
         self.report = RestoreReport()
         self.errors: list[tuple[str, str]] = []
         self.other: list[str] = []
+        self.version_text: str | None = None
         self._verifying = False
 
     def line(self, line: str) -> None:
@@ -404,6 +411,8 @@ class RestoreOutput:
         finished = re.match(r"^finished verifying (\d+) files? in ", line)
         if item:
             self.errors.append((redact(item[1]), redact(item[2])))
+        elif line.startswith(VERSION_MARKER):
+            self.version_text = line[len(VERSION_MARKER) :]
         elif line.startswith("verifying files in "):
             self._verifying = True
         elif finished:
@@ -859,8 +868,11 @@ class ResticEngine(Engine):
             on_stdout=stdout.append,
             on_stderr=err,
             data=data,
+            check_version=not self.knows_version,
         )
         err.flush()
+        if not self.knows_version:
+            self.take_reported_version(output.version_text, outcome)
         if outcome.exit_status == LINKS_APPEARED:
             links = [p.decode("utf-8", "surrogateescape") for p in b"".join(stdout).split(b"\0")]
             links = [link for link in links if link]
@@ -875,7 +887,7 @@ class ResticEngine(Engine):
                 f"{redact(' '.join(output.other))[-300:]}"
             )
         report = output.finish()
-        report.facts = b"".join(stdout)
+        report.facts, report.version = b"".join(stdout), self._version
         if not outcome.ok and not (report.failed or report.mismatches):
             outcome.stderr = "\n".join(output.other).encode()
             raise classify_failure(outcome, f"restore of {snapshot}", self.program)

@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 import pytest
-from test_backup_e2e import Workplace
+from test_backup_e2e import HOSTILE_NAMES, Workplace
 
 from recoverd.cli import main
 from recoverd_plugins.files_restore import FilesInPlace
@@ -235,3 +235,37 @@ def test_plan_names_the_first_twenty_created_and_replaced_with_counts(
     plan = json.loads(capsys.readouterr().out)["plan"]
     assert len(plan["created"]) == 20 and plan["created_count"] == 25
     assert len(plan["replaced"]) == 20 and plan["replaced_count"] == 22
+
+
+def test_in_place_restore_of_hostile_names_writes_exactly_the_damaged_ones(
+    place: Workplace, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tree = place.root / "hostile [tree] *"
+    tree.mkdir()
+    names = [*HOSTILE_NAMES, "star*.txt", "br[a]ck.txt", "back\\slash.txt", "q?.txt", "#hash"]
+    for i, name in enumerate(names):
+        (tree / name).write_text(f"content {i}\n")
+    (tree / "star-other.txt").write_text("a name the pattern star*.txt would match\n")
+    place.write_policy([tree])
+    assert main(["backup", "ws-042", "--level", "nightly"]) == 0
+    damaged = [
+        "star*.txt",
+        "br[a]ck.txt",
+        "back\\slash.txt",
+        "new\nline.txt",
+        "$(touch PWNED-dollar).txt",
+    ]
+    for name in damaged:
+        (tree / name).write_text("damaged\n")
+    kept = ctimes(tree)
+    assert main(["restore", "ws-042", "--in-place", "--yes"]) == 0
+    run = place.log(capsys)[-1]
+    assert run["state"] == "succeeded", run
+    assert run["stats"]["files_restored"] == len(damaged)
+    for i, name in enumerate(names):
+        assert (tree / name).read_text() == f"content {i}\n"
+    after = ctimes(tree)
+    assert {n: after[n] for n in kept if n not in damaged} == {
+        n: kept[n] for n in kept if n not in damaged
+    }
+    assert not list(place.root.glob("**/PWNED*")) and not list(Path.cwd().glob("PWNED*"))
