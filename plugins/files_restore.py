@@ -477,6 +477,8 @@ class PosixFilesTarget(FilesTarget):
     restores exactly what is missing or differs (``--include``), the same on every restic.
     """
 
+    leaves_unchanged = True
+
     def __init__(self, engine: ResticEngine) -> None:
         super().__init__(engine)
         self._work = Work()

@@ -111,6 +111,9 @@ class RestoreTarget(ABC):
     takes_items = False
     """Whether this target restores parts of a snapshot named by ``--item``
     (:attr:`RestoreRequest.items`) rather than the whole snapshot."""
+    leaves_unchanged = False
+    """Whether existing files that match the snapshot are left alone (else they are written
+    all the same, and the plan says so)."""
     verify_modes: tuple[str, ...] = ()
     """Which of :data:`VERIFY_MODES` this target offers, the default first; empty: it has one
     way of its own (an image's sha256) and ``--verify`` does not apply."""

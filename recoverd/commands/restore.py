@@ -77,7 +77,10 @@ def format_plan(prepared: PreparedRestore) -> str:
         lines += [f"               {path}" for path in plan.created[:LISTED]]
         if len(plan.created) > LISTED:
             lines.append(f"               ... and {len(plan.created) - LISTED} more")
-        lines.append(f"  leaves     {plan.unchanged} file(s) that match the snapshot")
+        if prepared.target_cls.leaves_unchanged:
+            lines.append(f"  leaves     {plan.unchanged} file(s) that match the snapshot")
+        else:
+            lines.append(f"  rewrites   {plan.unchanged} file(s) that look unchanged")
         links = plan.details.get("links_found", [])
         if links:
             lines.append(
