@@ -204,6 +204,8 @@ def test_a_folder_that_becomes_a_link_after_the_plan_fails_the_run_and_writes_no
 
     monkeypatch.setattr(FilesInPlace, "plan", plan_then_swap)
     assert main(["restore", "ws-042", "--in-place", "--yes"]) == 1
+    out = capsys.readouterr().out
+    assert "restore: failed" in out and "not restored (run" in out and "None" not in out
     run = place.log(capsys)[-1]
     assert run["action"] == "restore" and run["state"] == "failed"
     assert "became symbolic link" in run["error"] and str(tree / "docs") in run["error"]
@@ -269,3 +271,19 @@ def test_in_place_restore_of_hostile_names_writes_exactly_the_damaged_ones(
         n: kept[n] for n in kept if n not in damaged
     }
     assert not list(place.root.glob("**/PWNED*")) and not list(Path.cwd().glob("PWNED*"))
+
+
+def test_to_path_restore_twice_writes_everything_then_nothing(
+    place: Workplace, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tree, _backup = backed_up(place, capsys)
+    target = place.root / "restored"
+    assert main(["restore", "ws-042", "--to", str(target) + "//./", "--yes"]) == 0
+    copy = target / str(tree).lstrip("/")
+    assert state(copy) == state(tree)
+    before = ctimes(copy)
+    assert main(["restore", "ws-042", "--to", str(target), "--yes"]) == 0
+    assert ctimes(copy) == before  # the link's target was compared, not rewritten
+    first, second = place.log(capsys)[-2:]
+    assert first["stats"]["files_restored"] == 11 and first["stats"]["destination"] == str(target)
+    assert second["stats"]["files_restored"] == 0 and second["stats"]["files_unchanged"] == 12
