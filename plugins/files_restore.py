@@ -498,10 +498,10 @@ class PosixFilesTarget(FilesTarget):
         unchanged = 0
         # Folders restored whole (missing, or a symlink replaced by one): what is below needs
         # no pattern of its own, and the machine's facts there (through a link) mean nothing.
-        covered: list[str] = []
+        covered: set[str] = set()
 
         def below_covered(path: str) -> bool:
-            return any(path.startswith(top + "/") for top in covered)
+            return bool(covered) and any(folder in covered for folder in ancestors(path)[:-1])
 
         for path in above:
             fact = facts.get(path)
@@ -510,7 +510,7 @@ class PosixFilesTarget(FilesTarget):
             if fact.type == "l":
                 links.append(f"{path} -> {fact.target}")
                 work.remove.append(path)
-                covered.append(path)
+                covered.add(path)
                 break
             if fact.type != "d":
                 refusals.append(f"{path} is a {TYPE_NAMES[fact.type]}, not a folder")
@@ -528,7 +528,7 @@ class PosixFilesTarget(FilesTarget):
                     work.no_links.append(path)
                     self._include(work, node)
                     if kind == "d":
-                        covered.append(path)
+                        covered.add(path)
             elif kind == "d" and fact.type == "d":
                 work.no_links.append(path)
             elif kind == "d":  # a symlink or a file where the snapshot has a folder
@@ -537,7 +537,7 @@ class PosixFilesTarget(FilesTarget):
                 else:
                     replaced.append(path)
                 work.remove.append(path)
-                covered.append(path)
+                covered.add(path)
                 self._include(work, node)
             elif fact.type == "d":
                 refusals.append(
