@@ -15,6 +15,7 @@ Verification has two modes (``--verify``, see :data:`recoverd.restore.VERIFY_MOD
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import tarfile
@@ -402,14 +403,22 @@ def _ns(seconds: str) -> int:
     return int(whole) * 1_000_000_000 + int((fraction + "000000000")[:9])
 
 
+ISO_TIME = re.compile(r"(.*T\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)")
+
+
 def _iso_ns(text: str | None) -> int | None:
     """Given restic's RFC 3339 time with nanoseconds, return nanoseconds since the epoch."""
-    found = re.fullmatch(r"(.*T\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)", text or "")
+    found = ISO_TIME.fullmatch(text or "")
     if found is None:
         return None
-    zone = "+00:00" if found[3] == "Z" else found[3]
-    whole = int(datetime.fromisoformat(found[1] + zone).timestamp())
+    whole = _epoch(found[1], "+00:00" if found[3] == "Z" else found[3])
     return whole * 1_000_000_000 + int(((found[2] or "") + "000000000")[:9])
+
+
+@functools.lru_cache(maxsize=4096)
+def _epoch(seconds: str, zone: str) -> int:
+    """Seconds since the epoch of an ISO time without fraction (files of a tree share many)."""
+    return int(datetime.fromisoformat(seconds + zone).timestamp())
 
 
 def posix_mode(go_mode: int) -> int:
@@ -463,6 +472,9 @@ class Work:
     """Symlink targets in the snapshot, where they were looked up, by destination."""
     owners: bool = False
     """Whether owners count as a difference (the machine runs the restore as root)."""
+    matched: set[str] = field(default_factory=set)
+    """Destinations that matched the snapshot when planned (left alone, not looked at after
+    the write)."""
 
 
 class PosixFilesTarget(FilesTarget):
@@ -531,6 +543,7 @@ class PosixFilesTarget(FilesTarget):
                         covered.add(path)
             elif kind == "d" and fact.type == "d":
                 work.no_links.append(path)
+                work.matched.add(path)
             elif kind == "d":  # a symlink or a file where the snapshot has a folder
                 if fact.type == "l":
                     links.append(f"{path} -> {fact.target}")
@@ -547,6 +560,7 @@ class PosixFilesTarget(FilesTarget):
                 same_links.append(path)
             elif self._same(node, fact, kind, work.owners):
                 unchanged += 1
+                work.matched.add(path)
             else:
                 replaced.append(path)
                 # restic overwrites a file with a file; anything else (a symlink above all:
@@ -557,6 +571,7 @@ class PosixFilesTarget(FilesTarget):
             for path in same_links:
                 if work.targets.get(path) == facts[path].target:
                     unchanged += 1
+                    work.matched.add(path)
                 else:
                     replaced.append(path)
                     self._replace(work, path, work.nodes[path])
@@ -668,7 +683,7 @@ class PosixFilesTarget(FilesTarget):
             includes=work.includes,
             remove=work.remove,
             no_links=work.no_links,
-            facts_of=list(work.nodes),
+            facts_of=[path for path in work.nodes if path not in work.matched],
             verify=request.verify == "restic",
         )
         self._report.raise_for_failed(request.snapshot.short_id)
@@ -687,10 +702,12 @@ class PosixFilesTarget(FilesTarget):
         check of what it wrote (mode ``restic``) or a sha256 of every file (mode ``full``)."""
         report = self._report
         if report is not None and report.facts is not None:
+            # What was written, read right after; the rest matched when the plan read it.
             facts = parse_facts(report.facts)
+            mismatches = self._structure(facts, skip=self._work.matched)
         else:
             facts, _root = self._facts(list(self._work.nodes))
-        mismatches = self._structure(facts)
+            mismatches = self._structure(facts, skip=set())
         if request.verify == "full" or report is None:
             full = self._verify_full(request, plan, progress)
             listed = set(mismatches)
@@ -710,15 +727,17 @@ class PosixFilesTarget(FilesTarget):
                 f"restic --verify checked {report.verified} of the {written} file(s) restored"
             )
         method = (
-            "restic restore --verify of what was written; every path present with the "
-            "snapshot's type, files with its size and mode"
+            "restic restore --verify of what was written; every path written present with the "
+            "snapshot's type, files with its size and mode (the others matched when planned)"
         )
         return Verification(method, len(plan.files), mismatches)
 
-    def _structure(self, facts: dict[str, PathFacts]) -> list[str]:
-        """Return how the paths at the destination differ from the snapshot's nodes."""
+    def _structure(self, facts: dict[str, PathFacts], skip: set[str]) -> list[str]:
+        """Return how the paths at the destination (but ``skip``) differ from the snapshot."""
         mismatches = []
         for path, node in self._work.nodes.items():
+            if path in skip:
+                continue
             kind = FIND_TYPES.get(str(node.get("type")), "?")
             fact = facts.get(path)
             if fact is None:
