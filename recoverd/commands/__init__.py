@@ -51,6 +51,7 @@ class AddCommand(Protocol):
 
 MODULES = {
     "recoverd.commands.inventory": ("check", "machines", "plugins"),
+    "recoverd.commands.enroll": ("enroll",),
     "recoverd.commands.backup": ("backup", "snapshots"),
     "recoverd.commands.log": ("log",),
     "recoverd.commands.schedule": ("plan", "status", "daemon"),

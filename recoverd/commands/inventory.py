@@ -14,6 +14,10 @@ from recoverd.output import emit_json, format_table, local_time
 
 def cmd_check(ctl: Controller, args: argparse.Namespace) -> int:
     policies = ctl.policies  # raises PolicyError with every problem
+    if args.online:
+        from recoverd.commands.enroll import cmd_check_online
+
+        return cmd_check_online(ctl, args)
     machines = policies.machines()
     levels = sum(len(m.levels) for m in machines)
     warnings = policy_warnings(ctl)
@@ -119,7 +123,14 @@ def cmd_plugins(ctl: Controller, args: argparse.Namespace) -> int:
 
 
 def register(add: AddCommand) -> None:
-    add("check", cmd_check, "validate every policy file")
+    p = add("check", cmd_check, "validate every policy file")
+    p.add_argument(
+        "--online",
+        action="store_true",
+        help="also reach every machine and, from it, every repository (read-only): what "
+        "would fail tonight",
+    )
+    p.add_argument("--client", help="with --online: only this client's machines")
     p = add("machines", cmd_machines, "inventory of machines and their last good runs")
     p.add_argument("--client", help="only this client")
     add("plugins", cmd_plugins, "loaded plugins, their kinds and versions")
