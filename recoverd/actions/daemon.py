@@ -32,7 +32,7 @@ import schedule
 
 from recoverd import clock
 from recoverd.actions.backup import backup_machine, written_repository
-from recoverd.actions.due import Duty, machine_duties
+from recoverd.actions.due import Duty, machine_duties, policy_changed_at
 from recoverd.actions.verify import run_drill
 from recoverd.controller import Controller
 from recoverd.errors import MachineBusy, PolicyError, RecoverdError
@@ -189,8 +189,10 @@ class Daemon:
             or read_at is None
             or any(d.run_at is None or read_at < d.run_at <= now for d in known)
         ):
-            timezone = self.ctl.policies.clients[machine.client].timezone
-            known = self._known[name] = machine_duties(self.ctl.log, machine, timezone, now)
+            client = self.ctl.policies.clients[machine.client]
+            known = self._known[name] = machine_duties(
+                self.ctl.log, machine, client.timezone, now, policy_changed_at(client.source)
+            )
             self._read_at[name] = now
         return known
 
