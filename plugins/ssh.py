@@ -217,6 +217,26 @@ class SSHTransport(Transport):
                 f"a valid key: {exc.line!r}"
             ) from None
 
+    @classmethod
+    def policy_warnings(cls, machine: Machine) -> list[str]:
+        """Warn about a machine whose host key nothing vouches for: its first run would be
+        refused (and recorded failed), so enrol it first."""
+        if machine.host_key:
+            return []
+        path = Path(machine.known_hosts or "~/.ssh/known_hosts").expanduser()
+        port = machine.port or 22
+        address = machine.address or machine.name
+        name = address if port == 22 else f"[{address}]:{port}"
+        try:
+            if paramiko.HostKeys(str(path)).lookup(name):
+                return []
+        except (OSError, paramiko.hostkeys.InvalidHostKey):
+            pass  # unreadable: the run says exactly why; here it is simply not known
+        return [
+            f"no host key is pinned and {path} has none for {name}: the first run would be "
+            f"refused; run `recoverd enroll {machine.client}/{machine.name}` to check and pin it"
+        ]
+
     def host_key(self) -> HostKey:
         """Return the key the server offers (a key exchange, no login) and how the policy's
         pinned key or known_hosts file judges it. Raise Unreachable, or HostKeyRejected if the

@@ -118,6 +118,12 @@ class Transport(ABC):
         command runs to its end."""
         return False
 
+    @classmethod
+    def policy_warnings(cls, machine: Machine) -> list[str]:
+        """Return what ``recoverd check`` should point out about ``machine``'s connection
+        settings without connecting (e.g. a host key nobody has pinned yet)."""
+        return []
+
     def host_key(self) -> HostKey | None:
         """Return the key the machine offers now and whether it is trusted, without logging in
         and without trusting it; None if this transport identifies machines otherwise (TLS

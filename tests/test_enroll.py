@@ -151,3 +151,21 @@ def test_check_online_reports_an_unknown_host_key_with_the_line_to_pin_and_chang
     assert "reachable, but it does not exist yet" in out
     assert not (place / "nas").exists(), "check --online creates nothing"
     assert "ssh-keyscan" in out
+
+
+def test_check_warns_about_a_machine_whose_host_key_nothing_vouches_for(
+    place: Path, sshd: ThrowawaySSHD, capsys: pytest.CaptureFixture[str]
+) -> None:
+    known_hosts = place / "known_hosts"
+    known_hosts.write_text("")
+    policy = write_policy(
+        place / "policies", sshd, place / "nas", pinned=f'known_hosts = "{known_hosts}"'
+    )
+    assert main(["check"]) == 0
+    err = capsys.readouterr().err
+    assert f"{policy}: machines.ws-042: no host key is pinned" in err
+    assert "recoverd enroll acme/ws-042" in err
+
+    known_hosts.write_text(f"[127.0.0.1]:{sshd.port} {sshd.host_key_line}\n")
+    assert main(["check"]) == 0
+    assert "no host key is pinned" not in capsys.readouterr().err
