@@ -234,6 +234,8 @@ class _Table:
 
     values: dict[str, Any] = field(default_factory=dict)
     paths: dict[str, str] = field(default_factory=dict)
+    amends: bool = False
+    """A machine's level that amends its template's level of the same name (no ``kind``)."""
 
     def get(self, key: str, default: Any = None) -> Any:
         return self.values.get(key, default)
@@ -444,15 +446,34 @@ class _PolicyFile:
             own = self.table(value, where, checks)
             if own is None:
                 continue
-            levels = self._levels(own.get("levels", []), _join(where, "levels"), repositories)
-            table, levels = _merge(templates.get(own.get("template", "")), own, levels)
+            template = templates.get(own.get("template", ""))
+            amendable = {d.values["name"]: d for d in template[1]} if template else {}
+            levels = self._levels(
+                own.get("levels", []), _join(where, "levels"), repositories, amendable
+            )
+            table, levels = _merge(template, own, levels)
+            for level in levels:
+                if level.amends:
+                    at = level.paths["name"].rpartition(".")[0]
+                    self._kind_keys(level, at, level.values["kind"])
             machine = self._machine(name, where, client_id, table, levels)
             if machine is not None:
                 machines[name] = machine
         return machines
 
-    def _levels(self, raw: Any, where: str, repositories: set[str]) -> list[_Table]:
-        """Check a ``levels`` list; return the levels that have a valid, unique name."""
+    def _levels(
+        self,
+        raw: Any,
+        where: str,
+        repositories: set[str],
+        amendable: dict[str, _Table] | None = None,
+    ) -> list[_Table]:
+        """Check a ``levels`` list; return the levels that have a valid, unique name.
+
+        A machine's level without ``kind`` that names one of its template's levels
+        (``amendable``) amends that level: its keys are checked against the template level's
+        kind after the merge.
+        """
         if not isinstance(raw, list):
             self.problem(where, _expected("a list of tables ([[...levels]])", raw))
             return []
@@ -480,12 +501,27 @@ class _PolicyFile:
         first_index: dict[str, int] = {}
         for index, value in enumerate(raw):
             at = f"{where}[{index}]"
-            table = self.table(value, at, checks, required=["name", "kind"])
+            table = self.table(value, at, checks, required=["name"])
             if table is None:
                 continue
             kind = table.get("kind")
             if kind in _LEVEL_KIND_KEYS:
                 self._kind_keys(table, at, kind)
+            elif "kind" not in table.paths:
+                name = table.get("name")
+                if amendable and name in amendable:
+                    table.amends = True
+                else:
+                    self.problem(
+                        _join(at, "kind"),
+                        "missing required key"
+                        + (
+                            f" (or name a level of the template to amend it: "
+                            f"{', '.join(amendable)})"
+                            if amendable
+                            else ""
+                        ),
+                    )
             name = table.get("name")
             if name in first_index:
                 self.problem(
@@ -692,16 +728,32 @@ def _merge(
 ) -> tuple[_Table, list[_Table]]:
     """Return a machine's table and levels with its template's under them.
 
-    The machine's keys override the template's; its levels add to the template's, and one
-    with a template level's name replaces it in place.
+    The machine's keys override the template's; its levels add to the template's. One with a
+    template level's name replaces it, or, without a ``kind``, amends it: its keys override
+    the template level's. Levels are listed by kind (files, image, copy, verify: what is
+    backed up before its copies and drills), in policy order within a kind.
     """
     if template is None:
-        return own, own_levels
+        return own, _by_kind(own_levels)
     base, base_levels = template
     merged = _Table({**base.values, **own.values}, {**base.paths, **own.paths})
     mine = {d.values["name"]: d for d in own_levels}
-    levels = [mine.pop(d.values["name"], d) for d in base_levels]
-    return merged, levels + list(mine.values())
+    levels = []
+    for level in base_levels:
+        change = mine.pop(level.values["name"], None)
+        if change is None:
+            levels.append(level)
+        elif change.amends:
+            values = {**level.values, **change.values}
+            levels.append(_Table(values, {**level.paths, **change.paths}, amends=True))
+        else:
+            levels.append(change)
+    return merged, _by_kind(levels + list(mine.values()))
+
+
+def _by_kind(levels: list[_Table]) -> list[_Table]:
+    order = {kind: index for index, kind in enumerate(LEVEL_KINDS)}
+    return sorted(levels, key=lambda d: order.get(d.get("kind"), len(order)))
 
 
 def _level(table: _Table) -> Level:
