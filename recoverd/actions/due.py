@@ -88,9 +88,11 @@ class Duty:
 
 
 def policy_changed_at(path: Path) -> datetime | None:
-    """Return when the policy file ``path`` was last written, or None if it cannot be read."""
+    """Return when the policy file ``path`` was last written, to the second as runs record
+    their start (a run started in the same second counts as after it), or None if it cannot
+    be read."""
     try:
-        return datetime.fromtimestamp(path.stat().st_mtime, UTC)
+        return datetime.fromtimestamp(int(path.stat().st_mtime), UTC)
     except OSError:
         return None
 
