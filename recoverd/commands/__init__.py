@@ -50,7 +50,7 @@ class AddCommand(Protocol):
 
 
 MODULES = {
-    "recoverd.commands.inventory": ("check", "machines", "plugins"),
+    "recoverd.commands.inventory": ("check", "machines", "plugins", "schema"),
     "recoverd.commands.enroll": ("enroll",),
     "recoverd.commands.backup": ("backup", "snapshots"),
     "recoverd.commands.log": ("log",),

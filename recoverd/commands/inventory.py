@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from recoverd.actions.check import policy_warnings
 from recoverd.commands import AddCommand
@@ -122,6 +123,19 @@ def cmd_plugins(ctl: Controller, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_schema(ctl: Controller, args: argparse.Namespace) -> int:
+    import json
+
+    from recoverd.policy.schema import policy_schema
+
+    text = json.dumps(policy_schema(ctl.secrets.schemes), indent=2) + "\n"
+    if args.output:
+        args.output.write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
 def register(add: AddCommand) -> None:
     p = add("check", cmd_check, "validate every policy file")
     p.add_argument(
@@ -134,3 +148,10 @@ def register(add: AddCommand) -> None:
     p = add("machines", cmd_machines, "inventory of machines and their last good runs")
     p.add_argument("--client", help="only this client")
     add("plugins", cmd_plugins, "loaded plugins, their kinds and versions")
+    p = add(
+        "schema",
+        cmd_schema,
+        "the JSON Schema of policy files, for editors (Taplo / Even Better TOML)",
+        state_option=False,
+    )
+    p.add_argument("-o", "--output", type=Path, metavar="FILE", help="write it to FILE")

@@ -331,14 +331,7 @@ class _PolicyFile:
         if raw is None:
             self.problem("client", "missing required table [client]")
             return None, None
-        checks = {
-            "id": _string,
-            "name": _string,
-            "engineer": _string,
-            "timezone": _timezone,
-            "restore_sla": _sla,
-        }
-        table = self.table(raw, "client", checks, required=["name"])
+        table = self.table(raw, "client", self._client_checks(), required=["name"])
         if table is None:
             return None, None
         if "id" not in table.paths:
@@ -360,13 +353,25 @@ class _PolicyFile:
             return table, None
         return table, client_id
 
-    def _repositories(self, raw: Any) -> dict[str, Repository]:
-        repositories: dict[str, Repository] = {}
-        checks = {
+    def _client_checks(self) -> dict[str, _Check]:
+        return {
+            "id": _string,
+            "name": _string,
+            "engineer": _string,
+            "timezone": _timezone,
+            "restore_sla": _sla,
+        }
+
+    def _repository_checks(self) -> dict[str, _Check]:
+        return {
             "url": _repository_url,
             "password": partial(_secret, schemes=self.schemes),
             "max_parallel": _positive_int,
         }
+
+    def _repositories(self, raw: Any) -> dict[str, Repository]:
+        repositories: dict[str, Repository] = {}
+        checks = self._repository_checks()
         for name, value in self._named_tables(raw, "repositories").items():
             table = self.table(
                 value, _join("repositories", name), checks, required=["url", "password"]
@@ -461,24 +466,9 @@ class _PolicyFile:
                 machines[name] = machine
         return machines
 
-    def _levels(
-        self,
-        raw: Any,
-        where: str,
-        repositories: set[str],
-        amendable: dict[str, _Table] | None = None,
-    ) -> list[_Table]:
-        """Check a ``levels`` list; return the levels that have a valid, unique name.
-
-        A machine's level without ``kind`` that names one of its template's levels
-        (``amendable``) amends that level: its keys are checked against the template level's
-        kind after the merge.
-        """
-        if not isinstance(raw, list):
-            self.problem(where, _expected("a list of tables ([[...levels]])", raw))
-            return []
+    def _level_checks(self, repositories: set[str]) -> dict[str, _Check]:
         defined = partial(_defined, names=repositories, what="repository")
-        checks: dict[str, _Check] = {
+        return {
             "name": _name,
             "kind": partial(_choice, choices=LEVEL_KINDS),
             "every": _every,
@@ -497,6 +487,24 @@ class _PolicyFile:
             "sample": _sample,
             "where": partial(_choice, choices=VERIFY_WHERE),
         }
+
+    def _levels(
+        self,
+        raw: Any,
+        where: str,
+        repositories: set[str],
+        amendable: dict[str, _Table] | None = None,
+    ) -> list[_Table]:
+        """Check a ``levels`` list; return the levels that have a valid, unique name.
+
+        A machine's level without ``kind`` that names one of its template's levels
+        (``amendable``) amends that level: its keys are checked against the template level's
+        kind after the merge.
+        """
+        if not isinstance(raw, list):
+            self.problem(where, _expected("a list of tables ([[...levels]])", raw))
+            return []
+        checks = self._level_checks(repositories)
         levels: list[_Table] = []
         first_index: dict[str, int] = {}
         for index, value in enumerate(raw):
