@@ -196,3 +196,28 @@ def duties(ctl: Controller, now: datetime) -> list[Duty]:
         for machine in client.machines.values():
             found += machine_duties(ctl.log, machine, client.timezone, now, changed_at)
     return found
+
+
+def copies_not_due(
+    ctl: Controller, machine: Machine, levels: list[Level], now: datetime
+) -> dict[str, Duty | None]:
+    """Given the levels a ``recoverd backup MACHINE`` (no ``--level``) would run, return the
+    copy levels among them that are not due, by name, with their duty (None: the level has no
+    schedule). A monthly offsite copy is not redone by every manual backup; it runs when its
+    schedule says so, or when named with ``--level``."""
+    client = ctl.policies.clients[machine.client]
+    copies = [lv for lv in levels if lv.kind == "copy"]
+    if not copies:
+        return {}
+    by_level = {
+        d.level.name: d
+        for d in machine_duties(
+            ctl.log, machine, client.timezone, now, policy_changed_at(client.source)
+        )
+    }
+    held: dict[str, Duty | None] = {}
+    for level in copies:
+        duty = by_level.get(level.name)
+        if duty is None or not duty.due:
+            held[level.name] = duty
+    return held
