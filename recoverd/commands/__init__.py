@@ -60,6 +60,7 @@ MODULES = {
     "recoverd.commands.restore": ("restore", "card"),
     "recoverd.commands.verify": ("verify",),
     "recoverd.commands.vault": ("vault",),
+    "recoverd.commands.completion": ("completion",),
 }
 """The command modules, in the order their commands appear in ``recoverd --help``, and the
 commands each registers: the CLI imports only the module of the command it runs (the modules
