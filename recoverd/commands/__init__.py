@@ -55,6 +55,7 @@ MODULES = {
     "recoverd.commands.backup": ("backup", "snapshots"),
     "recoverd.commands.log": ("log",),
     "recoverd.commands.schedule": ("plan", "status", "daemon"),
+    "recoverd.commands.service": ("service",),
     "recoverd.commands.accept": ("accept",),
     "recoverd.commands.report": ("report",),
     "recoverd.commands.restore": ("restore", "card"),
