@@ -197,26 +197,36 @@ def reach_repository_fix(machine: Machine, repository: Repository, error: str) -
     user = machine.user or "root"
     target = f"{nas_user}@{host}" if found["user"] else host
     port_option = f"-p {port} " if port else ""
+    keyscan = (
+        f"`ssh-keyscan {port_option}{host.strip('[]')} >> ~/.ssh/known_hosts` and compare the "
+        "fingerprint (`ssh-keygen -lf ~/.ssh/known_hosts`) with the NAS's own "
+        "(`ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub` on the NAS)"
+    )
+    copy_id = (
+        f"create a key if there is none (`ssh-keygen -t ed25519`) and add ~/.ssh/id_ed25519.pub "
+        f"to ~/.ssh/authorized_keys of {nas_user} on {host} (`ssh-copy-id {port_option}{target}`)"
+    )
     if "host key verification failed" in text:
         return (
             f"the machine does not know the NAS's host key: on {machine.name}, as {user}, run "
-            f"`ssh-keyscan {port_option}{host.strip('[]')} >> ~/.ssh/known_hosts` and compare "
-            "the fingerprint (`ssh-keygen -lf ~/.ssh/known_hosts`) with the NAS's own "
-            "(`ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub` on the NAS)"
+            + keyscan
         )
     if "permission denied" in text:
-        return (
-            f"the NAS refuses {machine.name}'s key: on {machine.name}, as {user}, create a key "
-            f"if there is none (`ssh-keygen -t ed25519`) and add ~/.ssh/id_ed25519.pub to "
-            f"~/.ssh/authorized_keys of {nas_user} on {host} "
-            f"(`ssh-copy-id {port_option}{target}`)"
-        )
+        return f"the NAS refuses {machine.name}'s key: on {machine.name}, as {user}, " + copy_id
     if any(
         word in text
         for word in ("connection refused", "no route", "could not resolve", "timed out")
     ):
         where = f"{host}:{port}" if port else host
         return f"{machine.name} cannot reach {where}: check its network, DNS and firewall"
+    if "sftp session" in text or "subprocess ssh" in text:
+        # ssh died before restic read why (its message is lost in a race): name both causes.
+        return (
+            f"the machine's ssh could not open an sftp session to {host}; on {machine.name}, as "
+            f"{user}, `ssh {port_option}{target}` must work without a question: the NAS's host "
+            f"key must be known (run {keyscan}) and the NAS must accept the machine's key "
+            f"({copy_id})"
+        )
     return None
 
 
