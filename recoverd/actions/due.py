@@ -200,11 +200,11 @@ def duties(ctl: Controller, now: datetime) -> list[Duty]:
 
 def copies_not_due(
     ctl: Controller, machine: Machine, levels: list[Level], now: datetime
-) -> dict[str, Duty | None]:
+) -> dict[str, Duty]:
     """Given the levels a ``recoverd backup MACHINE`` (no ``--level``) would run, return the
-    copy levels among them that are not due, by name, with their duty (None: the level has no
-    schedule). A monthly offsite copy is not redone by every manual backup; it runs when its
-    schedule says so, or when named with ``--level``."""
+    scheduled copy levels among them that are not due, by name, with their duty. A monthly
+    offsite copy is not redone by every manual backup; it runs when its schedule says so, or
+    when named with ``--level``. A copy level without a schedule runs with every backup."""
     client = ctl.policies.clients[machine.client]
     copies = [lv for lv in levels if lv.kind == "copy"]
     if not copies:
@@ -215,9 +215,8 @@ def copies_not_due(
             ctl.log, machine, client.timezone, now, policy_changed_at(client.source)
         )
     }
-    held: dict[str, Duty | None] = {}
-    for level in copies:
-        duty = by_level.get(level.name)
-        if duty is None or not duty.due:
-            held[level.name] = duty
-    return held
+    return {
+        level.name: duty
+        for level in copies
+        if (duty := by_level.get(level.name)) is not None and not duty.due
+    }

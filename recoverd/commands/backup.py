@@ -25,11 +25,7 @@ def cmd_backup(ctl: Controller, args: argparse.Namespace) -> int:
     views = backup_machine(ctl, machine, levels, progress=progress) if levels else []
     zone = ctl.policies.clients[machine.client].timezone
     for name, duty in held.items():
-        when = (
-            f"next {local_time(duty.run_at.isoformat(), zone)}"
-            if duty is not None and duty.run_at is not None
-            else "it has no schedule"
-        )
+        when = f"next {local_time(duty.run_at.isoformat(), zone)}" if duty.run_at else "later"
         print(
             f"{machine.name} {name} copy: not due ({when}); run it now with "
             f"`recoverd backup {machine.qualified_name} --level {name}`",
