@@ -218,24 +218,24 @@ class SSHTransport(Transport):
             ) from None
 
     @classmethod
-    def policy_warnings(cls, machine: Machine) -> list[str]:
-        """Warn about a machine whose host key nothing vouches for: its first run would be
-        refused (and recorded failed), so enrol it first."""
+    def unready(cls, machine: Machine) -> str | None:
+        """A machine whose host key nothing vouches for is not enrolled yet: its first run
+        would be refused (and recorded failed), so it waits for ``recoverd enroll``."""
         if machine.host_key:
-            return []
+            return None
         path = Path(machine.known_hosts or "~/.ssh/known_hosts").expanduser()
         port = machine.port or 22
         address = machine.address or machine.name
         name = address if port == 22 else f"[{address}]:{port}"
         try:
             if paramiko.HostKeys(str(path)).lookup(name):
-                return []
+                return None
         except (OSError, paramiko.hostkeys.InvalidHostKey):
             pass  # unreadable: the run says exactly why; here it is simply not known
-        return [
+        return (
             f"no host key is pinned and {path} has none for {name}: the first run would be "
             f"refused; run `recoverd enroll {machine.client}/{machine.name}` to check and pin it"
-        ]
+        )
 
     def host_key(self) -> HostKey:
         """Return the key the server offers (a key exchange, no login) and how the policy's

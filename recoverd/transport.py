@@ -121,8 +121,16 @@ class Transport(ABC):
     @classmethod
     def policy_warnings(cls, machine: Machine) -> list[str]:
         """Return what ``recoverd check`` should point out about ``machine``'s connection
-        settings without connecting (e.g. a host key nobody has pinned yet)."""
-        return []
+        settings without connecting (by default: why it is not :meth:`unready`)."""
+        reason = cls.unready(machine)
+        return [reason] if reason else []
+
+    @classmethod
+    def unready(cls, machine: Machine) -> str | None:
+        """Return why no scheduled run should start on ``machine`` yet, without connecting
+        (it was never enrolled: nothing vouches for its host key), or None. The daemon then
+        leaves its levels alone instead of recording runs that are bound to fail."""
+        return None
 
     def host_key(self) -> HostKey | None:
         """Return the key the machine offers now and whether it is trusted, without logging in

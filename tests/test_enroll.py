@@ -169,3 +169,31 @@ def test_check_warns_about_a_machine_whose_host_key_nothing_vouches_for(
     known_hosts.write_text(f"[127.0.0.1]:{sshd.port} {sshd.host_key_line}\n")
     assert main(["check"]) == 0
     assert "no host key is pinned" not in capsys.readouterr().err
+
+
+def test_daemon_leaves_a_machine_alone_until_it_is_enrolled(
+    place: Path, sshd: ThrowawaySSHD, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Its first runs would be refused and reach the customer's report as failures."""
+    import logging
+
+    from recoverd.actions.daemon import Daemon
+    from recoverd.controller import Controller
+
+    policy = write_policy(place / "policies", sshd, place / "nas")
+    scheduled = 'paths = ["/etc/hostname"]\nevery = "day at 01:30"'
+    policy.write_text(policy.read_text().replace('paths = ["/etc/hostname"]', scheduled))
+    ctl = Controller(place / "policies", place / "state")
+    daemon = Daemon(ctl)
+    with caplog.at_level(logging.WARNING):
+        daemon.tick()
+        daemon.tick()
+    assert daemon.started == 0
+    assert ctl.log.runs() == []
+    waits = [r.getMessage() for r in caplog.records if "waits" in r.getMessage()]
+    assert waits == [
+        f"acme/ws-042 waits: no host key is pinned and {Path('~/.ssh/known_hosts').expanduser()} "
+        f"has none for [127.0.0.1]:{sshd.port}: the first run would be refused; run "
+        "`recoverd enroll acme/ws-042` to check and pin it"
+    ]
+    daemon.shutdown(grace=1)
