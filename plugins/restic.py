@@ -284,6 +284,13 @@ def classify_failure(outcome: CommandOutcome, what: str, program: str) -> Except
             f"{what}: no space left on device (the repository's storage, or restic's cache on "
             f"the machine, is full; free space there and run again): {tail}"
         )
+    if "host key verification failed" in text.lower():
+        return EngineError(
+            f"{what}: Host key verification failed: restic on the machine runs ssh to reach "
+            "the sftp repository, and that ssh does not know the storage server's host key; "
+            "add it to the machine user's ~/.ssh/known_hosts after checking its fingerprint "
+            f"(`recoverd enroll MACHINE` prints the exact command): {tail}"
+        )
     if status == 10 or "Is there a repository at the following location?" in text:
         return EngineError(f"{what}: the repository does not exist or cannot be opened: {tail}")
     return EngineError(f"{what}: restic exited with status {status}: {tail}")
@@ -533,13 +540,21 @@ class ResticEngine(Engine):
             raise too_old(found)
         self._version = found
 
-    def ensure_repository(self, repository: Repository) -> bool:
-        """Initialise ``repository`` if it does not exist; return True if it was created."""
+    def repository_exists(self, repository: Repository) -> bool:
+        """Return whether ``repository`` exists, as the machine reaches it (``restic cat
+        config``). Raise the typed error of :func:`classify_failure` if it cannot tell (the
+        machine cannot reach the storage, a wrong password, ...)."""
         probe = self.restic(repository, ["cat", "config"], timeout=300)
         if probe.ok:
+            return True
+        if repository_missing(probe.exit_status, probe.stderr.decode("utf-8", "replace")):
             return False
-        if not repository_missing(probe.exit_status, probe.stderr.decode("utf-8", "replace")):
-            raise classify_failure(probe, f"open repository {repository.name}", self.program)
+        raise classify_failure(probe, f"open repository {repository.name}", self.program)
+
+    def ensure_repository(self, repository: Repository) -> bool:
+        """Initialise ``repository`` if it does not exist; return True if it was created."""
+        if self.repository_exists(repository):
+            return False
         created = self.restic(repository, ["init"], timeout=300)
         if created.ok:
             return True

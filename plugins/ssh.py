@@ -36,6 +36,7 @@ from recoverd.plugins import lazy_import
 from recoverd.transport import (
     CommandOutcome,
     CommandRequest,
+    HostKey,
     OutputBuffer,
     StdinFeeder,
     Transport,
@@ -216,6 +217,58 @@ class SSHTransport(Transport):
                 f"a valid key: {exc.line!r}"
             ) from None
 
+    @classmethod
+    def unready(cls, machine: Machine) -> str | None:
+        """A machine whose host key nothing vouches for is not enrolled yet: its first run
+        would be refused (and recorded failed), so it waits for ``recoverd enroll``."""
+        if machine.host_key:
+            return None
+        path = Path(machine.known_hosts or "~/.ssh/known_hosts").expanduser()
+        port = machine.port or 22
+        address = machine.address or machine.name
+        name = address if port == 22 else f"[{address}]:{port}"
+        try:
+            if paramiko.HostKeys(str(path)).lookup(name):
+                return None
+        except (OSError, paramiko.hostkeys.InvalidHostKey):
+            pass  # unreadable: the run says exactly why; here it is simply not known
+        return (
+            f"no host key is pinned and {path} has none for {name}: the first run would be "
+            f"refused; run `recoverd enroll {machine.client}/{machine.name}` to check and pin it"
+        )
+
+    def host_key(self) -> HostKey:
+        """Return the key the server offers (a key exchange, no login) and how the policy's
+        pinned key or known_hosts file judges it. Raise Unreachable, or HostKeyRejected if the
+        pinned key or the known_hosts file is unusable."""
+        timeout = self.machine.connect_timeout
+        try:
+            sock = socket.create_connection((self.address, self.port), timeout=timeout)
+        except OSError as exc:
+            error = self._connect_error(exc, timeout)
+            raise error or Unreachable(str(exc)) from None
+        session = paramiko.Transport(sock)
+        try:
+            session.banner_timeout = timeout
+            session.start_client(timeout=timeout)
+            offered = session.get_remote_server_key()
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            error = self._connect_error(exc, timeout)
+            raise error or Unreachable(str(exc)) from None
+        finally:
+            session.close()
+        trusted = paramiko.SSHClient()
+        self._trust_host_keys(trusted)
+        known = trusted.get_host_keys().lookup(self._host_key_name()) or {}
+        expected = known.get(offered.get_name()) or next(iter(known.values()), None)
+        if expected is None:
+            trust, shown = "unknown", None
+        elif expected == offered:
+            trust, shown = ("pinned" if self.machine.host_key else "known"), None
+        else:
+            trust, shown = "changed", f"{expected.get_name()} {expected.fingerprint}"
+        return HostKey(offered.get_name(), offered.get_base64(), offered.fingerprint, trust, shown)
+
     def _pinned_key(self) -> paramiko.PKey:
         """Return the policy's ``host_key`` as a key. Raise HostKeyRejected if it is not one."""
         fields = (self.machine.host_key or "").split()
@@ -258,7 +311,10 @@ class SSHTransport(Transport):
             f"host key of {self.machine.name} ({self.address}:{self.port}) has CHANGED: "
             f"expected {expected.get_name()} {expected.fingerprint}, offered "
             f"{offered.get_name()} {offered.fingerprint}. This is a possible man-in-the-middle; "
-            f"if the machine was reinstalled, verify the new key and update {self._key_source()}"
+            f"if the machine was reinstalled, verify the new key (on the machine: ssh-keygen -lf "
+            f"/etc/ssh/ssh_host_*_key.pub) and update {self._key_source()}: "
+            f'host_key = "{offered.get_name()} {offered.get_base64()}" '
+            f"(or run `recoverd enroll {self.machine.client}/{self.machine.name}`)"
         )
 
     def _credentials(self) -> dict[str, Any]:

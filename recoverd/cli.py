@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import select
 import signal
 import sys
 import threading
@@ -105,12 +106,40 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("recoverd: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError as exc:
+        if _stdout_closed():
+            return SIGPIPE_EXIT
+        print(f"recoverd: {exc}", file=sys.stderr)
+        return 1
     except OSError as exc:  # e.g. a state directory on a full or read-only disk
         print(f"recoverd: {exc}", file=sys.stderr)
         return 1
     finally:
         if on_main_thread:
             signal.signal(signal.SIGTERM, previous or signal.SIG_DFL)
+
+
+SIGPIPE_EXIT = 128 + signal.SIGPIPE
+"""The exit code of ``recoverd plan | head`` once head has read enough: what a program that
+SIGPIPE stopped returns, without a traceback or message."""
+
+
+def _stdout_closed() -> bool:
+    """Return True if stdout is a pipe whose reader went away (``| head``); then point it at
+    /dev/null, so that Python's own flush at exit stays quiet too."""
+    try:
+        fd = sys.stdout.fileno()
+    except (OSError, ValueError):
+        return False
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    # The write end of a pipe without a reader polls as an error (Linux, BSD, macOS).
+    if not any(events & select.POLLERR for _, events in poller.poll(0)):
+        return False
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
+    return True
 
 
 def _interrupt(signum: int, frame: object) -> None:

@@ -43,6 +43,11 @@ class Controller:
         """The validated policies. Raise PolicyError listing every problem."""
         return load_policies(self.policy_dir, secret_schemes=self.secrets.schemes)
 
+    def reload_policies(self) -> PolicySet:
+        """Read the policy files again (after a command changed one) and return them."""
+        self.__dict__.pop("policies", None)
+        return self.policies
+
     @cached_property
     def log(self) -> MaintenanceLog:
         return MaintenanceLog(self.state_dir, self.plugins["log_sinks"], self.plugins["notifiers"])

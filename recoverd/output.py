@@ -46,6 +46,18 @@ def local_time(iso_text: str | None, zone: str) -> str:
     return moment.strftime("%Y-%m-%d %H:%M %z")[:-2]
 
 
+def shorten(text: str, width: int) -> str:
+    """Return ``text`` cut to at most ``width`` characters at a word boundary, with ``…``
+    where something was left out."""
+    if len(text) <= width:
+        return text
+    cut = text[: width - 1]
+    space = cut.rfind(" ")
+    if space > width // 2:
+        cut = cut[:space]
+    return cut.rstrip(" ,;:/") + "…"
+
+
 def run_result(view: dict[str, Any]) -> str:
     """Return a one-line summary of a run for tables."""
     if view.get("error"):

@@ -59,6 +59,27 @@ class CommandOutcome:
         return self.exit_status == 0
 
 
+@dataclass(frozen=True)
+class HostKey:
+    """The key a machine offers to prove who it is, and whether the policy trusts it."""
+
+    type: str
+    """``ssh-ed25519``, ``ecdsa-sha2-nistp256``, ..."""
+    base64: str
+    fingerprint: str
+    """``SHA256:...``, as ``ssh-keygen -lf`` prints it."""
+    trust: str
+    """``pinned`` (the policy's ``host_key``), ``known`` (a known_hosts entry), ``unknown`` or
+    ``changed`` (neither matches: the policy or known_hosts names another key)."""
+    expected: str | None = None
+    """For ``changed``: the fingerprint the policy or known_hosts expects."""
+
+    @property
+    def line(self) -> str:
+        """The key as a policy pins it: ``TYPE BASE64``."""
+        return f"{self.type} {self.base64}"
+
+
 class Transport(ABC):
     """A session with one machine, opened once per run and reused for all its commands.
 
@@ -96,6 +117,26 @@ class Transport(ABC):
         starts with ``reason``. Return False if this transport cannot (the default): its
         command runs to its end."""
         return False
+
+    @classmethod
+    def policy_warnings(cls, machine: Machine) -> list[str]:
+        """Return what ``recoverd check`` should point out about ``machine``'s connection
+        settings without connecting (by default: why it is not :meth:`unready`)."""
+        reason = cls.unready(machine)
+        return [reason] if reason else []
+
+    @classmethod
+    def unready(cls, machine: Machine) -> str | None:
+        """Return why no scheduled run should start on ``machine`` yet, without connecting
+        (it was never enrolled: nothing vouches for its host key), or None. The daemon then
+        leaves its levels alone instead of recording runs that are bound to fail."""
+        return None
+
+    def host_key(self) -> HostKey | None:
+        """Return the key the machine offers now and whether it is trusted, without logging in
+        and without trusting it; None if this transport identifies machines otherwise (TLS
+        certificates, or none on the controller itself). Raise Unreachable."""
+        return None
 
     def quote(self, argv: list[str]) -> str:
         """Return ``argv`` as one command line for the machine's shell."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import shutil
 import sqlite3
 import subprocess
@@ -272,7 +273,9 @@ def test_log_from_before_signing_is_upgraded_and_signed(tmp_path: Path, capsys) 
 def test_accept_appends_entry_and_view_shows_latest(place, capsys) -> None:
     state, ids = place
     assert main(["accept", ids[2], "--by", "Ms. Li", "--note", "retried next night"]) == 0
-    assert "accepted by Ms. Li" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    # In the client's zone, as every other time recoverd prints (not an ISO UTC stamp).
+    assert re.search(r"accepted by Ms\. Li at \d{4}-\d\d-\d\d \d\d:\d\d [+-]\d\d\n", out), out
     assert main(["accept", ids[2], "--by", "Mr. Zhao"]) == 0
     assert "earlier acceptance(s) kept in the log: Ms. Li" in capsys.readouterr().out
     assert main(["log", "--json", "--state", "failed"]) == 0

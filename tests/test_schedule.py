@@ -269,3 +269,35 @@ def test_latest_and_next_slot_are_those_of_the_whole_search_window(every: str) -
             moment = datetime(2026, 1, 1, tzinfo=UTC) + timedelta(minutes=rng.randrange(525_600))
             assert schedule.latest_slot(moment) == schedule.slots(moment - window, moment)[-1]
             assert schedule.next_slot(moment) == schedule.slots(moment, moment + window)[0]
+
+
+def _run(state: str, started_at: datetime, **stats: object) -> dict[str, object]:
+    at = started_at.isoformat()
+    return {"state": state, "started_at": at, "finished_at": at, "stats": dict(stats)}
+
+
+def test_level_duty_permanent_failure_is_retried_once_after_the_policy_changed() -> None:
+    from recoverd.policy.model import Level, Machine
+
+    level = Level(name="nightly", kind="files", every="day at 01:30")
+    machine = Machine(name="ws-042", client="acme", levels=(level,))
+    schedule = Schedule.of("day at 01:30", "UTC")
+    slot = datetime(2026, 5, 2, 1, 30, tzinfo=UTC)
+    failed = _run("failed", slot + timedelta(minutes=1))  # permanent: no "transient"
+    now = slot + timedelta(hours=3)
+
+    waiting = level_duty(machine, level, schedule, [failed], now)
+    assert waiting.run_at == slot + timedelta(days=1)
+    assert waiting.reason == "failed; next try at the next slot"
+
+    fixed = slot + timedelta(hours=2)  # the engineer pinned the new host key
+    retried = level_duty(machine, level, schedule, [failed], now, changed_at=fixed)
+    assert retried.runnable and retried.reason == "the policy changed after the failure"
+
+    # The retry failed too: it started after the change, so the level waits again.
+    again = _run("failed", fixed + timedelta(minutes=5))
+    assert level_duty(machine, level, schedule, [failed, again], now, fixed).run_at == (
+        slot + timedelta(days=1)
+    )
+    # A change "in the future" of the clock (a test's fake clock in the past) is ignored.
+    assert level_duty(machine, level, schedule, [failed], now, now + timedelta(1)) == waiting

@@ -32,7 +32,7 @@ import schedule
 
 from recoverd import clock
 from recoverd.actions.backup import backup_machine, written_repository
-from recoverd.actions.due import Duty, machine_duties
+from recoverd.actions.due import Duty, machine_duties, policy_changed_at
 from recoverd.actions.verify import run_drill
 from recoverd.controller import Controller
 from recoverd.errors import MachineBusy, PolicyError, RecoverdError
@@ -137,6 +137,8 @@ class Daemon:
         one falls due, a run of the machine ends, or the policies change."""
         self._ended: set[str] = set()
         """Machines whose run ended since the last look."""
+        self._unready: set[str] = set()
+        """Machines not enrolled yet, already said in the log."""
         self._held: dict[str, datetime] = {}
         """Machines not to try again before a time: busy elsewhere, or a run that broke
         before the log could say when to retry."""
@@ -155,7 +157,10 @@ class Daemon:
         """Start every runnable level the rules allow; return when to look again."""
         now = clock.now()
         duties = [
-            duty for machine in self.ctl.policies.machines() for duty in self._look(machine, now)
+            duty
+            for machine in self.ctl.policies.machines()
+            if self._ready(machine)
+            for duty in self._look(machine, now)
         ]
         pending = {
             (d.machine.qualified_name, d.level.name) for d in duties if d.runnable or d.running
@@ -171,6 +176,25 @@ class Daemon:
             self._dispatch(duty, pending, now)
         upcoming = [d.run_at for d in duties if d.run_at is not None and d.run_at > now]
         return min([*upcoming, now + timedelta(seconds=self.tick_seconds)])
+
+    def _ready(self, machine: Machine) -> bool:
+        """Whether the machine's scheduled runs may start: a machine not enrolled yet waits
+        (said once in the log), so that no run bound to fail reaches the customer's report."""
+        transports = self.ctl.plugins["transports"]
+        reason = (
+            transports.get(machine.transport).unready(machine)
+            if machine.transport in transports
+            else None
+        )
+        name = machine.qualified_name
+        with self._lock:
+            if reason is None:
+                self._unready.discard(name)
+                return True
+            if name not in self._unready:
+                self._unready.add(name)
+                log.warning("%s waits: %s", name, reason)
+        return False
 
     def _look(self, machine: Machine, now: datetime) -> list[Duty]:
         """Return the machine's duties at ``now``, read from the log only when needed."""
@@ -189,8 +213,10 @@ class Daemon:
             or read_at is None
             or any(d.run_at is None or read_at < d.run_at <= now for d in known)
         ):
-            timezone = self.ctl.policies.clients[machine.client].timezone
-            known = self._known[name] = machine_duties(self.ctl.log, machine, timezone, now)
+            client = self.ctl.policies.clients[machine.client]
+            known = self._known[name] = machine_duties(
+                self.ctl.log, machine, client.timezone, now, policy_changed_at(client.source)
+            )
             self._read_at[name] = now
         return known
 

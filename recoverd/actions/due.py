@@ -5,13 +5,15 @@ slot of its schedule (for ``N hours``: longer ago than N hours), and a level tha
 succeeded is due at once. However many slots passed meanwhile (daemon down, machine asleep,
 clock jump), a due level is one run. After a failed attempt the log also says when to try
 again: soon after a transient failure (with backoff, a few times), only at the next slot after
-a permanent one; an interrupted run is redone once at once.
+a permanent one, or once more as soon as the machine's policy file changed (the engineer fixed
+an address or pinned a new host key); an interrupted run is redone once at once.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from recoverd.actions.backup import level_action
@@ -85,10 +87,25 @@ class Duty:
         )
 
 
+def policy_changed_at(path: Path) -> datetime | None:
+    """Return when the policy file ``path`` was last written, to the second as runs record
+    their start (a run started in the same second counts as after it), or None if it cannot
+    be read."""
+    try:
+        return datetime.fromtimestamp(int(path.stat().st_mtime), UTC)
+    except OSError:
+        return None
+
+
 def machine_duties(
-    log: MaintenanceLog, machine: Machine, timezone: str, now: datetime
+    log: MaintenanceLog,
+    machine: Machine,
+    timezone: str,
+    now: datetime,
+    changed_at: datetime | None = None,
 ) -> list[Duty]:
-    """Return the duty of each scheduled level of ``machine`` (client zone ``timezone``).
+    """Return the duty of each scheduled level of ``machine`` (client zone ``timezone``);
+    ``changed_at`` is when its policy file last changed (:func:`level_duty`).
 
     Due-ness needs, per level, only its last good run, its newest run and the attempts at
     the current slot: the log finds those with index searches, however long the history.
@@ -106,7 +123,7 @@ def machine_duties(
             since=attempts_since(schedule, now),
             good_states=GOOD_STATES,
         )
-        found.append(level_duty(machine, level, schedule, runs, now))
+        found.append(level_duty(machine, level, schedule, runs, now, changed_at))
     return found
 
 
@@ -117,10 +134,17 @@ def attempts_since(schedule: Schedule, now: datetime) -> datetime:
 
 
 def level_duty(
-    machine: Machine, level: Level, schedule: Schedule, runs: list[dict[str, Any]], now: datetime
+    machine: Machine,
+    level: Level,
+    schedule: Schedule,
+    runs: list[dict[str, Any]],
+    now: datetime,
+    changed_at: datetime | None = None,
 ) -> Duty:
     """Given a level's runs (oldest first: at least its last good run, its newest run and
-    every run since :func:`attempts_since`), return its duty."""
+    every run since :func:`attempts_since`), return its duty. A permanent failure waits for
+    the next slot, unless the policy changed after it (``changed_at``, up to ``now``): then
+    the level is tried once more at once."""
     good = [r for r in runs if r["state"] in GOOD_STATES]
     last_good = good[-1] if good else None
     last = runs[-1] if runs else None
@@ -153,6 +177,8 @@ def level_duty(
         return duty(
             True, due_since, ended(newest) + wait, f"retry {len(failed)}/{MAX_ATTEMPTS - 1}"
         )
+    if changed_at is not None and started(newest) < changed_at <= now:
+        return duty(True, due_since, now, "the policy changed after the failure")
     if schedule.interval is None:
         at = schedule.next_slot(now)
     else:
@@ -163,8 +189,34 @@ def level_duty(
 def duties(ctl: Controller, now: datetime) -> list[Duty]:
     """Return the duty of every scheduled level of every machine of ``ctl`` at ``now``."""
     policies = ctl.policies
-    return [
-        duty
-        for machine in policies.machines()
-        for duty in machine_duties(ctl.log, machine, policies.clients[machine.client].timezone, now)
-    ]
+    found = []
+    for client_id in sorted(policies.clients):
+        client = policies.clients[client_id]
+        changed_at = policy_changed_at(client.source)
+        for machine in client.machines.values():
+            found += machine_duties(ctl.log, machine, client.timezone, now, changed_at)
+    return found
+
+
+def copies_not_due(
+    ctl: Controller, machine: Machine, levels: list[Level], now: datetime
+) -> dict[str, Duty]:
+    """Given the levels a ``recoverd backup MACHINE`` (no ``--level``) would run, return the
+    scheduled copy levels among them that are not due, by name, with their duty. A monthly
+    offsite copy is not redone by every manual backup; it runs when its schedule says so, or
+    when named with ``--level``. A copy level without a schedule runs with every backup."""
+    client = ctl.policies.clients[machine.client]
+    copies = [lv for lv in levels if lv.kind == "copy"]
+    if not copies:
+        return {}
+    by_level = {
+        d.level.name: d
+        for d in machine_duties(
+            ctl.log, machine, client.timezone, now, policy_changed_at(client.source)
+        )
+    }
+    return {
+        level.name: duty
+        for level in copies
+        if (duty := by_level.get(level.name)) is not None and not duty.due
+    }

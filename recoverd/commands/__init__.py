@@ -50,15 +50,18 @@ class AddCommand(Protocol):
 
 
 MODULES = {
-    "recoverd.commands.inventory": ("check", "machines", "plugins"),
+    "recoverd.commands.inventory": ("check", "machines", "plugins", "schema"),
+    "recoverd.commands.enroll": ("enroll",),
     "recoverd.commands.backup": ("backup", "snapshots"),
     "recoverd.commands.log": ("log",),
     "recoverd.commands.schedule": ("plan", "status", "daemon"),
+    "recoverd.commands.service": ("service",),
     "recoverd.commands.accept": ("accept",),
     "recoverd.commands.report": ("report",),
     "recoverd.commands.restore": ("restore", "card"),
     "recoverd.commands.verify": ("verify",),
     "recoverd.commands.vault": ("vault",),
+    "recoverd.commands.completion": ("completion",),
 }
 """The command modules, in the order their commands appear in ``recoverd --help``, and the
 commands each registers: the CLI imports only the module of the command it runs (the modules

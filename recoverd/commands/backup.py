@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
+from recoverd import clock
 from recoverd.actions.backup import backup_levels, backup_machine
+from recoverd.actions.due import copies_not_due
 from recoverd.commands import AddCommand
 from recoverd.controller import Controller
 from recoverd.log import RunFilter
@@ -16,9 +19,18 @@ from recoverd.runs import exit_code
 def cmd_backup(ctl: Controller, args: argparse.Namespace) -> int:
     machine = ctl.policies.find_machine(args.machine)
     levels = backup_levels(machine, args.level)
+    held = {} if args.level else copies_not_due(ctl, machine, levels, clock.now())
+    levels = [level for level in levels if level.name not in held]
     progress = None if args.json else ProgressLine
-    views = backup_machine(ctl, machine, levels, progress=progress)
+    views = backup_machine(ctl, machine, levels, progress=progress) if levels else []
     zone = ctl.policies.clients[machine.client].timezone
+    for name, duty in held.items():
+        when = f"next {local_time(duty.run_at.isoformat(), zone)}" if duty.run_at else "later"
+        print(
+            f"{machine.name} {name} copy: not due ({when}); run it now with "
+            f"`recoverd backup {machine.qualified_name} --level {name}`",
+            file=sys.stderr,
+        )
     for view in views:
         if args.json:
             emit_json(view)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from recoverd.actions.check import policy_warnings
 from recoverd.commands import AddCommand
@@ -14,6 +15,10 @@ from recoverd.output import emit_json, format_table, local_time
 
 def cmd_check(ctl: Controller, args: argparse.Namespace) -> int:
     policies = ctl.policies  # raises PolicyError with every problem
+    if args.online:
+        from recoverd.commands.enroll import cmd_check_online
+
+        return cmd_check_online(ctl, args)
     machines = policies.machines()
     levels = sum(len(m.levels) for m in machines)
     warnings = policy_warnings(ctl)
@@ -118,8 +123,35 @@ def cmd_plugins(ctl: Controller, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_schema(ctl: Controller, args: argparse.Namespace) -> int:
+    import json
+
+    from recoverd.policy.schema import policy_schema
+
+    text = json.dumps(policy_schema(ctl.secrets.schemes), indent=2) + "\n"
+    if args.output:
+        args.output.write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
 def register(add: AddCommand) -> None:
-    add("check", cmd_check, "validate every policy file")
+    p = add("check", cmd_check, "validate every policy file")
+    p.add_argument(
+        "--online",
+        action="store_true",
+        help="also reach every machine and, from it, every repository (read-only): what "
+        "would fail tonight",
+    )
+    p.add_argument("--client", help="with --online: only this client's machines")
     p = add("machines", cmd_machines, "inventory of machines and their last good runs")
     p.add_argument("--client", help="only this client")
     add("plugins", cmd_plugins, "loaded plugins, their kinds and versions")
+    p = add(
+        "schema",
+        cmd_schema,
+        "the JSON Schema of policy files, for editors (Taplo / Even Better TOML)",
+        state_option=False,
+    )
+    p.add_argument("-o", "--output", type=Path, metavar="FILE", help="write it to FILE")

@@ -17,7 +17,7 @@ from recoverd.errors import UsageError
 from recoverd.log import RunFilter
 from recoverd.log.record import STATES, VIEW_FIELDS
 from recoverd.log.signing import load_public_key, public_pem
-from recoverd.output import emit_json, format_table, local_time, run_result
+from recoverd.output import emit_json, format_table, local_time, run_result, shorten
 from recoverd.policy.load import client_zones
 
 
@@ -36,6 +36,10 @@ def parse_since(text: str) -> datetime:
             f"--since {text!r}: use a date (2026-11-01), a time (2026-11-01T08:00) or an age (7d)"
         ) from None
     return moment if moment.tzinfo else moment.astimezone()
+
+
+RESULT_WIDTH = 80
+"""Characters of a run's result in a ``recoverd log`` row (``--wide``: all of it)."""
 
 
 def cmd_log(ctl: Controller, args: argparse.Namespace) -> int:
@@ -69,7 +73,7 @@ def cmd_log(ctl: Controller, args: argparse.Namespace) -> int:
                     v["level"],
                     v["state"],
                     v["engineer"],
-                    run_result(v)[:80],
+                    run_result(v) if args.wide else shorten(run_result(v), RESULT_WIDTH),
                     v["id"],
                 ]
                 for v in views
@@ -183,6 +187,11 @@ def register(add: AddCommand) -> None:
     p.add_argument("--machine", help="only this machine (name or client/machine)")
     p.add_argument("--since", help="from this date, time or age (2026-11-01, 7d)")
     p.add_argument("--state", dest="run_state", choices=STATES, help="only runs in this state")
+    p.add_argument(
+        "--wide",
+        action="store_true",
+        help=f"show each run's whole result (else the first ~{RESULT_WIDTH} characters)",
+    )
     actions = p.add_subparsers(dest="log_action", metavar="ACTION")
 
     def action(name: str, handler: Any, help_text: str) -> argparse.ArgumentParser:

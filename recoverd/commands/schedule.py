@@ -31,7 +31,7 @@ def planned_runs(duty: Duty, end: datetime) -> list[tuple[datetime, str]]:
     if duty.running:
         runs.append((now, "running now"))
     elif duty.runnable:
-        runs.append((now, f"due now: {duty.reason}"))
+        runs.append((now, "due now" if duty.reason == "due" else f"due now: {duty.reason}"))
     elif duty.due and duty.run_at is not None:
         runs.append((duty.run_at, duty.reason))
     interval = duty.schedule.interval

@@ -234,6 +234,8 @@ class _Table:
 
     values: dict[str, Any] = field(default_factory=dict)
     paths: dict[str, str] = field(default_factory=dict)
+    amends: bool = False
+    """A machine's level that amends its template's level of the same name (no ``kind``)."""
 
     def get(self, key: str, default: Any = None) -> Any:
         return self.values.get(key, default)
@@ -329,14 +331,7 @@ class _PolicyFile:
         if raw is None:
             self.problem("client", "missing required table [client]")
             return None, None
-        checks = {
-            "id": _string,
-            "name": _string,
-            "engineer": _string,
-            "timezone": _timezone,
-            "restore_sla": _sla,
-        }
-        table = self.table(raw, "client", checks, required=["name"])
+        table = self.table(raw, "client", self._client_checks(), required=["name"])
         if table is None:
             return None, None
         if "id" not in table.paths:
@@ -358,13 +353,25 @@ class _PolicyFile:
             return table, None
         return table, client_id
 
-    def _repositories(self, raw: Any) -> dict[str, Repository]:
-        repositories: dict[str, Repository] = {}
-        checks = {
+    def _client_checks(self) -> dict[str, _Check]:
+        return {
+            "id": _string,
+            "name": _string,
+            "engineer": _string,
+            "timezone": _timezone,
+            "restore_sla": _sla,
+        }
+
+    def _repository_checks(self) -> dict[str, _Check]:
+        return {
             "url": _repository_url,
             "password": partial(_secret, schemes=self.schemes),
             "max_parallel": _positive_int,
         }
+
+    def _repositories(self, raw: Any) -> dict[str, Repository]:
+        repositories: dict[str, Repository] = {}
+        checks = self._repository_checks()
         for name, value in self._named_tables(raw, "repositories").items():
             table = self.table(
                 value, _join("repositories", name), checks, required=["url", "password"]
@@ -444,20 +451,24 @@ class _PolicyFile:
             own = self.table(value, where, checks)
             if own is None:
                 continue
-            levels = self._levels(own.get("levels", []), _join(where, "levels"), repositories)
-            table, levels = _merge(templates.get(own.get("template", "")), own, levels)
+            template = templates.get(own.get("template", ""))
+            amendable = {d.values["name"]: d for d in template[1]} if template else {}
+            levels = self._levels(
+                own.get("levels", []), _join(where, "levels"), repositories, amendable
+            )
+            table, levels = _merge(template, own, levels)
+            for level in levels:
+                if level.amends:
+                    at = level.paths["name"].rpartition(".")[0]
+                    self._kind_keys(level, at, level.values["kind"])
             machine = self._machine(name, where, client_id, table, levels)
             if machine is not None:
                 machines[name] = machine
         return machines
 
-    def _levels(self, raw: Any, where: str, repositories: set[str]) -> list[_Table]:
-        """Check a ``levels`` list; return the levels that have a valid, unique name."""
-        if not isinstance(raw, list):
-            self.problem(where, _expected("a list of tables ([[...levels]])", raw))
-            return []
+    def _level_checks(self, repositories: set[str]) -> dict[str, _Check]:
         defined = partial(_defined, names=repositories, what="repository")
-        checks: dict[str, _Check] = {
+        return {
             "name": _name,
             "kind": partial(_choice, choices=LEVEL_KINDS),
             "every": _every,
@@ -476,16 +487,49 @@ class _PolicyFile:
             "sample": _sample,
             "where": partial(_choice, choices=VERIFY_WHERE),
         }
+
+    def _levels(
+        self,
+        raw: Any,
+        where: str,
+        repositories: set[str],
+        amendable: dict[str, _Table] | None = None,
+    ) -> list[_Table]:
+        """Check a ``levels`` list; return the levels that have a valid, unique name.
+
+        A machine's level without ``kind`` that names one of its template's levels
+        (``amendable``) amends that level: its keys are checked against the template level's
+        kind after the merge.
+        """
+        if not isinstance(raw, list):
+            self.problem(where, _expected("a list of tables ([[...levels]])", raw))
+            return []
+        checks = self._level_checks(repositories)
         levels: list[_Table] = []
         first_index: dict[str, int] = {}
         for index, value in enumerate(raw):
             at = f"{where}[{index}]"
-            table = self.table(value, at, checks, required=["name", "kind"])
+            table = self.table(value, at, checks, required=["name"])
             if table is None:
                 continue
             kind = table.get("kind")
             if kind in _LEVEL_KIND_KEYS:
                 self._kind_keys(table, at, kind)
+            elif "kind" not in table.paths:
+                name = table.get("name")
+                if amendable and name in amendable:
+                    table.amends = True
+                else:
+                    self.problem(
+                        _join(at, "kind"),
+                        "missing required key"
+                        + (
+                            f" (or name a level of the template to amend it: "
+                            f"{', '.join(amendable)})"
+                            if amendable
+                            else ""
+                        ),
+                    )
             name = table.get("name")
             if name in first_index:
                 self.problem(
@@ -692,16 +736,32 @@ def _merge(
 ) -> tuple[_Table, list[_Table]]:
     """Return a machine's table and levels with its template's under them.
 
-    The machine's keys override the template's; its levels add to the template's, and one
-    with a template level's name replaces it in place.
+    The machine's keys override the template's; its levels add to the template's. One with a
+    template level's name replaces it, or, without a ``kind``, amends it: its keys override
+    the template level's. Levels are listed by kind (files, image, copy, verify: what is
+    backed up before its copies and drills), in policy order within a kind.
     """
     if template is None:
-        return own, own_levels
+        return own, _by_kind(own_levels)
     base, base_levels = template
     merged = _Table({**base.values, **own.values}, {**base.paths, **own.paths})
     mine = {d.values["name"]: d for d in own_levels}
-    levels = [mine.pop(d.values["name"], d) for d in base_levels]
-    return merged, levels + list(mine.values())
+    levels = []
+    for level in base_levels:
+        change = mine.pop(level.values["name"], None)
+        if change is None:
+            levels.append(level)
+        elif change.amends:
+            values = {**level.values, **change.values}
+            levels.append(_Table(values, {**level.paths, **change.paths}, amends=True))
+        else:
+            levels.append(change)
+    return merged, _by_kind(levels + list(mine.values()))
+
+
+def _by_kind(levels: list[_Table]) -> list[_Table]:
+    order = {kind: index for index, kind in enumerate(LEVEL_KINDS)}
+    return sorted(levels, key=lambda d: order.get(d.get("kind"), len(order)))
 
 
 def _level(table: _Table) -> Level:
