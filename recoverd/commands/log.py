@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import csv
 import io
 import json
 import sys
@@ -17,8 +16,9 @@ from recoverd.errors import UsageError
 from recoverd.log import RunFilter
 from recoverd.log.record import STATES, VIEW_FIELDS
 from recoverd.log.signing import load_public_key, public_pem
-from recoverd.output import emit_json, format_table, local_time, run_result
+from recoverd.output import emit_json, format_table, local_time, run_result, write_data
 from recoverd.policy.load import client_zones
+from recoverd.text import CSVWriter, json_text
 
 
 def parse_since(text: str) -> datetime:
@@ -124,25 +124,29 @@ def cmd_log_pubkey(ctl: Controller, args: argparse.Namespace) -> int:
     if args.output:
         args.output.write_text(pem, encoding="ascii")
     else:
-        sys.stdout.write(pem)
+        write_data(pem)
     return 0
 
 
 def export_runs(views: list[dict[str, Any]], fmt: str) -> str:
-    """Given run views, return them as JSON lines or CSV (``stats`` as a JSON cell)."""
+    """Given run views, return them as JSON lines or CSV (``stats`` as a JSON cell).
+
+    CSV cells that a spreadsheet would run as a formula (a symptom ``=HYPERLINK(...)``) start
+    with ``'``; JSON lines are the exact data.
+    """
     if fmt == "jsonl":
         return "".join(
-            json.dumps({f: v.get(f) for f in VIEW_FIELDS}, ensure_ascii=False) + "\n" for v in views
+            json_text({f: v.get(f) for f in VIEW_FIELDS}, ensure_ascii=False) + "\n" for v in views
         )
     out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
+    writer = CSVWriter(out)
     writer.writerow(VIEW_FIELDS)
     for view in views:
         writer.writerow(
             [
                 json.dumps(view.get(f), ensure_ascii=False, sort_keys=True)
                 if f == "stats"
-                else ("" if view.get(f) is None else view.get(f))
+                else view.get(f)
                 for f in VIEW_FIELDS
             ]
         )
@@ -167,7 +171,7 @@ def cmd_log_export(ctl: Controller, args: argparse.Namespace) -> int:
         args.output.write_text(text, encoding="utf-8")
         print(f"{len(views)} run(s) of {client.id} in {month} written to {args.output}")
     else:
-        sys.stdout.write(text)
+        write_data(text)
     return 0
 
 
