@@ -290,6 +290,9 @@ class Daemon:
                 "\n".join(exc.problems),
             )
             return False
+        except Exception:  # a loader bug must not end the daemon: it serves the old policies
+            log.exception("policy reload failed, the previous policies stay in force")
+            return False
         self.ctl.policies = policies  # replaces the cached_property's value
         self._known.clear()
         self._read_at.clear()

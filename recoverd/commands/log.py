@@ -20,6 +20,9 @@ from recoverd.output import emit_json, format_table, local_time, run_result, wri
 from recoverd.policy.load import client_zones
 from recoverd.text import CSVWriter, json_text
 
+MAX_SINCE_AGE = timedelta(days=100 * 366)
+"""The oldest ``--since`` age: a century (older ones overflow dates)."""
+
 
 def parse_since(text: str) -> datetime:
     """Given ``2026-11-01``, ``2026-11-01T08:00``, ``7d`` or ``12h``, return an aware instant.
@@ -27,14 +30,20 @@ def parse_since(text: str) -> datetime:
     Raise UsageError if the text is none of those.
     """
     units = {"d": "days", "h": "hours", "m": "minutes"}
-    if text[:-1].isdigit() and text[-1:] in units:
-        return datetime.now().astimezone() - timedelta(**{units[text[-1]]: int(text[:-1])})
+    number, unit = text[:-1].lstrip("0") or "0", text[-1:]
+    if number.isascii() and number.isdigit() and unit in units:
+        age = timedelta(**{units[unit]: int(number)}) if len(number) < 9 else None
+        if age is None or age > MAX_SINCE_AGE:
+            raise UsageError(f"--since {text!r}: an age of at most {MAX_SINCE_AGE.days}d")
+        return datetime.now().astimezone() - age
     try:
         moment = datetime.fromisoformat(text)
     except ValueError:
         raise UsageError(
             f"--since {text!r}: use a date (2026-11-01), a time (2026-11-01T08:00) or an age (7d)"
         ) from None
+    if not 1970 <= moment.year <= 9998:  # and a local time in year 1 overflows
+        raise UsageError(f"--since {text!r}: the year must be 1970..9998")
     return moment if moment.tzinfo else moment.astimezone()
 
 
