@@ -185,8 +185,9 @@ class Vault:
     def remove(self, name: str) -> None:
         """Remove the secret ``name``. Raise RecoverdError if there is none."""
         with self._locked() as content:
-            if content["secrets"].pop(name, None) is None:
+            if name not in content["secrets"]:
                 raise UsageError(f"the vault has no secret named {name!r}")
+            del content["secrets"][name]
 
     def get(self, name: str) -> str:
         """Return the secret ``name``. Raise SecretError saying what to fix if it cannot."""

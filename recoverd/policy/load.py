@@ -941,6 +941,11 @@ def _strings(value: Any, nonempty: bool = False) -> list[str]:
         for i, item in enumerate(value)
         if not isinstance(item, str) or not item
     ]
+    problems += [
+        (f"[{i}]", f"contains the control character {control[0]!r}; remove it")
+        for i, item in enumerate(value)
+        if isinstance(item, str) and (control := _CONTROL.search(item))
+    ]
     if problems:
         raise _Invalid(problems)
     return value
