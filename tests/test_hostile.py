@@ -53,6 +53,7 @@ HOSTILE_NAMES = [
     "<script>alert(1).txt",
     "=cmd|' -C calc'!A0",  # a file name has no /
     "bidi\u202etxt.exe",
+    "line\n  creates    999 file(s) missing now",
 ]
 TERMINAL_UNSAFE = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u202e]")
 """What must never reach a terminal raw (a line break ends a line; it is checked apart)."""
@@ -292,6 +293,7 @@ def test_restore_plan_over_ssh_shows_hostile_file_names_escaped_json_exact(
     assert f"{tree}/\\x1b[31mred\\x1b[0m.txt" in out
     assert f"{tree}/carriage\\rreturn.txt" in out
     assert f"{tree}/bidi\\u202etxt.exe" in out
+    assert not [ln for ln in out.split("\n") if ln.startswith("  creates    999")]
     code, out, _ = run_cli(capsys, "restore", "ws-042", "--in-place", "--dry-run", "--json")
     assert terminal_safe(out)
     (plan,) = [json.loads(line)["plan"] for line in out.splitlines()]
