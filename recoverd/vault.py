@@ -125,7 +125,7 @@ class Vault:
             ):
                 raise SecretError(
                     f"the vault {self.path} is damaged: entry {name!r} is not a sealed secret "
-                    f"(remove it with `recoverd vault remove {name}` and store it again)"
+                    f"(remove it with `recoverd vault rm {name}` and store it again)"
                 )
         if raw.get("format") != FORMAT:
             raise SecretError(
