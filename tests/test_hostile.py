@@ -611,3 +611,39 @@ def test_vault_entry_of_wrong_type_is_secret_error_and_removable(
     assert code == 1 and "Traceback" not in err
     vault.remove("bad")
     assert vault.get("good") == "hunter2-hunter2"
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=6),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner),
+    max_leaves=12,
+)
+
+
+@settings(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(entries=st.dictionaries(st.sampled_from(["a", "b"]), JSON_VALUES, max_size=2))
+def test_vault_any_edited_content_gives_secrets_or_secret_error(
+    tmp_path: Path, entries: dict[str, Any]
+) -> None:
+    vault = Vault(tmp_path)
+    if not vault.key_path.exists():
+        vault.set("seed", "hunter2-hunter2")
+    vault.path.write_text(json.dumps({"format": 1, "secrets": entries}))
+    for name in ("a", "b"):
+        try:
+            vault.names()
+            vault.get(name)
+        except SecretError:
+            pass
+
+
+@given(st.text(max_size=40) | st.from_regex(r"\A[0-9]{1,40} (hours|minutes)\Z"))
+def test_parse_every_any_text_is_a_schedule_or_value_error(text: str) -> None:
+    from recoverd.policy.every import parse_every
+
+    try:
+        every = parse_every(text)
+    except ValueError as exc:
+        assert "\n" not in str(exc)
+        return
+    assert every.period > timedelta(0)
