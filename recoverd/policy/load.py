@@ -718,36 +718,27 @@ def _parse_toml(text: str) -> dict[str, Any]:
     return document
 
 
+_NESTING_TOKEN = re.compile(
+    r"""
+    \"\"\"(?:[^\\]|\\.)*?\"\"\" | \'\'\'.*?\'\'\'       # multi-line strings
+    | "(?:[^"\\\n]|\\.)*" | '[^'\n]*' | \#[^\n]*   # one-line strings, comments
+    | (?P<open>[\[{]) | [\]}]
+    """,
+    re.S | re.X,
+)
+
+
 def _deep_brackets(text: str) -> int | None:
     """Return the line where brackets ``[ {`` outside strings and comments first nest deeper
     than MAX_DEPTH, or None. A quick scan, not a parser: tomllib judges the syntax."""
-    depth, line, i, size = 0, 1, 0, len(text)
-    while i < size:
-        char = text[i]
-        if char == "\n":
-            line += 1
-        elif char == "#":
-            end = text.find("\n", i)
-            i = size if end < 0 else end
-            continue
-        elif char in "\"'":
-            quote = text[i : i + 3] if text[i : i + 3] in ('"""', "'''") else char
-            i += len(quote)
-            while i < size and not text.startswith(quote, i):
-                if text[i] == "\n":
-                    line += 1
-                    if len(quote) == 1:  # an unterminated string: tomllib reports it
-                        break
-                i += 2 if text[i] == "\\" and char == '"' else 1
-            i += len(quote)
-            continue
-        elif char in "[{":
+    depth = 0
+    for token in _NESTING_TOKEN.finditer(text):
+        if token["open"]:
             depth += 1
             if depth > MAX_DEPTH:
-                return line
-        elif char in "]}":
+                return text.count("\n", 0, token.start()) + 1
+        elif token[0] in "]}":
             depth = max(0, depth - 1)
-        i += 1
     return None
 
 
