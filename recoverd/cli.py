@@ -20,6 +20,8 @@ from recoverd import __version__
 from recoverd.commands import MODULES, Handler, global_options
 from recoverd.controller import Controller
 from recoverd.errors import PolicyError, RecoverdError
+from recoverd.output import TerminalText
+from recoverd.text import visible
 
 
 def default_state_dir() -> Path:
@@ -92,6 +94,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     # started on the machine is stopped. (The daemon sets its own handler.)
     on_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _interrupt) if on_main_thread else None
+    # What people read shows control characters from machines and users escaped.
+    streams = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = TerminalText(sys.stdout), TerminalText(sys.stderr)  # type: ignore[assignment]
     try:
         ctl = Controller(Path(policy_dir), Path(state_dir) if state_dir else default_state_dir())
         return args.handler(ctl, args)
@@ -101,7 +106,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"recoverd: {len(exc.problems)} policy problem(s)", file=sys.stderr)
         return exc.exit_code
     except RecoverdError as exc:
-        print(f"recoverd: {exc}", file=sys.stderr)
+        # One line: a remote message cannot add lines that look like ours.
+        print(f"recoverd: {visible(exc)}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("recoverd: interrupted", file=sys.stderr)
@@ -115,6 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"recoverd: {exc}", file=sys.stderr)
         return 1
     finally:
+        sys.stdout, sys.stderr = streams
         if on_main_thread:
             signal.signal(signal.SIGTERM, previous or signal.SIG_DFL)
 

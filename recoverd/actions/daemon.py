@@ -39,6 +39,7 @@ from recoverd.errors import MachineBusy, PolicyError, RecoverdError
 from recoverd.log.maintenance import this_process
 from recoverd.policy import load_policies
 from recoverd.policy.model import Level, Machine
+from recoverd.text import visible
 from recoverd.transport import give_up_all
 
 log = logging.getLogger(__name__)
@@ -265,13 +266,13 @@ class Daemon:
                     view["level"],
                     view["action"],
                     view["state"],
-                    view["error"] or "",
+                    visible(view["error"] or ""),  # one line in the journal
                 )
         except MachineBusy as exc:  # a manual run holds it: the level stays due
             log.info("%s; trying again in %gs", exc, self.tick_seconds)
             self._hold(machine)
         except RecoverdError as exc:
-            log.error("run of %s %s failed: %s", machine.qualified_name, level.name, exc)
+            log.error("run of %s %s failed: %s", machine.qualified_name, level.name, visible(exc))
             self._hold(machine)
         except Exception:
             log.exception("run of %s %s failed", machine.qualified_name, level.name)
@@ -315,6 +316,9 @@ class Daemon:
                 len(exc.problems),
                 "\n".join(exc.problems),
             )
+            return False
+        except Exception:  # a loader bug must not end the daemon: it serves the old policies
+            log.exception("policy reload failed, the previous policies stay in force")
             return False
         self.ctl.policies = policies  # replaces the cached_property's value
         self._known.clear()

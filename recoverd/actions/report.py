@@ -22,7 +22,7 @@ from recoverd.log.verify import Verdict
 from recoverd.policy.every import parse_every
 from recoverd.policy.model import Client, Level, Machine, PolicySet
 
-_MONTH = re.compile(r"(\d{4})-(\d{2})")
+_MONTH = re.compile(r"([0-9]{4})-([0-9]{2})")
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,8 @@ class Month:
         match = _MONTH.fullmatch(text.strip())
         if not match or not 1 <= int(match[2]) <= 12:
             raise UsageError(f"--month {text!r}: use YYYY-MM, e.g. 2026-11")
+        if not FIRST_YEAR <= int(match[1]) <= LAST_YEAR:  # datetime ends in 9999
+            raise UsageError(f"--month {text!r}: the year must be {FIRST_YEAR}..{LAST_YEAR}")
         return cls(int(match[1]), int(match[2]), zone)
 
     def __str__(self) -> str:
@@ -104,6 +106,9 @@ def expected_runs(level: Level, month: Month, until: datetime | None = None) -> 
 
 GOOD = "succeeded"
 BAD = ("failed", "interrupted")
+FIRST_YEAR, LAST_YEAR = 1970, 9998
+"""The years a report or an export may cover: none of recoverd's runs is older than 1970, and
+a month's end must still be a date."""
 _SLA = re.compile(r"(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?")
 
 

@@ -7,15 +7,15 @@ and printed as it is.
 
 from __future__ import annotations
 
-import csv
 import io
 from collections.abc import Callable
 from datetime import timedelta
-from html import escape
 from typing import Any
 
 from recoverd.actions.report import MachineReport, Report, Timed
 from recoverd.output import human_bytes, local_time
+from recoverd.text import CSVWriter, markdown_text
+from recoverd.text import html_text as escape  # every HTML text field goes through it
 
 FORMATS = ("html", "md", "csv")
 
@@ -319,7 +319,7 @@ MARKS = {"succeeded": "o", "partial": "~", "failed": "X", "none": ".", "future":
 
 
 def _md_cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
+    return markdown_text(text)
 
 
 def _md_table(headers: list[str], rows: list[list[str]]) -> str:
@@ -334,11 +334,11 @@ def render_markdown(report: Report, integrity: str | None = None) -> str:
     """Return the report as Markdown (the calendar as a text grid)."""
     client = report.client
     out = [
-        f"# Backup and recovery report — {client.name} — {report.month}\n",
-        f"Client {client.id}, times in {client.timezone}, figures as of "
+        f"# Backup and recovery report — {_md_cell(client.name)} — {report.month}\n",
+        f"Client {_md_cell(client.id)}, times in {_md_cell(client.timezone)}, figures as of "
         f"{_when(report, report.as_of.isoformat())}.\n",
         "## Summary\n",
-        *(f"- **{label}:** {value}" for _, label, value in summary_rows(report)),
+        *(f"- **{label}:** {_md_cell(value)}" for _, label, value in summary_rows(report)),
         "",
         "## Calendar\n",
         "```",
@@ -351,15 +351,15 @@ def render_markdown(report: Report, integrity: str | None = None) -> str:
         "o succeeded, ~ partial, X failed, . no run\n",
     ]
     for m in report.machines:
-        out.append(f"## {m.name} ({m.role})\n")
-        out.append(f"Last good backup: {_last_good(report, m)}\n")
+        out.append(f"## {_md_cell(m.name)} ({_md_cell(m.role)})\n")
+        out.append(f"Last good backup: {_md_cell(_last_good(report, m))}\n")
         for name, headers, rows in MACHINE_TABLES:
             out.append(f"### {name}\n")
             out.append(_md_table(headers, rows(report, m)))
     out.append("## Storage per repository\n")
     out.append(_md_table(STORAGE_HEADERS, storage_rows(report)))
     if integrity:
-        out.append(integrity + "\n")
+        out.append(_md_cell(integrity) + "\n")
     return "\n".join(out)
 
 
@@ -389,7 +389,7 @@ CSV_HEADERS = [
 def render_csv(report: Report, integrity: str | None = None) -> str:
     """Return one CSV row per machine and level (for spreadsheets and billing)."""
     out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
+    writer = CSVWriter(out)  # a cell like "=HYPERLINK(...)" stays text in a spreadsheet
     writer.writerow(CSV_HEADERS)
     sla = int(report.sla.total_seconds()) if report.sla else ""
     for m in report.machines:

@@ -14,6 +14,7 @@ from recoverd.log import RunFilter
 from recoverd.output import emit_json, format_table, human_bytes, local_time, run_result
 from recoverd.progress import ProgressLine
 from recoverd.runs import exit_code
+from recoverd.text import visible
 
 
 def cmd_backup(ctl: Controller, args: argparse.Namespace) -> int:
@@ -37,7 +38,8 @@ def cmd_backup(ctl: Controller, args: argparse.Namespace) -> int:
         else:
             print(
                 f"{view['machine']} {view['level']} {view['action']}: {view['state']} "
-                f"{run_result(view)} (run {view['id']}, {local_time(view['finished_at'], zone)})"
+                f"{visible(run_result(view))} (run {view['id']}, "
+                f"{local_time(view['finished_at'], zone)})"
             )
     return exit_code(views)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import csv
 import io
 import json
 import sys
@@ -17,8 +16,19 @@ from recoverd.errors import UsageError
 from recoverd.log import RunFilter
 from recoverd.log.record import STATES, VIEW_FIELDS
 from recoverd.log.signing import load_public_key, public_pem
-from recoverd.output import emit_json, format_table, local_time, run_result, shorten
+from recoverd.output import (
+    emit_json,
+    format_table,
+    local_time,
+    run_result,
+    shorten,
+    write_data,
+)
 from recoverd.policy.load import client_zones
+from recoverd.text import CSVWriter, json_text
+
+MAX_SINCE_AGE = timedelta(days=100 * 366)
+"""The oldest ``--since`` age: a century (older ones overflow dates)."""
 
 
 def parse_since(text: str) -> datetime:
@@ -27,14 +37,20 @@ def parse_since(text: str) -> datetime:
     Raise UsageError if the text is none of those.
     """
     units = {"d": "days", "h": "hours", "m": "minutes"}
-    if text[:-1].isdigit() and text[-1:] in units:
-        return datetime.now().astimezone() - timedelta(**{units[text[-1]]: int(text[:-1])})
+    number, unit = text[:-1].lstrip("0") or "0", text[-1:]
+    if number.isascii() and number.isdigit() and unit in units:
+        age = timedelta(**{units[unit]: int(number)}) if len(number) < 9 else None
+        if age is None or age > MAX_SINCE_AGE:
+            raise UsageError(f"--since {text!r}: an age of at most {MAX_SINCE_AGE.days}d")
+        return datetime.now().astimezone() - age
     try:
         moment = datetime.fromisoformat(text)
     except ValueError:
         raise UsageError(
             f"--since {text!r}: use a date (2026-11-01), a time (2026-11-01T08:00) or an age (7d)"
         ) from None
+    if not 1970 <= moment.year <= 9998:  # and a local time in year 1 overflows
+        raise UsageError(f"--since {text!r}: the year must be 1970..9998")
     return moment if moment.tzinfo else moment.astimezone()
 
 
@@ -128,25 +144,29 @@ def cmd_log_pubkey(ctl: Controller, args: argparse.Namespace) -> int:
     if args.output:
         args.output.write_text(pem, encoding="ascii")
     else:
-        sys.stdout.write(pem)
+        write_data(pem)
     return 0
 
 
 def export_runs(views: list[dict[str, Any]], fmt: str) -> str:
-    """Given run views, return them as JSON lines or CSV (``stats`` as a JSON cell)."""
+    """Given run views, return them as JSON lines or CSV (``stats`` as a JSON cell).
+
+    CSV cells that a spreadsheet would run as a formula (a symptom ``=HYPERLINK(...)``) start
+    with ``'``; JSON lines are the exact data.
+    """
     if fmt == "jsonl":
         return "".join(
-            json.dumps({f: v.get(f) for f in VIEW_FIELDS}, ensure_ascii=False) + "\n" for v in views
+            json_text({f: v.get(f) for f in VIEW_FIELDS}, ensure_ascii=False) + "\n" for v in views
         )
     out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
+    writer = CSVWriter(out)
     writer.writerow(VIEW_FIELDS)
     for view in views:
         writer.writerow(
             [
                 json.dumps(view.get(f), ensure_ascii=False, sort_keys=True)
                 if f == "stats"
-                else ("" if view.get(f) is None else view.get(f))
+                else view.get(f)
                 for f in VIEW_FIELDS
             ]
         )
@@ -171,7 +191,7 @@ def cmd_log_export(ctl: Controller, args: argparse.Namespace) -> int:
         args.output.write_text(text, encoding="utf-8")
         print(f"{len(views)} run(s) of {client.id} in {month} written to {args.output}")
     else:
-        sys.stdout.write(text)
+        write_data(text)
     return 0
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from datetime import datetime
 from pathlib import Path
 
@@ -13,7 +12,7 @@ from recoverd.commands import AddCommand
 from recoverd.controller import Controller
 from recoverd.errors import RecoverdError
 from recoverd.log.maintenance import utc_now
-from recoverd.output import emit_json
+from recoverd.output import emit_json, write_data
 
 
 def integrity_line(report: Report) -> str:
@@ -63,7 +62,7 @@ def cmd_report(ctl: Controller, args: argparse.Namespace) -> int:
         args.output.write_text(text, encoding="utf-8")
         print(f"{fmt} report of {args.client} for {report.month} written to {args.output}")
     else:
-        sys.stdout.write(text)
+        write_data(text)
     return 0
 
 

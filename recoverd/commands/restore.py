@@ -17,6 +17,7 @@ from recoverd.policy.model import BACKUP_KINDS, Machine
 from recoverd.progress import ProgressLine
 from recoverd.restore import VERIFY_MODES, RestorePlan
 from recoverd.runs import exit_code
+from recoverd.text import visible
 
 LISTED = 20
 """Replaced files a plan shows by name; the rest are counted."""
@@ -63,13 +64,13 @@ def format_plan(prepared: PreparedRestore) -> str:
             lines.append(f"  replaces   everything on {plan.destination}")
     else:
         lines.append(f"  replaces   {len(plan.replaced)} existing file(s) that differ")
-        lines += [f"               {path}" for path in plan.replaced[:LISTED]]
+        lines += [f"               {visible(path)}" for path in plan.replaced[:LISTED]]
         if len(plan.replaced) > LISTED:
             lines.append(f"               ... and {len(plan.replaced) - LISTED} more")
         lines.append(f"  creates    {len(plan.created)} file(s) missing now")
         lines.append(f"  rewrites   {plan.unchanged} file(s) that look unchanged")
     if plan.refusal:
-        lines.append(f"  REFUSED    {plan.refusal}")
+        lines.append(f"  REFUSED    {visible(plan.refusal)}")
     return "\n".join(lines)
 
 
@@ -137,7 +138,7 @@ def cmd_restore(ctl: Controller, args: argparse.Namespace) -> int:
             f"(run {view['id']})"
         )
         if view.get("error"):
-            print(f"  {view['error']}")
+            print(f"  {visible(view['error'])}")
     return exit_code([view])
 
 
@@ -164,7 +165,7 @@ def restore_bare_metal(ctl: Controller, args: argparse.Namespace) -> int:
         return exit_code([view])
     if not prepared.steps:
         print(f"{machine.name} bare-metal restore: {view['state']} (run {view['id']})")
-        print(f"  {view['error']}")
+        print(f"  {visible(view['error'])}")
         return exit_code([view])
     print(
         f"Bare-metal restore of {machine.qualified_name} from backup version "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import signal
 import sys
@@ -18,6 +19,9 @@ from recoverd.controller import Controller
 from recoverd.errors import UsageError
 from recoverd.locks import daemon_lock
 from recoverd.output import emit_json, format_table, local_time
+
+MAX_PLAN_DAYS = 366
+"""How far ahead ``plan --days`` looks at most: a year of runs."""
 
 
 def planned_runs(duty: Duty, end: datetime) -> list[tuple[datetime, str]]:
@@ -48,8 +52,8 @@ def planned_runs(duty: Duty, end: datetime) -> list[tuple[datetime, str]]:
 
 
 def cmd_plan(ctl: Controller, args: argparse.Namespace) -> int:
-    if args.days < 0:
-        raise UsageError("--days must be 0 or more")
+    if not 0 <= args.days <= MAX_PLAN_DAYS:
+        raise UsageError(f"--days must be 0..{MAX_PLAN_DAYS}")
     now = clock.now()
     end = now + timedelta(days=args.days)
     rows: list[dict[str, Any]] = []
@@ -180,6 +184,11 @@ def cmd_status(ctl: Controller, args: argparse.Namespace) -> int:
 def cmd_daemon(ctl: Controller, args: argparse.Namespace) -> int:
     if args.max_parallel < 1:
         raise UsageError("--max-parallel must be 1 or more")
+    # nan and inf parse as floats; a wait of either ends in an error deep in a thread.
+    if not (math.isfinite(args.tick) and 0 < args.tick <= 3600):
+        raise UsageError("--tick must be a number of seconds, more than 0 and at most 3600")
+    if not (math.isfinite(args.grace) and 0 <= args.grace <= 86400):
+        raise UsageError("--grace must be a number of seconds, 0 to 86400")
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s recoverd %(levelname)s %(message)s", force=True
     )

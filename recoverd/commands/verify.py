@@ -10,6 +10,7 @@ from recoverd.controller import Controller
 from recoverd.output import emit_json, run_result
 from recoverd.progress import ProgressLine
 from recoverd.runs import exit_code
+from recoverd.text import visible
 
 
 def cmd_verify(ctl: Controller, args: argparse.Namespace) -> int:
@@ -31,7 +32,7 @@ def cmd_verify(ctl: Controller, args: argparse.Namespace) -> int:
         if "files_verified" in stats:
             print(f"  {run_result({**view, 'error': None})}, seed {stats['seed']}")
         if view.get("error"):
-            print(f"  {view['error']}")
+            print(f"  {visible(view['error'])}")
     return exit_code(views)
 
 

@@ -92,8 +92,20 @@ _TRANSPORT_KEYS = {
     "cert": ("winrm",),
     "cert_key": ("winrm",),
 }
-_DURATION = re.compile(r"(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?")
-_RESTIC_DURATION = re.compile(r"(?:\d+[ymdh])+")
+_DURATION = re.compile(r"(?:([0-9]+)d)?(?:([0-9]+)h)?(?:([0-9]+)m)?")
+_RESTIC_DURATION = re.compile(r"(?:[0-9]+[ymdh])+")
+_RESTIC_UNIT_DAYS = {"y": 366, "m": 31, "d": 1, "h": 1 / 24}
+MAX_SLA_DAYS = 366
+"""The longest ``restore_sla``: a contract measures restores in hours or days."""
+MAX_KEEP_DAYS = 100 * 366
+"""The longest ``keep.within`` (restic cannot count far beyond it either)."""
+MAX_KEEP = 1_000_000
+"""The largest ``keep`` count: hourly snapshots for a century are fewer."""
+MAX_SAMPLE = 1_000_000_000
+"""The largest number of files a drill may sample."""
+MAX_CONNECT_TIMEOUT = 3600.0
+"""The longest ``connect_timeout`` in seconds."""
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 _MAC = re.compile(r"[0-9a-f]{2}(?::[0-9a-f]{2}){5}")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
@@ -164,7 +176,7 @@ def client_zones(directory: Path, client_ids: Iterable[str]) -> dict[str, str]:
             break
         try:
             client = _client_table(path.read_bytes().decode("utf-8-sig"))
-        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, _TooDeep):
             continue
         if not isinstance(client, dict):
             continue
@@ -184,18 +196,18 @@ def _client_table(text: str) -> Any:
     alone, which is quick for a policy of hundreds of machines. A header-like line inside a
     string or an array leaves that part unterminated, so a part that parses is exactly the
     start of the document; when it does not parse or holds no client, the whole text is.
-    Raise TOMLDecodeError if the text is no TOML.
+    Raise TOMLDecodeError if the text is no TOML, _TooDeep if it nests too deeply.
     """
     for header in _TABLE_HEADER.finditer(text):
         if header.group(0).lstrip() != "[client]":
             try:
-                client = tomllib.loads(text[: header.start()]).get("client")
-            except tomllib.TOMLDecodeError:
+                client = _parse_toml(text[: header.start()]).get("client")
+            except (tomllib.TOMLDecodeError, _TooDeep):
                 break
             if client is not None:
                 return client
             break
-    return tomllib.loads(text).get("client")
+    return _parse_toml(text).get("client")
 
 
 def load_policy_file(
@@ -708,14 +720,86 @@ def _check_file(path: Path, schemes: tuple[str, ...]) -> _Result:
     """Given a policy file, return its client (if valid), its client id and its problems."""
     try:
         # utf-8-sig: Windows editors may save a byte-order mark the TOML parser rejects.
-        raw = tomllib.loads(path.read_bytes().decode("utf-8-sig"))
+        raw = _parse_toml(path.read_bytes().decode("utf-8-sig"))
     except OSError as exc:
         return _Result(None, None, [f"{path}: cannot read: {exc.strerror or exc}"])
     except UnicodeDecodeError as exc:
         return _Result(None, None, [f"{path}: not UTF-8 text (byte {exc.start})"])
     except tomllib.TOMLDecodeError as exc:
         return _Result(None, None, [f"{path}: {_toml_error(str(exc))}"])
+    except _TooDeep as exc:
+        return _Result(None, None, [f"{path}: {exc}"])
     return _PolicyFile(path, schemes).check(raw)
+
+
+MAX_DEPTH = 16
+"""The deepest nesting a policy may have (tables, arrays and inline tables; the schema needs
+5, as in ``machines.NAME.levels[0].keep.daily``). Deeper input is refused before it is parsed
+or walked: the TOML parser and the checks recurse, and a document nested hundreds of levels
+deep would end them with a RecursionError."""
+
+
+class _TooDeep(Exception):
+    """The document nests deeper than MAX_DEPTH; the message says where."""
+
+
+def _parse_toml(text: str) -> dict[str, Any]:
+    """Return the parsed TOML ``text``. Raise TOMLDecodeError if it is no TOML, _TooDeep if
+    it nests deeper than :data:`MAX_DEPTH`."""
+    line = _deep_brackets(text)
+    if line is not None:
+        raise _TooDeep(
+            f"line {line}: arrays and inline tables nested more than {MAX_DEPTH} levels deep; "
+            "a policy needs at most 3"
+        )
+    try:
+        document = tomllib.loads(text)
+    except RecursionError:  # the scan above was fooled: still a clean error
+        raise _TooDeep(f"nested too deeply to read (more than {MAX_DEPTH} levels)") from None
+    where = _deep_key(document)
+    if where is not None:
+        raise _TooDeep(f"{where}...: nested more than {MAX_DEPTH} levels deep (tables, arrays)")
+    return document
+
+
+_NESTING_TOKEN = re.compile(
+    r"""
+    \"\"\"(?:[^\\]|\\.)*?\"\"\" | \'\'\'.*?\'\'\'       # multi-line strings
+    | "(?:[^"\\\n]|\\.)*" | '[^'\n]*' | \#[^\n]*   # one-line strings, comments
+    | (?P<open>[\[{]) | [\]}]
+    """,
+    re.S | re.X,
+)
+
+
+def _deep_brackets(text: str) -> int | None:
+    """Return the line where brackets ``[ {`` outside strings and comments first nest deeper
+    than MAX_DEPTH, or None. A quick scan, not a parser: tomllib judges the syntax."""
+    depth = 0
+    for token in _NESTING_TOKEN.finditer(text):
+        if token["open"]:
+            depth += 1
+            if depth > MAX_DEPTH:
+                return text.count("\n", 0, token.start()) + 1
+        elif token[0] in "]}":
+            depth = max(0, depth - 1)
+    return None
+
+
+def _deep_key(document: dict[str, Any]) -> str | None:
+    """Return the key path (its start) where ``document`` nests deeper than MAX_DEPTH (dotted
+    keys nest without brackets), or None. Iterative: the walk itself must not recurse."""
+    stack: list[tuple[Any, str, int]] = [(document, "", 0)]
+    while stack:
+        node, where, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            return where
+        items = node.items() if isinstance(node, dict) else enumerate(node)
+        for key, value in items:
+            if isinstance(value, dict | list):
+                path = f"{where}[{key}]" if isinstance(key, int) else _join(where, key)
+                stack.append((value, path if depth < 4 else where, depth + 1))
+    return None
 
 
 def _toml_error(message: str) -> str:
@@ -841,6 +925,10 @@ def _string(value: Any) -> str:
         _fail(_expected("a string", value))
     if not value.strip():
         _fail("must not be empty")
+    # A NUL cannot be in a command line; an escape or a line break has no place in a name,
+    # a path or an address, and would reach terminals, logs and reports.
+    if control := _CONTROL.search(value):
+        _fail(f"contains the control character {control[0]!r}; remove it")
     return value
 
 
@@ -864,6 +952,8 @@ def _positive_number(value: Any) -> float:
         _fail(_expected("a number of seconds", value))
     if not (math.isfinite(value) and value > 0):
         _fail(f"must be a positive number of seconds, not {value}")
+    if value > MAX_CONNECT_TIMEOUT:
+        _fail(f"{value} s is too long; at most {MAX_CONNECT_TIMEOUT:g} s")
     return float(value)
 
 
@@ -901,6 +991,11 @@ def _strings(value: Any, nonempty: bool = False) -> list[str]:
         (f"[{i}]", _expected("a string", item) if not isinstance(item, str) else "empty string")
         for i, item in enumerate(value)
         if not isinstance(item, str) or not item
+    ]
+    problems += [
+        (f"[{i}]", f"contains the control character {control[0]!r}; remove it")
+        for i, item in enumerate(value)
+        if isinstance(item, str) and (control := _CONTROL.search(item))
     ]
     if problems:
         raise _Invalid(problems)
@@ -980,6 +1075,8 @@ def _secret(value: Any, schemes: tuple[str, ...]) -> str:
         _fail("env: needs an environment variable name (letters, digits and '_')")
     if scheme == "file" and not rest.startswith("/"):
         _fail("file: needs an absolute path (file:/path)")
+    if "\x00" in value or (scheme == "file" and _CONTROL.search(rest)):
+        _fail(f"{scheme}: contains a control character (the value is not shown); remove it")
     if scheme == "vault" and not VAULT_NAME.fullmatch(rest):
         _fail("vault: needs a secret name (letters, digits, '.', '_', '-', '/')")
     if not rest.strip():
@@ -1020,8 +1117,16 @@ def _zones() -> frozenset[str]:
 def _sla(value: Any) -> str:
     text = _string(value)
     match = _DURATION.fullmatch(text)
-    if not match or not any(int(n or 0) for n in match.groups()):
+    # The numbers are compared as text first: int() refuses thousands of digits.
+    numbers = [(n or "0").lstrip("0") or "0" for n in match.groups()] if match else []
+    if not match or all(n == "0" for n in numbers):
         _fail(f"{text!r} is not a duration like '4h', '30m', '1d' or '1d12h'")
+    too_long = f"{text!r} is longer than {MAX_SLA_DAYS} days; a restore SLA is hours or days"
+    if any(len(n) > 6 for n in numbers):
+        _fail(too_long)
+    days, hours, minutes = (int(n) for n in numbers)
+    if days + hours / 24 + minutes / 1440 > MAX_SLA_DAYS:
+        _fail(too_long)
     return text
 
 
@@ -1053,23 +1158,30 @@ def _keep_problem(key: str, amount: Any) -> str | None:
         return "unknown key" + (_hint(key, KEEP_KEYS) or _listing(KEEP_KEYS))
     if key == "within":
         # restic rejects a duration that adds up to nothing ("0d").
-        if (
+        if not (
             isinstance(amount, str)
             and _RESTIC_DURATION.fullmatch(amount)
             and re.search("[1-9]", amount)
         ):
-            return None
-        return f"expected a restic duration like '30d' or '1y2m', found {_describe(amount)}"
+            return f"expected a restic duration like '30d' or '1y2m', found {_describe(amount)}"
+        parts = re.findall(r"([0-9]+)([ymdh])", amount)
+        if any(len(n.lstrip("0")) > 6 for n, _ in parts) or (
+            sum(int(n) * _RESTIC_UNIT_DAYS[unit] for n, unit in parts) > MAX_KEEP_DAYS
+        ):
+            return f"{amount!r} is longer than 100 years; keep less"
+        return None
     if not isinstance(amount, int) or isinstance(amount, bool) or amount < 1:
         return f"expected a positive integer, found {_describe(amount)}"
+    if amount > MAX_KEEP:
+        return f"{amount} is too many; at most {MAX_KEEP}"
     return None
 
 
 def _sample(value: Any) -> str:
     text = _string(value)
-    percent = re.fullmatch(r"(\d+)%", text)
+    percent = re.fullmatch(r"([0-9]{1,3})%", text)
     if text == "all" or (percent and 1 <= int(percent[1]) <= 100):
         return text
-    if re.fullmatch(r"\d+", text) and int(text) > 0:
+    if re.fullmatch(r"[0-9]{1,10}", text) and 0 < int(text) <= MAX_SAMPLE:
         return text
     _fail(f"{text!r} is not a sample: use 'N%' (1..100), a number of files like '200', or 'all'")
