@@ -17,7 +17,7 @@ from recoverd.commands import AddCommand
 from recoverd.controller import Controller
 from recoverd.errors import UsageError
 from recoverd.locks import daemon_lock
-from recoverd.output import emit_json, format_table, local_time
+from recoverd.output import emit_json, format_table, json_time, local_time
 
 
 def planned_runs(duty: Duty, end: datetime) -> list[tuple[datetime, str]]:
@@ -58,7 +58,7 @@ def cmd_plan(ctl: Controller, args: argparse.Namespace) -> int:
         for at, note in planned_runs(duty, end):
             rows.append(
                 {
-                    "at": at.astimezone(zone).isoformat(timespec="minutes"),
+                    "at": json_time(at, str(zone)),
                     "client": duty.machine.client,
                     "machine": duty.machine.name,
                     "level": duty.level.name,
@@ -103,12 +103,24 @@ def human_age(delta: timedelta) -> str:
     return f"{hours}h {minutes}m" if hours else f"{minutes}m"
 
 
-def level_status(duty: Duty) -> dict[str, Any]:
-    """Return what ``recoverd status --json`` prints for one level."""
+PROBLEM_FLAGS = ("overdue", "failing", "stalled", "retention-failed", "check-not-run")
+"""Flags that make ``recoverd status`` exit 1."""
+
+
+def level_status(duty: Duty, retention: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Return what ``recoverd status --json`` prints for one level; ``retention`` is the
+    level's newest retention (prune) run, if any."""
     good, last = duty.last_good, duty.last_attempt
     flags = [f for f, on in (("overdue", duty.overdue), ("failing", duty.failing)) if on]
+    stats = (last or {}).get("stats") or {}
+    if last is not None and last["state"] == "failed" and stats.get("stalled"):
+        flags.append("stalled")
     if last is not None and last["state"] == "partial":
         flags.append("partial")
+    if retention is not None and retention["state"] in ("failed", "interrupted"):
+        flags.append("retention-failed")
+    if drill_check_missing(last):
+        flags.append("check-not-run")
     zone = str(duty.schedule.zone)
     age = duty.now - datetime.fromisoformat(good["started_at"]) if good else None
     return {
@@ -118,21 +130,43 @@ def level_status(duty: Duty) -> dict[str, Any]:
         "kind": duty.level.kind,
         "every": duty.level.every,
         "timezone": zone,
-        "last_good": good["started_at"] if good else None,
+        "last_good": json_time(good["started_at"], zone) if good else None,
         "last_good_run": good["id"] if good else None,
         "age_s": int(age.total_seconds()) if age is not None else None,
         "due": duty.due,
-        "due_since": duty.due_since.isoformat() if duty.due_since else None,
+        "due_since": json_time(duty.due_since, zone),
         "last_attempt_state": last["state"] if last else None,
         "last_attempt_error": last["error"] if last else None,
-        "next_due": duty.run_at.isoformat() if duty.run_at else None,
+        "next_due": json_time(duty.run_at, zone),
+        "retention_state": retention["state"] if retention else None,
+        "retention_error": retention["error"] if retention else None,
         "flags": flags,
     }
 
 
+def drill_check_missing(view: dict[str, Any] | None) -> bool:
+    """Return whether ``view`` is a drill whose repository check did not run (``partial``, or
+    a ``check`` stat that says so): the drill vouches for the restore, not the repository."""
+    if view is None or view.get("action") != "verify" or view["state"] == "running":
+        return False
+    check = str((view.get("stats") or {}).get("check") or "")
+    return view["state"] == "partial" or check.startswith("not run")
+
+
+def newest_retention(ctl: Controller, duty: Duty) -> dict[str, Any] | None:
+    """Return the newest retention run of a level with ``keep``, or None."""
+    if not duty.level.keep:
+        return None
+    machine = duty.machine
+    runs = ctl.log.level_runs(
+        machine.client, machine.name, duty.level.name, "prune", duty.now, ("succeeded",)
+    )
+    return runs[-1] if runs else None
+
+
 def cmd_status(ctl: Controller, args: argparse.Namespace) -> int:
-    records = [level_status(d) for d in duties(ctl, clock.now())]
-    problems = [r for r in records if {"overdue", "failing"} & set(r["flags"])]
+    records = [level_status(d, newest_retention(ctl, d)) for d in duties(ctl, clock.now())]
+    problems = [r for r in records if set(PROBLEM_FLAGS) & set(r["flags"])]
     if args.json:
         for record in records:
             emit_json(record)
@@ -143,6 +177,8 @@ def cmd_status(ctl: Controller, args: argparse.Namespace) -> int:
             state = r["last_attempt_state"] or "-"
             if r["last_attempt_state"] in ("failed", "interrupted") and r["last_attempt_error"]:
                 state += f": {r['last_attempt_error'][:60]}"
+            if "retention-failed" in r["flags"]:
+                state += f"; retention {r['retention_state']}: {(r['retention_error'] or '')[:60]}"
             rows.append(
                 [
                     " ".join(f.upper() for f in r["flags"]) or "ok",
@@ -173,7 +209,8 @@ def cmd_status(ctl: Controller, args: argparse.Namespace) -> int:
             )
         )
         if problems:
-            print(f"{len(problems)} level(s) overdue or failing", file=sys.stderr)
+            found = sorted({f for r in problems for f in r["flags"] if f in PROBLEM_FLAGS})
+            print(f"{len(problems)} level(s) with problems: {', '.join(found)}", file=sys.stderr)
     return 1 if problems else 0
 
 
