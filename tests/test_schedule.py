@@ -231,7 +231,7 @@ def test_status_exits_1_for_failed_retention_stalled_run_and_unchecked_drill(
 
 
 def test_drill_check_missing_for_partial_or_unrun_check() -> None:
-    from recoverd.commands.schedule import drill_check_missing
+    from recoverd.alerts import drill_check_missing
 
     drill = {"action": "verify", "state": "succeeded", "stats": {"check": "passed"}}
     assert not drill_check_missing(drill)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from recoverd.actions.backup import backup_levels, backup_machine
+from recoverd.alerts import notify_after_manual_runs
 from recoverd.commands import AddCommand
 from recoverd.controller import Controller
 from recoverd.log import RunFilter
@@ -18,6 +19,8 @@ def cmd_backup(ctl: Controller, args: argparse.Namespace) -> int:
     levels = backup_levels(machine, args.level)
     progress = None if args.json else ProgressLine
     views = backup_machine(ctl, machine, levels, progress=progress)
+    if args.notify:
+        notify_after_manual_runs(ctl, machine, views)
     zone = ctl.policies.clients[machine.client].timezone
     for view in views:
         if args.json:
@@ -90,6 +93,9 @@ def register(add: AddCommand) -> None:
     p = add("backup", cmd_backup, "run a machine's backup levels now")
     p.add_argument("machine", help="machine name, or client/machine")
     p.add_argument("--level", help="only this level")
+    p.add_argument(
+        "--notify", action="store_true", help="send failed/resolved messages as scheduled runs do"
+    )
     p = add("snapshots", cmd_snapshots, "list a machine's restore points")
     p.add_argument("machine", help="machine name, or client/machine")
     p.add_argument("--level", help="only this level")

@@ -13,10 +13,12 @@ from typing import Any
 from recoverd import clock
 from recoverd.actions.daemon import DEFAULT_GRACE, DEFAULT_MAX_PARALLEL, DEFAULT_TICK, Daemon
 from recoverd.actions.due import Duty, duties
+from recoverd.alerts import drill_check_missing
 from recoverd.commands import AddCommand
 from recoverd.controller import Controller
 from recoverd.errors import UsageError
 from recoverd.locks import daemon_lock
+from recoverd.metrics import metrics_address
 from recoverd.output import emit_json, format_table, json_time, local_time
 
 
@@ -144,15 +146,6 @@ def level_status(duty: Duty, retention: dict[str, Any] | None = None) -> dict[st
     }
 
 
-def drill_check_missing(view: dict[str, Any] | None) -> bool:
-    """Return whether ``view`` is a drill whose repository check did not run (``partial``, or
-    a ``check`` stat that says so): the drill vouches for the restore, not the repository."""
-    if view is None or view.get("action") != "verify" or view["state"] == "running":
-        return False
-    check = str((view.get("stats") or {}).get("check") or "")
-    return view["state"] == "partial" or check.startswith("not run")
-
-
 def newest_retention(ctl: Controller, duty: Duty) -> dict[str, Any] | None:
     """Return the newest retention run of a level with ``keep``, or None."""
     if not duty.level.keep:
@@ -218,11 +211,27 @@ def cmd_daemon(ctl: Controller, args: argparse.Namespace) -> int:
     if args.max_parallel < 1:
         raise UsageError("--max-parallel must be 1 or more")
     logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s recoverd %(levelname)s %(message)s", force=True
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%Y-%m-%dT%H:%M:%S%z",  # local time with its offset
+        force=True,
     )
+    # Libraries speak under their own names, and only when something is wrong.
+    for chatty in ("paramiko", "apprise", "urllib3"):
+        logging.getLogger(chatty).setLevel(logging.WARNING)
     machines = ctl.policies.machines()  # a broken policy stops the start with exit 2
+    address = metrics_address(args.metrics, public=args.metrics_public) if args.metrics else None
     with daemon_lock(ctl.state_dir):
         daemon = Daemon(ctl, max_parallel=args.max_parallel, tick_seconds=args.tick)
+        server = None
+        if address is not None:
+            try:
+                server = daemon.metrics.serve(*address)
+            except OSError as exc:
+                raise UsageError(
+                    f"--metrics {args.metrics}: cannot listen: {exc.strerror}"
+                ) from None
+            logging.info("serving metrics on http://%s/metrics", args.metrics)
         signal.signal(signal.SIGHUP, lambda *_: daemon.request_reload())
         signal.signal(signal.SIGTERM, lambda *_: daemon.request_stop())
         signal.signal(signal.SIGINT, lambda *_: daemon.request_stop())
@@ -233,7 +242,11 @@ def cmd_daemon(ctl: Controller, args: argparse.Namespace) -> int:
             args.max_parallel,
             ctl.state_dir,
         )
-        daemon.serve()
+        try:
+            daemon.serve()
+        finally:
+            if server is not None:
+                server.shutdown()
         logging.info("stopping: no new runs; waiting up to %gs for running ones", args.grace)
         interrupted = daemon.shutdown(args.grace)
         if not interrupted:
@@ -263,6 +276,16 @@ def register(add: AddCommand) -> None:
         type=float,
         default=DEFAULT_GRACE,
         help=f"seconds running runs may finish after SIGTERM (default {DEFAULT_GRACE:g})",
+    )
+    p.add_argument(
+        "--metrics",
+        metavar="ADDRESS:PORT",
+        help="serve Prometheus metrics on http://ADDRESS:PORT/metrics (e.g. 127.0.0.1:9150)",
+    )
+    p.add_argument(
+        "--metrics-public",
+        action="store_true",
+        help="allow --metrics on an address that is not loopback (the metrics name every machine)",
     )
     p.add_argument(
         "--tick",
