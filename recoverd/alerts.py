@@ -20,7 +20,7 @@ import json
 import logging
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -220,6 +220,23 @@ class Alerts:
         self._notifiers: list[Notifier] = [
             cls() for cls in ctl.plugins["notifiers"].entries.values() if _is_notifier(cls)
         ]
+        self._learnt: object = None
+
+    def learn_secrets(self) -> None:
+        """Resolve every route's URLs once per policy set, so that the masking of run errors
+        and log lines knows them before a machine's output can repeat one."""
+        policies = self.ctl.policies
+        if self._learnt is policies:
+            return
+        self._learnt = policies
+        routes = [*policies.provider.routes.values()]
+        routes += [r for c in policies.clients.values() for r in c.routes.values()]
+        for route in routes:
+            for reference in route.urls:
+                try:
+                    self.ctl.secrets.resolve(reference, "notify URL")
+                except SecretError as exc:
+                    log.error("route %s: %s; its messages cannot be sent", route.name, exc)
 
     # -- incidents ---------------------------------------------------------------------------
 
@@ -234,6 +251,7 @@ class Alerts:
         longer in the policies are dropped and digests are sent.
         """
         duties = list(duties)
+        self.learn_secrets()
         messages: list[Message] = []
         with self.book.editing() as book:
             incidents = book["incidents"]
@@ -457,20 +475,25 @@ class Alerts:
             f" for {message.client}/{message.machine} {message.level}" if message.machine else "",
             ", ".join(f"route {r.name}" for r in routes) or "no route takes it",
         )
+        targets = []
         for route in routes:
             for index, reference in enumerate(route.urls):
                 what = f"{message.event} message to route {route.name} (url {index})"
                 try:
-                    url = self.ctl.secrets.resolve(reference, f"notify.{route.name}.urls")
+                    targets.append((what, self.ctl.secrets.resolve(reference, "notify URL")))
                 except SecretError as exc:
                     log.error("%s not sent: %s", what, exc)
-                    continue
-                notifier = self.notifier_for(url)
-                if notifier is None:
-                    log.error("%s not sent: no notifier plugin delivers this kind of URL", what)
-                    continue
-                what += f" ({url_scheme(url) or '?'}:// through {type(notifier).__name__})"
-                self.outbox.post(what, _sender(notifier, url, message))
+        # Masked again now that the URLs are known secrets: a machine's error text may hold one.
+        message = replace(
+            message, title=safe_text(message.title, 300), body=safe_text(message.body)
+        )
+        for what, url in targets:
+            notifier = self.notifier_for(url)
+            if notifier is None:
+                log.error("%s not sent: no notifier plugin delivers this kind of URL", what)
+                continue
+            what += f" ({url_scheme(url) or '?'}:// through {type(notifier).__name__})"
+            self.outbox.post(what, _sender(notifier, url, message))
 
     def notifier_for(self, url: str) -> Notifier | None:
         scheme = url_scheme(url)

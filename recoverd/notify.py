@@ -11,6 +11,7 @@ import logging
 import queue
 import threading
 import time
+import unicodedata
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -75,11 +76,12 @@ class Notifier:
 
 
 def printable(text: str, limit: int = MAX_BODY) -> str:
-    """Return ``text`` with control characters escaped (a terminal, mail client or chat never
-    sees raw escapes from a machine's output), newlines and tabs kept, cut to ``limit``."""
+    """Return ``text`` with control and format characters escaped (a terminal, mail client or
+    chat never sees raw escapes or bidi overrides from a machine's output), newlines and tabs
+    kept, cut to ``limit``."""
     out = []
     for char in text[:limit]:
-        if char in "\n\t" or (ord(char) >= 0x20 and not 0x7F <= ord(char) < 0xA0):
+        if char in "\n\t" or unicodedata.category(char) not in ("Cc", "Cf", "Zl", "Zp"):
             out.append(char)
         else:
             out.append(f"\\x{ord(char):02x}" if ord(char) < 0x100 else f"\\u{ord(char):04x}")

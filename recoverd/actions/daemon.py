@@ -39,7 +39,7 @@ from recoverd.controller import Controller
 from recoverd.errors import MachineBusy, PolicyError, RecoverdError
 from recoverd.log.maintenance import this_process
 from recoverd.metrics import FleetMetrics
-from recoverd.notify import printable
+from recoverd.notify import safe_text
 from recoverd.policy import load_policies
 from recoverd.policy.model import Level, Machine
 from recoverd.transport import give_up_all
@@ -84,7 +84,7 @@ def log_run(machine: Machine, view: dict[str, Any]) -> None:
         view["id"],
         state,
         retry,
-        f": {printable(view['error'], 2000)}" if view.get("error") else "",
+        f": {safe_text(view['error'], 2000)}" if view.get("error") else "",
     )
 
 
@@ -153,6 +153,10 @@ class Daemon:
     ) -> None:
         self.ctl = ctl
         self.alerts = alerts or Alerts(ctl)
+        try:
+            self.alerts.learn_secrets()  # before any run: a machine's error may repeat one
+        except Exception:
+            log.exception("cannot read the notification routes")
         self.metrics = FleetMetrics()
         self._metrics_stale = True
         """A run ended (or the daemon just started) since the textfile was written."""
