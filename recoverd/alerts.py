@@ -72,6 +72,8 @@ def offline_alert_after(machine: Machine) -> timedelta:
     value = getattr(machine, "alert_after", None)  # a machine key of the offline policy
     if isinstance(value, timedelta):
         return value
+    if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
+        return timedelta(seconds=value)
     return parse_sla(value) if isinstance(value, str) and value else OFFLINE_ALERT_AFTER
 
 
@@ -100,12 +102,15 @@ def health_condition(duty: Duty, now: datetime, *, manual: bool = False) -> Cond
     stats = last.get("stats") or {}
     state = last["state"]
     if state in ("failed", "interrupted"):
-        # A manual run with --notify is announced at once: nothing retries it for sure.
-        if not counts(last, manual) or (duty.retrying and not manual):
+        if not counts(last, manual):
             return _KEEP
         if stats.get("stalled"):
-            event = "stalled"
-        elif duty.level.kind == "verify":
+            # Said at once, retried or not: a stalled run held a repository slot for long.
+            return Condition("stalled", started(last), last.get("error") or "no progress", last)
+        # A manual run with --notify is announced at once: nothing retries it for sure.
+        if duty.retrying and not manual:
+            return _KEEP
+        if duty.level.kind == "verify":
             event = "drill-failed"
         else:
             event = "failed"

@@ -358,9 +358,12 @@ def test_stalled_offline_and_anomaly_records_become_one_event_each(fleet: Path) 
     day = datetime(2026, 5, 1, 18, 0, tzinfo=UTC)  # 02:00 in Shanghai
     ctl = controller(fleet)
     record(ctl, "succeeded", day - timedelta(days=1))
-    # A run stopped for making no progress (recorded failed, permanent: no retry left).
-    record(ctl, "failed", day, error="no progress for 30m: stopped", stats={"stalled": True})
-    assert [m.event for m in observe(ctl, day + timedelta(hours=1))] == ["stalled"]
+    # A run stopped for making no progress: said at once, though it is retried.
+    stalled = {"stalled": True, "transient": True}
+    record(ctl, "failed", day, error="no progress for 30m: stopped", stats=stalled)
+    assert [m.event for m in observe(ctl, day + timedelta(minutes=6))] == ["stalled"]
+    record(ctl, "failed", day + timedelta(minutes=7), error="no progress", stats=stalled)
+    assert observe(ctl, day + timedelta(minutes=13)) == []
     record(ctl, "succeeded", day + timedelta(hours=2))
     assert [m.event for m in observe(ctl, day + timedelta(hours=3))] == ["resolved"]
     # An offline workstation: skipped, no alert until alert_after (3 days), then one.

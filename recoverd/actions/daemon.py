@@ -158,8 +158,6 @@ class Daemon:
         except Exception:
             log.exception("cannot read the notification routes")
         self.metrics = FleetMetrics()
-        self._metrics_stale = True
-        """A run ended (or the daemon just started) since the textfile was written."""
         self.max_parallel = max_parallel
         self.tick_seconds = tick_seconds
         self.verify = verify
@@ -227,9 +225,7 @@ class Daemon:
         self.metrics.update(duties, now)
         self.metrics.count_deliveries(self.alerts.outbox.results)
         textfile = self.ctl.policies.provider.metrics_textfile
-        with self._lock:
-            stale, self._metrics_stale = self._metrics_stale, False
-        if textfile and stale:
+        if textfile:  # every look, so that its age tells a collector the daemon is alive
             try:
                 self.metrics.write_textfile(textfile)
             except OSError as exc:
@@ -315,7 +311,6 @@ class Daemon:
             with self._lock:
                 del self._busy[machine.qualified_name]
                 self._ended.add(machine.qualified_name)
-                self._metrics_stale = True
                 if not self._busy:
                     self._idle.notify_all()
             self._wake.set()
