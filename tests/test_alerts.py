@@ -516,3 +516,102 @@ def test_printable_escapes_control_characters_and_cuts() -> None:
     assert printable("a\x1b[2Jb\r\nc\td\x00") == "a\\x1b[2Jb\\x0d\nc\td\\x00"
     assert printable("x" * 20, limit=5) == "xxxxx\n[... cut]"
     assert printable("\u202e evil \u2028") == "\\u202e evil \\u2028"
+
+
+@pytest.mark.slow
+def test_daemon_process_alerts_serves_metrics_and_logs_plainly_over_ssh(
+    tmp_path: Path, sshd: Any, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A real `recoverd daemon` over the throwaway sshd with real restic: a level whose
+    repository refuses the password gives one failed alert; /metrics and the textfile tell
+    both levels; the log has zoned times, the run id and no paramiko chatter."""
+    import re
+    import subprocess
+    import sys
+
+    good_password, bad_password = "alerts-Pa55-good", "alerts-Pa55-wrong"
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "ledger.csv").write_text("numbers\n")
+    subprocess.run(
+        ["restic", "init", "-r", str(tmp_path / "locked")],
+        env={**os.environ, "RESTIC_PASSWORD": "someone-else"},
+        capture_output=True,
+        check=True,
+    )
+    textfile = tmp_path / "textfile" / "recoverd.prom"
+    textfile.parent.mkdir()
+    (tmp_path / "policies").mkdir()
+    (tmp_path / "policies" / "provider.toml").write_text(
+        f'[notify.oncall]\nurls = ["env:ONCALL_URL"]\n[metrics]\ntextfile = "{textfile}"\n'
+    )
+    machine = (
+        f'[machines.srv-1]\naddress = "127.0.0.1"\nport = {sshd.port}\nuser = "{sshd.user}"\n'
+        f'identity = "{sshd.client_key}"\nhost_key = "{sshd.host_key_line}"\nrole = "server"\n'
+    )
+    levels = "".join(
+        f'[[machines.srv-1.levels]]\nname = "{name}"\nkind = "files"\nrepository = "{repo}"\n'
+        f'paths = ["{tmp_path}/data"]\nevery = "day at 01:30"\n'
+        for name, repo in (("nightly", "nas"), ("ledger", "locked"))
+    )
+    (tmp_path / "policies" / "acme.toml").write_text(
+        '[client]\nname = "Acme"\ntimezone = "Asia/Shanghai"\n'
+        f'[repositories.nas]\nurl = "{tmp_path}/nas"\npassword = "env:GOOD_PW"\n'
+        f'[repositories.locked]\nurl = "{tmp_path}/locked"\npassword = "env:BAD_PW"\n'
+        + machine
+        + levels
+    )
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {
+        **os.environ,
+        "RECOVERD_POLICIES": str(tmp_path / "policies"),
+        "RECOVERD_STATE": str(tmp_path / "state"),
+        "GOOD_PW": good_password,
+        "BAD_PW": bad_password,
+        "ONCALL_URL": f"json://127.0.0.1:{receiver.port}/hook",
+    }
+    stderr_path = tmp_path / "daemon.err"
+    with open(stderr_path, "wb") as err:
+        process = subprocess.Popen(
+            [sys.executable, "-c", "import sys; from recoverd.cli import main; sys.exit(main())",
+             "daemon", "--tick", "0.5", "--metrics", f"127.0.0.1:{port}"],
+            env=env, stdout=subprocess.DEVNULL, stderr=err,
+        )  # fmt: skip
+    try:
+        wait_for(lambda: len(receiver.hooks()) >= 1, timeout=60)
+        labels = lambda name: (("client", "acme"), ("level", name), ("machine", "srv-1"))  # noqa: E731
+
+        def scraped() -> dict[Any, float]:
+            url = f"http://127.0.0.1:{port}/metrics"
+            with urllib.request.urlopen(url, timeout=10) as answer:
+                return parse(answer.read().decode())
+
+        wait_for(
+            lambda: ("recoverd_last_success_timestamp_seconds", labels("nightly")) in scraped(),
+            timeout=60,
+        )
+        served = scraped()
+        time.sleep(1.5)  # a few more looks: no second alert
+        process.send_signal(2)
+        assert process.wait(30) == 0
+    finally:
+        process.kill()
+    [alert] = receiver.hooks()
+    assert alert["title"] == "[recoverd] Backup failed: acme/srv-1 ledger"
+    assert "Machine: srv-1 (server)" in alert["message"]
+    assert served[("recoverd_last_run_state", (*labels("ledger"), ("state", "failed")))] == 1
+    assert served[("recoverd_last_run_state", (*labels("nightly"), ("state", "succeeded")))] == 1
+    assert ("recoverd_last_success_timestamp_seconds", labels("ledger")) not in served
+    on_file = parse(textfile.read_text())
+    assert on_file[("recoverd_runs_total", (("client", "acme"), ("state", "failed")))] == 1
+    log_text = stderr_path.read_text()
+    zoned = r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d{4} "
+    assert re.search(zoned + r"ERROR recoverd\.actions\.daemon: acme/srv-1 ledger backup run "
+                     r"\d{8}-\d{6}-[0-9a-f]{6} failed: ", log_text, re.M), log_text  # fmt: skip
+    assert re.search(
+        zoned + "WARNING recoverd.alerts: failed for acme/srv-1 ledger", log_text, re.M
+    )
+    assert "paramiko" not in log_text and "Authentication (publickey)" not in log_text
+    for secret in (good_password, bad_password):
+        assert secret not in log_text and secret not in json.dumps(alert)
