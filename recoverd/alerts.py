@@ -24,6 +24,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from recoverd.actions.due import Duty, ended, started
 from recoverd.actions.report import parse_sla
@@ -453,7 +454,13 @@ class Alerts:
             lines.append(
                 f"  {standing:<12} {duty.machine.name} {duty.level.name}: last good {last_good}"
             )
-        lines += ["", "Look closer:", "  recoverd status", "  recoverd report --client CLIENT"]
+        month = now.astimezone(ZoneInfo(zone)).strftime("%Y-%m")
+        lines += [
+            "",
+            "Look closer:",
+            "  recoverd status",
+            f"  recoverd report --client CLIENT --month {month}",
+        ]
         title = f"[recoverd] Daily digest{' of ' + provider.name if provider.name else ''}"
         return Message(event="digest", title=safe_text(title, 200), body="\n".join(lines))
 

@@ -56,7 +56,7 @@ class FleetMetrics:
                         (ended(finished) - started(finished)).total_seconds() if finished else None
                     ),
                     "bytes_added": stats.get("bytes_added"),
-                    "overdue": duty.overdue_at(now) and duty.missed_since is not None,
+                    "overdue": duty.overdue_at(now),  # as `recoverd status` shows it
                 }
             )
         with self._lock:

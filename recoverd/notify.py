@@ -7,6 +7,7 @@ number of times; it never reaches the run that caused it.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import queue
 import threading
@@ -23,6 +24,9 @@ log = logging.getLogger(__name__)
 
 RETRY_BACKOFF = (2.0, 10.0, 30.0)
 """Seconds to wait after the 1st, 2nd, 3rd failed attempt of a delivery; then it is given up."""
+
+EXIT_FLUSH_S = 15.0
+"""How long a process that ends waits for its outbox to deliver."""
 
 MAX_BODY = 8000
 """Characters of a message body: past it the text is cut (a hostile machine's error text)."""
@@ -111,9 +115,10 @@ class _Delivery:
 class Outbox:
     """Sends deliveries from one worker thread, in order, retrying a failed one.
 
-    ``post`` never blocks and never raises. The worker thread runs only while there is work,
-    and is not a daemon thread: a command that posted a message delivers it before the
-    process ends (bounded by the retries).
+    ``post`` never blocks and never raises. The worker thread runs only while there is work.
+    The process's outbox (:func:`outbox`) is flushed at exit for at most ``EXIT_FLUSH_S``: a
+    command that posted a ping or a message delivers it, and a monitor that is down delays
+    the end of a command by at most that long.
     """
 
     def __init__(self, backoff: Sequence[float] = RETRY_BACKOFF) -> None:
@@ -133,9 +138,15 @@ class Outbox:
             self._queue.put(_Delivery(what, send))
             if self._worker is None or not self._worker.is_alive():
                 self._worker = threading.Thread(
-                    target=self._work, name="recoverd-notify", daemon=False
+                    target=self._work, name="recoverd-notify", daemon=True
                 )
                 self._worker.start()
+
+    @property
+    def pending(self) -> int:
+        """Deliveries posted and neither delivered nor given up yet."""
+        with self._lock:
+            return self._pending
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until every posted delivery was delivered or given up; False on timeout."""
@@ -197,6 +208,15 @@ class Outbox:
         return True
 
 
+def _flush_at_exit(box: Outbox) -> None:
+    if not box.flush(EXIT_FLUSH_S):
+        log.warning(
+            "%d notification(s) or ping(s) not delivered within %gs of exit: dropped",
+            box.pending,
+            EXIT_FLUSH_S,
+        )
+
+
 _outbox: Outbox | None = None
 _outbox_lock = threading.Lock()
 
@@ -207,4 +227,5 @@ def outbox() -> Outbox:
     with _outbox_lock:
         if _outbox is None:
             _outbox = Outbox()
+            atexit.register(_flush_at_exit, _outbox)
         return _outbox
