@@ -615,3 +615,27 @@ def test_daemon_process_alerts_serves_metrics_and_logs_plainly_over_ssh(
     assert "paramiko" not in log_text and "Authentication (publickey)" not in log_text
     for secret in (good_password, bad_password):
         assert secret not in log_text and secret not in json.dumps(alert)
+
+
+def test_plugins_lists_the_apprise_notifier(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["plugins"]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("apprise "))
+    assert line.split()[-2:] == ["notifiers:", "apprise"]
+
+
+def test_status_and_log_import_neither_apprise_nor_prometheus(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    policies = Path(__file__).resolve().parent.parent / "policies"
+    probe = (
+        "import sys; from recoverd.cli import main\n"
+        f"for argv in (['status'], ['log']):\n"
+        f"    main(['--policies', {str(policies)!r}, '--state', {str(tmp_path)!r}, *argv])\n"
+        "loaded = [m for m in sys.modules if m.split('.')[0] in ('apprise', 'prometheus_client')]\n"
+        "print('LOADED', loaded)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60
+    ).stdout
+    assert "LOADED []" in out
