@@ -135,6 +135,17 @@ def test_load_policies_client_route_with_clients_is_misplaced(tmp_path: Path) ->
     ]
 
 
+def test_load_policies_client_route_cannot_take_the_digest(tmp_path: Path) -> None:
+    (tmp_path / "example.toml").write_text(
+        CLIENT + '\n[notify.it]\nurls = ["env:IT"]\non = ["digest"]\ndigest = "day at 08:00"\n'
+    )
+    assert problems_of(tmp_path) == [
+        f"{tmp_path}/example.toml: notify.it.{key}: the digest covers every client: route it "
+        "in provider.toml"
+        for key in ("digest", "on")
+    ]
+
+
 def test_load_policies_route_defaults_to_incidents_and_digest_time(tmp_path: Path) -> None:
     (tmp_path / "example.toml").write_text(CLIENT)
     (tmp_path / "provider.toml").write_text(

@@ -57,12 +57,19 @@ def check_routes(
         elsewhere["clients"] = (
             "a client file's route covers that client; list clients in provider.toml's routes"
         )
+        del checks["digest"]
+        elsewhere["digest"] = "the digest covers every client: route it in provider.toml"
     for name, value in policy._named_tables(raw, "notify").items():
         where = _join("notify", name)
         table = policy.table(value, where, checks, required=["urls"], elsewhere=elsewhere)
         if table is None or len(table.values) != len(table.paths):
             continue
         on = tuple(table.get("on", INCIDENT_EVENTS))
+        if client_id is not None and "digest" in on:
+            policy.problem(
+                table.paths["on"], "the digest covers every client: route it in provider.toml"
+            )
+            continue
         digest = table.get("digest")
         if digest is not None and "digest" not in on:
             policy.problem(
