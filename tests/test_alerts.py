@@ -410,16 +410,22 @@ def test_backup_notify_flag_sends_through_the_route(
     assert receiver.hooks()[0]["title"] == "[recoverd] Backup failed: acme/srv nightly"
 
 
+def pinging(root: Path) -> tuple[Any, Outbox]:
+    """A controller whose level pings ``env:HC_URL``, through an outbox of quick retries."""
+    (root / "policies" / "acme.toml").write_text(
+        policy("acme", "UTC", level("nightly", "day at 02:00") + 'healthchecks = "env:HC_URL"\n')
+    )
+    ctl = controller(root)
+    sender = Outbox(backoff=(0.02,))
+    ctl.log.watchers[:] = [RunPings(ctl, sender)]
+    return ctl, sender
+
+
 def test_healthchecks_pings_start_success_and_fail_with_masked_tail(
     fleet: Path, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("HC_URL", f"http://127.0.0.1:{receiver.port}/ping/{TOKEN}")
-    (fleet / "policies" / "acme.toml").write_text(
-        policy("acme", "UTC", level("nightly", "day at 02:00") + 'healthchecks = "env:HC_URL"\n')
-    )
-    ctl = controller(fleet)
-    sender = Outbox(backoff=(0.05,))
-    ctl.log.watchers[:] = [RunPings(ctl, sender)]
+    ctl, sender = pinging(fleet)
     ok = record(ctl, "succeeded", datetime(2026, 5, 1, 2, tzinfo=UTC))
     hc_url = os.environ["HC_URL"]
     long_error = "\n".join(f"line {i}" for i in range(100)) + f"\nFatal: {hc_url} \x07 refused"
@@ -449,12 +455,7 @@ def test_healthchecks_monitor_down_never_fails_the_run(
         probe.bind(("127.0.0.1", 0))
         closed = probe.getsockname()[1]
     monkeypatch.setenv("HC_URL", f"http://127.0.0.1:{closed}/ping/x")
-    (fleet / "policies" / "acme.toml").write_text(
-        policy("acme", "UTC", level("nightly", "day at 02:00") + 'healthchecks = "env:HC_URL"\n')
-    )
-    ctl = controller(fleet)
-    sender = Outbox(backoff=(0.01,))
-    ctl.log.watchers[:] = [RunPings(ctl, sender)]
+    ctl, sender = pinging(fleet)
     run = record(ctl, "succeeded", datetime(2026, 5, 1, 2, tzinfo=UTC))
     assert ctl.log.run(run)["state"] == "succeeded"
     assert sender.flush(10) and sender.results["failed"] == 2

@@ -6,30 +6,13 @@ import shutil
 from pathlib import Path
 
 import pytest
+from test_policy import BASE as CLIENT
 
 from recoverd.errors import PolicyError
 from recoverd.policy import load_policies
 from recoverd.policy.model import INCIDENT_EVENTS
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "policies"
-CLIENT = """
-[client]
-name = "Example Ltd."
-
-[repositories.nas]
-url = "/srv/restic"
-password = "env:RESTIC_PASSWORD"
-
-[machines.ws-1]
-address = "10.0.0.1"
-
-[[machines.ws-1.levels]]
-name = "nightly"
-kind = "files"
-repository = "nas"
-paths = ["/home"]
-every = "day at 01:30"
-"""
 
 
 def problems_of(directory: Path) -> list[str]:

@@ -15,6 +15,7 @@ from typing import Any
 
 from recoverd.policy.load import (
     _any,
+    _every,
     _fail,
     _hint,
     _Invalid,
@@ -48,7 +49,7 @@ def check_routes(
     checks = {
         "urls": partial(_urls, schemes=policy.schemes),
         "on": _events,
-        "digest": _digest,
+        "digest": _every,
     }
     elsewhere = {}
     if client_id is None:
@@ -190,18 +191,6 @@ def _events(value: Any) -> list[str]:
     if problems:
         raise _Invalid(problems)
     return list(dict.fromkeys(events))
-
-
-def _digest(value: Any) -> str:
-    """Check when a digest goes out: a daily ``every`` expression like ``day at 07:30``."""
-    from recoverd.policy.every import parse_every
-
-    text = _string(value)
-    try:
-        parse_every(text)
-    except ValueError as exc:
-        _fail(str(exc))
-    return text
 
 
 def _client_patterns(value: Any) -> list[str]:
