@@ -160,3 +160,11 @@ def test_check_command_reports_provider_problems_exit_2(tmp_path: Path, capsys) 
     assert main(["--policies", str(tmp_path), "--state", str(tmp_path / "s"), "check"]) == 2
     err = capsys.readouterr().err
     assert "provider.toml: notify.x.on[0]: unknown event 'faild' (did you mean 'failed'?)" in err
+
+
+def test_check_command_names_the_provider_file(tmp_path: Path, capsys) -> None:
+    from recoverd.cli import main
+
+    assert main(["--policies", str(EXAMPLES), "--state", str(tmp_path), "check"]) == 0
+    out = capsys.readouterr().out
+    assert f"{EXAMPLES}/provider.toml: provider settings, 2 notification route(s)" in out

@@ -31,6 +31,10 @@ def cmd_check(ctl: Controller, args: argparse.Namespace) -> int:
             print(f"warning: {warning}", file=sys.stderr)
         for cid, client in sorted(policies.clients.items()):
             print(f"{client.source}: {cid} ({client.name}): {len(client.machines)} machine(s)")
+        provider = policies.provider
+        if provider.source is not None:
+            routes = len(provider.routes)
+            print(f"{provider.source}: provider settings, {routes} notification route(s)")
         print(
             f"ok: {len(policies.clients)} client(s), {len(machines)} machine(s), {levels} level(s)"
         )
