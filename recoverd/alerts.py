@@ -117,8 +117,11 @@ def health_condition(duty: Duty, now: datetime, *, manual: bool = False) -> Cond
             event = "failed"
         return Condition(event, started(last), last.get("error") or state, last)
     if state == "skipped" and stats.get("offline"):
-        since = ended(duty.last_good) if duty.last_good else started(last)
-        if now - since >= offline_alert_after(duty.machine):
+        since = _offline_since(duty, last)
+        due = stats.get("offline_alert")  # the run says whether alert_after has passed
+        if due is None:
+            due = now - since >= offline_alert_after(duty.machine)
+        if due and counts(last, manual):
             return Condition("offline", since, last.get("error") or "unreachable", last)
         return _KEEP  # skipped, not failed: no alert yet
     if drill_check_missing(last):
@@ -141,6 +144,18 @@ def health_condition(duty: Duty, now: datetime, *, manual: bool = False) -> Cond
     return None
 
 
+def _offline_since(duty: Duty, last: dict[str, Any]) -> datetime:
+    """Return since when the machine is offline: as its skipped run records it, else since its
+    level's last good run ended."""
+    recorded = (last.get("stats") or {}).get("offline_since")
+    if isinstance(recorded, str):
+        try:
+            return datetime.fromisoformat(recorded)
+        except ValueError:
+            pass
+    return ended(duty.last_good) if duty.last_good else started(last)
+
+
 def data_condition(duty: Duty, *, manual: bool = False) -> Condition | str | None:
     """Return the level's data anomaly: a Condition for an anomalous newest run, None for a
     good one without, ``"keep"`` otherwise."""
@@ -156,13 +171,33 @@ def data_condition(duty: Duty, *, manual: bool = False) -> Condition | str | Non
 
 
 def _describe_anomaly(anomaly: Any) -> str:
-    if isinstance(anomaly, dict):
-        detail = ", ".join(f"{k} {v}" for k, v in anomaly.items())
-    elif isinstance(anomaly, list):
-        detail = "; ".join(str(a) for a in anomaly)
-    else:
-        detail = str(anomaly)
-    return f"{detail} (possible ransomware or mass deletion: look at the snapshot)"
+    """Return ``stats.anomaly`` (``changed``, ``shrunk``, ``against``) as a sentence."""
+    if not isinstance(anomaly, dict):
+        return f"{anomaly} (possible ransomware or mass deletion: look at the snapshot)"
+    parts = []
+    changed = anomaly.get("changed")
+    if isinstance(changed, dict):
+        parts.append(
+            f"{changed.get('files')} of {changed.get('of')} files new or changed" + _share(changed)
+        )
+    shrunk = anomaly.get("shrunk")
+    if isinstance(shrunk, dict):
+        parts.append(
+            f"the snapshot shrank from {shrunk.get('files_before')} to {shrunk.get('files')} "
+            f"files, {shrunk.get('bytes_before')} to {shrunk.get('bytes')} bytes" + _share(shrunk)
+        )
+    parts += [f"{k} {v}" for k, v in anomaly.items() if k not in ("changed", "shrunk", "against")]
+    against = anomaly.get("against")
+    if isinstance(against, dict) and against.get("run"):
+        parts.append(f"against run {against['run']} (snapshot {against.get('snapshot')})")
+    return "; ".join(parts) + " (possible ransomware or mass deletion: look at the snapshot)"
+
+
+def _share(figures: dict[str, Any]) -> str:
+    share, limit = figures.get("share"), figures.get("limit")
+    if isinstance(share, int | float) and isinstance(limit, int | float):
+        return f" ({share:.0%}, limit {limit:.0%})"
+    return ""
 
 
 def _human(delta: timedelta) -> str:

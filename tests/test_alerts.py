@@ -371,12 +371,30 @@ def test_stalled_offline_and_anomaly_records_become_one_event_each(fleet: Path) 
         record(ctl, "skipped", day + timedelta(days=n), error="offline", stats={"offline": True})
         events = [m.event for m in observe(ctl, day + timedelta(days=n, hours=1))]
         assert events == (["offline"] if n == 4 else []), n
+    record(ctl, "succeeded", day + timedelta(days=5, hours=6))
+    assert [m.event for m in observe(ctl, day + timedelta(days=5, hours=7))] == ["resolved"]
+    # As the skipped run records it: since when, and whether alert_after has passed.
+    since = (day + timedelta(days=5, hours=8)).isoformat()
+    for alert, expected in ((False, []), (True, ["offline"]), (True, [])):
+        stats = {"offline": True, "offline_since": since, "offline_alert": alert}
+        record(ctl, "skipped", day + timedelta(days=5, hours=9), error="offline: x", stats=stats)
+        events = observe(ctl, day + timedelta(days=5, hours=10))
+        assert [m.event for m in events] == expected, alert
+        if events:
+            assert "Since:   2026-05-07 10:00 +08 (Asia/Shanghai)" in events[0].body
     # An anomalous backup: one anomaly, on its own track; the offline incident is over.
-    record(ctl, "succeeded", day + timedelta(days=6), stats={"anomaly": {"changed": "83%"}})
+    found = {
+        "changed": {"files": 30, "of": 40, "share": 0.75, "limit": 0.5},
+        "against": {"run": "20260506-180000-aaaaaa", "snapshot": "4f2a9c1e"},
+    }
+    record(ctl, "succeeded", day + timedelta(days=6), stats={"anomaly": found})
     messages = observe(ctl, day + timedelta(days=6, hours=1))
     assert sorted(m.event for m in messages) == ["anomaly", "resolved"]
     anomaly = next(m for m in messages if m.event == "anomaly")
-    assert "changed 83% (possible ransomware or mass deletion" in anomaly.body
+    assert (
+        "Reason:  30 of 40 files new or changed (75%, limit 50%); against run "
+        "20260506-180000-aaaaaa (snapshot 4f2a9c1e) (possible ransomware" in anomaly.body
+    )
     record(ctl, "succeeded", day + timedelta(days=7))
     assert [m.event for m in observe(ctl, day + timedelta(days=7, hours=1))] == ["resolved"]
 
