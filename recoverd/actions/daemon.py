@@ -158,6 +158,7 @@ class Daemon:
         except Exception:
             log.exception("cannot read the notification routes")
         self.metrics = FleetMetrics()
+        self._textfile_error: str | None = None
         self.max_parallel = max_parallel
         self.tick_seconds = tick_seconds
         self.verify = verify
@@ -228,8 +229,12 @@ class Daemon:
         if textfile:  # every look, so that its age tells a collector the daemon is alive
             try:
                 self.metrics.write_textfile(textfile)
+                self._textfile_error = None
             except OSError as exc:
-                log.error("cannot write the metrics textfile %s: %s", textfile, exc)
+                problem = f"cannot write the metrics textfile {textfile}: {exc.strerror or exc}"
+                if problem != self._textfile_error:  # once, not at every look
+                    log.error("%s", problem)
+                self._textfile_error = problem
 
     def _look(self, machine: Machine, now: datetime) -> list[Duty]:
         """Return the machine's duties at ``now``, read from the log only when needed."""
