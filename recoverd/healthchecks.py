@@ -11,9 +11,6 @@ also when the controller itself is dead.
 from __future__ import annotations
 
 import logging
-import urllib.error
-import urllib.request
-import uuid
 from typing import Any
 
 from recoverd.errors import SecretError
@@ -25,7 +22,7 @@ PING_TIMEOUT_S = 10.0
 MAX_PING_BODY = 10_000
 """Bytes of error text in a fail ping (Healthchecks keeps up to 100 kB)."""
 TAIL_LINES = 20
-RID_NAMESPACE = uuid.UUID("5b0e4f5c-7f35-4c53-9d0e-2f3a8d1c6e11")
+RID_NAMESPACE = "5b0e4f5c-7f35-4c53-9d0e-2f3a8d1c6e11"
 """Namespace of the UUIDs made from run ids (fixed: the same run always gets the same rid)."""
 
 GOOD_ENDS = ("succeeded", "partial", "skipped")
@@ -35,7 +32,9 @@ failure)."""
 
 def run_uuid(run_id: str) -> str:
     """Return the rid of a run: a UUID in canonical form, derived from its id."""
-    return str(uuid.uuid5(RID_NAMESPACE, run_id))
+    import uuid  # only a process that pings pays for its import
+
+    return str(uuid.uuid5(uuid.UUID(RID_NAMESPACE), run_id))
 
 
 def ping_url(base: str, signal: str, run_id: str) -> str:
@@ -53,6 +52,9 @@ def error_tail(error: str | None, run_id: str) -> bytes:
 
 def send_ping(url: str, body: bytes = b"") -> bool:
     """POST ``body`` to ``url``; return True on a 2xx answer. TLS is verified."""
+    import urllib.error  # only a process that pings pays for urllib's import
+    import urllib.request
+
     request = urllib.request.Request(
         url, data=body, method="POST", headers={"Content-Type": "text/plain; charset=utf-8"}
     )

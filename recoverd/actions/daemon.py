@@ -303,9 +303,7 @@ class Daemon:
             log.info("%s; trying again in %gs", exc, self.tick_seconds)
             self._hold(machine)
         except RecoverdError as exc:
-            log.error(
-                "%s %s: the run could not be recorded: %s", machine.qualified_name, level.name, exc
-            )
+            log.error("%s %s: the run did not start: %s", machine.qualified_name, level.name, exc)
             self._hold(machine)
         except Exception:
             log.exception("run of %s %s failed", machine.qualified_name, level.name)
