@@ -35,6 +35,7 @@ from recoverd.output import local_time
 from recoverd.policy.model import Machine, NotifyRoute
 from recoverd.policy.schedule import Schedule
 from recoverd.private_files import write_private
+from recoverd.secrets import redact
 
 log = logging.getLogger(__name__)
 
@@ -541,6 +542,38 @@ class Alerts:
                 continue
             what += f" ({url_scheme(url) or '?'}:// through {type(notifier).__name__})"
             self.outbox.post(what, _sender(notifier, url, message))
+
+    def test_routes(self) -> list[tuple[str, int, str | None]]:
+        """Send a test message to every URL of every route, now, without retries; return
+        (route, URL index, problem or None) for each."""
+        policies = self.ctl.policies
+        routes = [*policies.provider.routes.values()]
+        routes += [r for c in policies.clients.values() for r in c.routes.values()]
+        results: list[tuple[str, int, str | None]] = []
+        for route in routes:
+            where = f"from recoverd check --notify, route {route.name}"
+            message = Message(
+                event="resolved",
+                title="[recoverd] Test message",
+                body=f"A test {where}: messages about {', '.join(route.on)} come this way.",
+            )
+            for index, reference in enumerate(route.urls):
+                try:
+                    url = self.ctl.secrets.resolve(reference, "notify URL")
+                except SecretError as exc:
+                    results.append((route.name, index, str(exc)))
+                    continue
+                notifier = self.notifier_for(url)
+                if notifier is None:
+                    results.append((route.name, index, "no notifier plugin delivers this URL"))
+                    continue
+                try:
+                    ok = notifier.send([url], message)
+                except Exception as exc:  # a plugin's bug is this check's finding
+                    ok = False
+                    log.error("notifier %s: %s", type(notifier).__name__, redact(str(exc)))
+                results.append((route.name, index, None if ok else "the service did not take it"))
+        return results
 
     def notifier_for(self, url: str) -> Notifier | None:
         scheme = url_scheme(url)

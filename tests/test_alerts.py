@@ -636,6 +636,29 @@ def test_daemon_process_alerts_serves_metrics_and_logs_plainly_over_ssh(
         assert secret not in log_text and secret not in json.dumps(alert)
 
 
+def test_check_notify_sends_a_test_through_every_route(
+    fleet: Path,
+    receiver: Receiver,
+    mailbox: Mailbox,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    args = ["--policies", str(fleet / "policies"), "--state", str(fleet / "state"), "check"]
+    assert main([*args, "--notify"]) == 0
+    out = capsys.readouterr().out
+    for line in ("oncall.urls[0]", "oncall.urls[1]", "morning.urls[0]"):
+        assert f"notify.{line}: delivered" in out
+    assert [h["title"] for h in receiver.hooks()] == ["[recoverd] Test message"]
+    assert len(mailbox.messages) == 2
+    monkeypatch.delenv("MORNING_MAIL")
+    receiver.statuses = [500]
+    assert main([*args, "--notify"]) == 1
+    out = capsys.readouterr().out
+    assert "notify.oncall.urls[0]: the service did not take it" in out
+    assert "notify.morning.urls[0]: notify URL: environment variable MORNING_MAIL is not set" in out
+    assert TOKEN not in out
+
+
 def test_plugins_lists_the_apprise_notifier(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["plugins"]) == 0
     line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("apprise "))
