@@ -11,6 +11,7 @@ from pathlib import Path
 
 from recoverd.engine import Engine
 from recoverd.errors import PluginError
+from recoverd.healthchecks import RunPings
 from recoverd.log import MaintenanceLog
 from recoverd.plugins import PluginHost
 from recoverd.policy import PolicySet, load_policies
@@ -50,7 +51,9 @@ class Controller:
 
     @cached_property
     def log(self) -> MaintenanceLog:
-        return MaintenanceLog(self.state_dir, self.plugins["log_sinks"], self.plugins["notifiers"])
+        log = MaintenanceLog(self.state_dir, self.plugins["log_sinks"], self.plugins["notifiers"])
+        log.watchers.append(RunPings(self))  # levels with `healthchecks` ping their monitor
+        return log
 
     def transport(self, machine: Machine) -> Transport:
         """Return an unconnected transport for ``machine``."""

@@ -83,6 +83,16 @@ def raw_stream(stream: TextIO) -> TextIO:
     return stream.stream if isinstance(stream, TerminalText) else stream
 
 
+def json_time(moment: datetime | str | None, zone: str) -> str | None:
+    """Return a time as ``--json`` prints it everywhere: ISO 8601 to the second, in the
+    client's time zone, with its offset (``2026-11-27T01:30:00+08:00``)."""
+    if moment is None:
+        return None
+    if isinstance(moment, str):
+        moment = datetime.fromisoformat(moment)
+    return moment.astimezone(ZoneInfo(zone)).isoformat(timespec="seconds")
+
+
 def local_time(iso_text: str | None, zone: str) -> str:
     """Return an ISO timestamp as ``YYYY-MM-DD HH:MM +08`` in the client's time zone."""
     if not iso_text:

@@ -34,9 +34,12 @@ from recoverd import clock
 from recoverd.actions.backup import backup_machine, written_repository
 from recoverd.actions.due import Duty, machine_duties, policy_changed_at
 from recoverd.actions.verify import run_drill
+from recoverd.alerts import Alerts
 from recoverd.controller import Controller
 from recoverd.errors import MachineBusy, PolicyError, RecoverdError
 from recoverd.log.maintenance import this_process
+from recoverd.metrics import FleetMetrics
+from recoverd.notify import safe_text
 from recoverd.policy import load_policies
 from recoverd.policy.model import Level, Machine
 from recoverd.text import visible
@@ -59,6 +62,31 @@ STOP_WAIT_S = 30.0
 def run_verify_level(ctl: Controller, machine: Machine, level: Level) -> dict[str, Any]:
     """Run a scheduled restore drill of the verify ``level``; return the run's view."""
     return run_drill(ctl, machine, level, trigger="schedule")
+
+
+def log_run(machine: Machine, view: dict[str, Any]) -> None:
+    """Log how a run ended: a failure at WARNING (it will be retried) or ERROR, with the
+    client, machine, level, run id and reason."""
+    state = view["state"]
+    stats = view.get("stats") or {}
+    if state in ("failed", "interrupted"):
+        level = (
+            logging.WARNING if stats.get("transient") or state == "interrupted" else logging.ERROR
+        )
+        retry = " (transient: retried)" if stats.get("transient") else ""
+    else:
+        level, retry = logging.INFO, ""
+    log.log(
+        level,
+        "%s %s %s run %s %s%s%s",
+        machine.qualified_name,
+        view["level"],
+        view["action"],
+        view["id"],
+        state,
+        retry,
+        f": {safe_text(view['error'], 2000)}" if view.get("error") else "",
+    )
 
 
 class RepositoryGate:
@@ -122,8 +150,16 @@ class Daemon:
         max_parallel: int = DEFAULT_MAX_PARALLEL,
         tick_seconds: float = DEFAULT_TICK,
         verify: Callable[[Controller, Machine, Level], dict[str, Any]] = run_verify_level,
+        alerts: Alerts | None = None,
     ) -> None:
         self.ctl = ctl
+        self.alerts = alerts or Alerts(ctl)
+        try:
+            self.alerts.learn_secrets()  # before any run: a machine's error may repeat one
+        except Exception:
+            log.exception("cannot read the notification routes")
+        self.metrics = FleetMetrics()
+        self._textfile_error: str | None = None
         self.max_parallel = max_parallel
         self.tick_seconds = tick_seconds
         self.verify = verify
@@ -175,8 +211,36 @@ class Daemon:
             if self._stop.is_set() or self._full():
                 break  # a fleet queued behind max_parallel waits for the next run to end
             self._dispatch(duty, pending, now)
+        self._watch(duties, now)
         upcoming = [d.run_at for d in duties if d.run_at is not None and d.run_at > now]
-        return min([*upcoming, now + timedelta(seconds=self.tick_seconds)])
+        alert_at = self.alerts.next_wake(duties, now)
+        return min(
+            [
+                *upcoming,
+                *([alert_at] if alert_at else []),
+                now + timedelta(seconds=self.tick_seconds),
+            ]
+        )
+
+    def _watch(self, duties: list[Duty], now: datetime) -> None:
+        """Turn the levels' standing into incident messages and metrics; neither may ever
+        stop the daemon from running levels."""
+        try:
+            self.alerts.observe(duties, now, fleet=True)
+        except Exception:
+            log.exception("looking for incidents failed; trying again at the next look")
+        self.metrics.update(duties, now)
+        self.metrics.count_deliveries(self.alerts.outbox.results)
+        textfile = self.ctl.policies.provider.metrics_textfile
+        if textfile:  # every look, so that its age tells a collector the daemon is alive
+            try:
+                self.metrics.write_textfile(textfile)
+                self._textfile_error = None
+            except OSError as exc:
+                problem = f"cannot write the metrics textfile {textfile}: {exc.strerror or exc}"
+                if problem != self._textfile_error:  # once, not at every look
+                    log.error("%s", problem)
+                self._textfile_error = problem
 
     def _ready(self, machine: Machine) -> bool:
         """Whether the machine's scheduled runs may start: a machine not enrolled yet waits
@@ -260,19 +324,15 @@ class Daemon:
                     self.ctl, machine, [level], trigger="schedule", exclusive=self.gate.exclusive
                 )
             for view in views:
-                log.info(
-                    "%s %s %s: %s %s",
-                    machine.qualified_name,
-                    view["level"],
-                    view["action"],
-                    view["state"],
-                    visible(view["error"] or ""),  # one line in the journal
-                )
+                self.metrics.count_run(view)
+                log_run(machine, view)
         except MachineBusy as exc:  # a manual run holds it: the level stays due
             log.info("%s; trying again in %gs", exc, self.tick_seconds)
             self._hold(machine)
         except RecoverdError as exc:
-            log.error("run of %s %s failed: %s", machine.qualified_name, level.name, visible(exc))
+            log.error(
+                "%s %s: the run did not start: %s", machine.qualified_name, level.name, visible(exc)
+            )
             self._hold(machine)
         except Exception:
             log.exception("run of %s %s failed", machine.qualified_name, level.name)

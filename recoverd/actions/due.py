@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from recoverd.actions.backup import level_action
+from recoverd.actions.report import parse_sla
 from recoverd.controller import Controller
 from recoverd.log import MaintenanceLog
 from recoverd.policy.model import Level, Machine
@@ -31,8 +32,9 @@ MAX_ATTEMPTS = 4
 RETRY_BACKOFF = (timedelta(minutes=2), timedelta(minutes=10), timedelta(minutes=30))
 """Wait after the 1st, 2nd, 3rd failed attempt before the next one."""
 
-OVERDUE_AFTER = timedelta(hours=1)
-"""A due level that has not run this long after its slot is overdue (``recoverd status``)."""
+
+RETRY_REASONS = ("retry ", "redo ")
+"""How the ``reason`` of a duty that will try again soon begins (see :func:`level_duty`)."""
 
 
 def started(view: dict[str, Any]) -> datetime:
@@ -72,11 +74,46 @@ class Duty:
         return self.run_at is not None and self.run_at <= self.now
 
     @property
-    def overdue(self) -> bool:
-        """True when the level is due, not running, and has waited past OVERDUE_AFTER."""
+    def missed_since(self) -> datetime | None:
+        """When the level first needed a run that has not succeeded yet: the first slot after
+        its last good run (for an interval form, one interval after it); None while it is not
+        due, or if it never succeeded."""
+        if not self.due or self.last_good is None:
+            return None
+        if self.schedule.interval is not None:
+            return self.due_since
+        return self.schedule.next_slot(started(self.last_good))
+
+    @property
+    def grace(self) -> timedelta:
+        """How long a level may go past its schedule before it is overdue: its ``grace``, by
+        default one period of its schedule."""
+        grace = parse_sla(self.level.grace)
+        if grace is not None:
+            return grace
+        if self.schedule.interval is not None:
+            return self.schedule.interval
+        slot = self.missed_since or self.schedule.latest_slot(self.now)
+        return self.schedule.next_slot(slot) - slot
+
+    def overdue_at(self, now: datetime | None = None) -> bool:
+        """True when at ``now`` (default: when the duty was read) the level has had no good
+        run for longer than its schedule allows plus its grace, and is not running. A level
+        that never succeeded is overdue at once."""
         if not self.due or self.running:
             return False
-        return self.due_since is None or self.now - self.due_since > OVERDUE_AFTER
+        missed = self.missed_since
+        return missed is None or (now or self.now) - missed > self.grace
+
+    @property
+    def overdue(self) -> bool:
+        return self.overdue_at()
+
+    @property
+    def retrying(self) -> bool:
+        """True when the newest attempt failed and the daemon will try the slot again soon
+        (a transient failure with retries left, or a first interruption)."""
+        return self.failing and self.reason.startswith(RETRY_REASONS)
 
     @property
     def failing(self) -> bool:

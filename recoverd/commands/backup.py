@@ -8,6 +8,7 @@ import sys
 from recoverd import clock
 from recoverd.actions.backup import backup_levels, backup_machine
 from recoverd.actions.due import copies_not_due
+from recoverd.alerts import notify_after_manual_runs
 from recoverd.commands import AddCommand
 from recoverd.controller import Controller
 from recoverd.log import RunFilter
@@ -24,6 +25,8 @@ def cmd_backup(ctl: Controller, args: argparse.Namespace) -> int:
     levels = [level for level in levels if level.name not in held]
     progress = None if args.json else ProgressLine
     views = backup_machine(ctl, machine, levels, progress=progress) if levels else []
+    if args.notify:
+        notify_after_manual_runs(ctl, machine, views)
     zone = ctl.policies.clients[machine.client].timezone
     for name, duty in held.items():
         when = f"next {local_time(duty.run_at.isoformat(), zone)}" if duty.run_at else "later"
@@ -104,6 +107,9 @@ def register(add: AddCommand) -> None:
     p = add("backup", cmd_backup, "run a machine's backup levels now")
     p.add_argument("machine", help="machine name, or client/machine")
     p.add_argument("--level", help="only this level")
+    p.add_argument(
+        "--notify", action="store_true", help="send failed/resolved messages as scheduled runs do"
+    )
     p = add("snapshots", cmd_snapshots, "list a machine's restore points")
     p.add_argument("machine", help="machine name, or client/machine")
     p.add_argument("--level", help="only this level")

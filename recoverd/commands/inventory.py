@@ -36,10 +36,28 @@ def cmd_check(ctl: Controller, args: argparse.Namespace) -> int:
             print(f"warning: {warning}", file=sys.stderr)
         for cid, client in sorted(policies.clients.items()):
             print(f"{client.source}: {cid} ({client.name}): {len(client.machines)} machine(s)")
+        provider = policies.provider
+        if provider.source is not None:
+            routes = len(provider.routes)
+            print(f"{provider.source}: provider settings, {routes} notification route(s)")
         print(
             f"ok: {len(policies.clients)} client(s), {len(machines)} machine(s), {levels} level(s)"
         )
+    if args.notify:
+        return check_routes(ctl)
     return 0
+
+
+def check_routes(ctl: Controller) -> int:
+    """Send a test message through every notification route; exit 1 if one did not arrive."""
+    from recoverd.alerts import Alerts
+
+    results = Alerts(ctl).test_routes()
+    for route, index, problem in results:
+        print(f"notify.{route}.urls[{index}]: {problem or 'delivered'}")
+    if not results:
+        print("no notification routes: add [notify.NAME] to provider.toml (docs/monitoring.md)")
+    return 1 if not results or any(problem for *_, problem in results) else 0
 
 
 def cmd_machines(ctl: Controller, args: argparse.Namespace) -> int:
@@ -145,6 +163,9 @@ def register(add: AddCommand) -> None:
         "would fail tonight",
     )
     p.add_argument("--client", help="with --online: only this client's machines")
+    p.add_argument(
+        "--notify", action="store_true", help="also send a test message through every route"
+    )
     p = add("machines", cmd_machines, "inventory of machines and their last good runs")
     p.add_argument("--client", help="only this client")
     add("plugins", cmd_plugins, "loaded plugins, their kinds and versions")

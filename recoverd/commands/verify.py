@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from recoverd.actions.verify import run_drill, verify_levels
+from recoverd.alerts import notify_after_manual_runs
 from recoverd.commands import AddCommand
 from recoverd.controller import Controller
 from recoverd.output import emit_json, run_result
@@ -33,6 +34,8 @@ def cmd_verify(ctl: Controller, args: argparse.Namespace) -> int:
             print(f"  {run_result({**view, 'error': None})}, seed {stats['seed']}")
         if view.get("error"):
             print(f"  {visible(view['error'])}")
+    if args.notify:
+        notify_after_manual_runs(ctl, machine, views)
     return exit_code(views)
 
 
@@ -40,6 +43,9 @@ def register(add: AddCommand) -> None:
     p = add("verify", cmd_verify, "run a machine's restore drills now")
     p.add_argument("machine", help="machine name, or client/machine")
     p.add_argument("--level", help="only this verify level")
+    p.add_argument(
+        "--notify", action="store_true", help="send drill-failed/resolved messages as scheduled"
+    )
     p.add_argument(
         "--seed", type=int, help="draw the sample of an earlier drill again (its recorded seed)"
     )

@@ -108,6 +108,9 @@ class MaintenanceLog:
         self.store = sinks.get(STORE)(state_dir)
         self.mirrors = [cls(state_dir) for name, cls in sinks.entries.items() if name != STORE]
         self.notifiers = [cls() for cls in (notifiers.entries.values() if notifiers else [])]
+        self.watchers: list[Any] = []
+        """Told ``run_started(run_id, body)`` and ``run_finished(view)`` (the dead-man pings);
+        like a notifier, a failing watcher is logged and never fails the run."""
         self.reap_orphans()
 
     def _write(self, run_id: str, type_: str, body: dict[str, Any], at: datetime) -> Entry:
@@ -151,6 +154,11 @@ class MaintenanceLog:
             "owner": this_process(),
         }
         self._write(run_id, "start", body, at)
+        for watcher in self.watchers:
+            try:
+                watcher.run_started(run_id, body)
+            except Exception as exc:
+                log.warning("run watcher %s failed: %s", type(watcher).__name__, exc)
         return run_id
 
     def finish(
@@ -174,7 +182,7 @@ class MaintenanceLog:
         }
         self._write(run_id, "end", body, at or utc_now())
         view = self.run(run_id)
-        for notifier in self.notifiers:
+        for notifier in [*self.notifiers, *self.watchers]:
             try:
                 notifier.run_finished(view)
             except Exception as exc:  # a notifier's failure never fails the run
