@@ -68,6 +68,10 @@ class Transport(ABC):
     name: str = ""
     os_family: str = "posix"
     """``posix`` or ``windows``: tells engines which path and quoting rules apply."""
+    stall_after: float | None = None
+    """Seconds a command may go without progress (a byte of output, a chunk of stdin taken)
+    before the transport stops it and raises Stalled; None: no limit. The action sets it per
+    level (``stall_after``); a transport that cannot stop commands ignores it."""
 
     def __init__(self, machine: Machine, secrets: SecretResolver) -> None:
         self.machine = machine

@@ -105,6 +105,7 @@ def backup_machine(
             return views
         try:
             for level in levels:
+                transport.stall_after = machine.stall_after_for(level)
                 with recorded_run(ctl.log, **start(level)) as run:
                     engine = ctl.engine(transport, level.kind)
                     report = progress(f"{machine.name} {level.name}") if progress else None

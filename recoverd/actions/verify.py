@@ -184,6 +184,7 @@ def run_drill(
         source = drill_source(ctl, machine, level)
         subset = check_subset(ctl, machine, level)
         with _transport(ctl, machine, level) as transport:
+            transport.stall_after = machine.stall_after_for(level)
             engine = ctl.engine(transport, source.data_level.kind)
             target_cls = target_class(ctl, source.data_level, "scratch", transport.os_family)
             target = target_cls(engine)
