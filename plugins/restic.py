@@ -11,6 +11,7 @@ import itertools
 import json
 import re
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,7 +37,7 @@ from recoverd.errors import (
 )
 from recoverd.policy.model import Machine, Repository
 from recoverd.secrets import redact
-from recoverd.transport import CommandOutcome, CommandRequest
+from recoverd.transport import CommandOutcome, CommandRequest, RecordSplitter
 
 CREDENTIAL_VARIABLES = ("RESTIC_PASSWORD", "RESTIC_REPOSITORY")
 """What the first two lines of a restic command's stdin hold, in order."""
@@ -152,22 +153,18 @@ def windows_in_place_args(snapshot: str, paths: list[str]) -> list[list[str]]:
     return commands
 
 
-class LineSplitter:
-    """Feed byte chunks, get complete text lines passed to ``on_line``."""
+class LineSplitter(RecordSplitter):
+    """Feed byte chunks, get complete text lines passed to ``on_line`` (each cut to
+    :data:`~recoverd.transport.MAX_RECORD` bytes at most)."""
 
     def __init__(self, on_line: Callable[[str], None]) -> None:
-        self._on_line = on_line
-        self._rest = b""
+        super().__init__(lambda line: on_line(line.decode("utf-8", "replace")))
 
-    def __call__(self, chunk: bytes) -> None:
-        *lines, self._rest = (self._rest + chunk).split(b"\n")
-        for line in lines:
-            self._on_line(line.decode("utf-8", "replace"))
 
-    def flush(self) -> None:
-        if self._rest:
-            self._on_line(self._rest.decode("utf-8", "replace"))
-            self._rest = b""
+MAX_MESSAGES = 200
+"""Lines of restic's other output kept for an error message (the last ones)."""
+MAX_ERRORS = 10_000
+"""Items restic could not read or restore kept in memory (their count stays exact)."""
 
 
 class BackupOutput:
@@ -177,8 +174,10 @@ class BackupOutput:
         self.progress = progress
         self.summary: dict[str, Any] | None = None
         self.unreadable: list[str] = []
+        """The first MAX_LISTED items restic could not read (``unreadable_count``: all)."""
+        self.unreadable_count = 0
         self.missing: list[str] = []
-        self.messages: list[str] = []
+        self.messages: deque[str] = deque(maxlen=MAX_MESSAGES)
         self.version_text: str | None = None
         """``restic version`` as the wrapper reported it (:func:`version_check`), if it did."""
 
@@ -206,12 +205,15 @@ class BackupOutput:
             return
         message = _json(line)
         if message and message.get("message_type") == "error":
-            self.unreadable.append(message.get("item") or _error_text(message.get("error")))
+            self.unreadable_count += 1
+            if len(self.unreadable) < MAX_LISTED:
+                self.unreadable.append(message.get("item") or _error_text(message.get("error")))
             return
         # restic 0.14 skips a missing top-level path with exit 0 and only this text.
         skipped = re.match(r"^(?:Warning: )?(.*) does not exist, skipping$", line)
         if skipped:
-            self.missing.append(skipped.group(1))
+            if len(self.missing) < MAX_LISTED:
+                self.missing.append(skipped.group(1))
         elif line.strip():
             self.messages.append(line)
 
@@ -338,14 +340,18 @@ class RestoreOutput:
     def __init__(self) -> None:
         self.report = RestoreReport()
         self.errors: list[tuple[str, str]] = []
-        self.other: list[str] = []
+        """The first MAX_ERRORS items (``error_count``: all of them)."""
+        self.error_count = 0
+        self.other: deque[str] = deque(maxlen=MAX_MESSAGES)
         self._verifying = False
 
     def line(self, line: str) -> None:
         item = re.match(r"^ignoring error for (.*?): (.*)$", line)
         finished = re.match(r"^finished verifying (\d+) files? in ", line)
         if item:
-            self.errors.append((redact(item[1]), redact(item[2])))
+            self.error_count += 1
+            if len(self.errors) < MAX_ERRORS:
+                self.errors.append((redact(item[1]), redact(item[2])))
         elif line.startswith("verifying files in "):
             self._verifying = True
         elif finished:
@@ -361,17 +367,16 @@ class RestoreOutput:
         return self.report
 
 
-class NulSizes:
+class NulSizes(RecordSplitter):
     """Feed the byte chunks of ``SIZE<tab>PATH<NUL>`` records; ``found`` maps path -> size."""
 
     def __init__(self) -> None:
+        super().__init__(self._record, b"\0")
         self.found: dict[str, int] = {}
-        self._rest = b""
 
-    def __call__(self, chunk: bytes) -> None:
-        *records, self._rest = (self._rest + chunk).split(b"\0")
-        for record in records:
-            size, _, path = record.decode("utf-8", "surrogateescape").partition("\t")
+    def _record(self, record: bytes) -> None:
+        size, _, path = record.decode("utf-8", "surrogateescape").partition("\t")
+        if size.isdigit():
             self.found[path] = int(size)
 
 
@@ -585,6 +590,7 @@ class ResticEngine(Engine):
         version = self.version()
         summary = parsed.summary
         unreadable = parsed.unreadable + [f"{p} (does not exist)" for p in parsed.missing]
+        unreadable_count = parsed.unreadable_count + len(parsed.missing)
         stats = {
             "files_new": summary.get("files_new", 0),
             "files_changed": summary.get("files_changed", 0),
@@ -601,10 +607,10 @@ class ResticEngine(Engine):
         state, error = "succeeded", None
         if unreadable:
             state = "partial"
-            stats["unreadable_count"] = len(unreadable)
+            stats["unreadable_count"] = unreadable_count
             stats["unreadable"] = unreadable[:MAX_LISTED]
-            shown = ", ".join(unreadable[:5]) + (" ..." if len(unreadable) > 5 else "")
-            error = f"{len(unreadable)} item(s) could not be read: {shown}"
+            shown = ", ".join(unreadable[:5]) + (" ..." if unreadable_count > 5 else "")
+            error = f"{unreadable_count} item(s) could not be read: {shown}"
         return Outcome(state, summary.get("snapshot_id"), stats, error)
 
     def _backup_command(

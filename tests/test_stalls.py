@@ -7,12 +7,16 @@ Real parts throughout: the session's OpenSSH server on 127.0.0.1, real processes
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import secrets
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from test_backup_e2e import POLICY, Workplace
@@ -150,3 +154,74 @@ def test_daemon_stalled_backup_is_recorded_failed_transient_and_frees_its_slot(
     assert "stopped on the machine" in run["error"]
     assert live_processes_with(tag) == []
     daemon.shutdown(0)
+
+
+HOSTILE_RESTIC = """#!/bin/sh
+# A hostile machine: one endless line on stdout, then a million short ones on stderr.
+if [ "$1" = version ]; then echo "restic 0.14.0 compiled with go1.19 on linux/amd64"; exit 0; fi
+head -c {size} /dev/zero | tr '\\0' x
+yes 'a line restic never printed' | head -n {lines} >&2
+exit 1
+"""
+
+CONTROLLER = """
+import json, sys
+from recoverd.engine import BackupRequest
+from recoverd.errors import EngineError
+from recoverd.policy.model import Level, Machine, Repository
+from recoverd.secrets import SecretResolver
+from recoverd_plugins.restic import ResticEngine
+from recoverd_plugins.ssh import SSHTransport
+
+machine = Machine(**json.loads(sys.argv[1]))
+level = Level(name="nightly", kind="files", repository="nas", paths=("/srv",))
+repository = Repository(name="nas", url="/nonexistent", password="env:PW")
+secrets = SecretResolver({"env": lambda name: "a password"})
+with SSHTransport(machine, secrets) as transport:
+    engine = ResticEngine(transport, secrets)
+    try:
+        engine.backup(BackupRequest("acme", machine, level, repository))
+    except EngineError as exc:
+        message = str(exc)
+for line in open("/proc/self/status"):
+    if line.startswith("VmHWM:"):
+        print(json.dumps({"peak_kib": int(line.split()[1]), "error": message}))
+"""
+
+
+def _peak_of_a_controller(machine: Machine) -> dict[str, Any]:
+    fields = {f.name: getattr(machine, f.name) for f in dataclasses.fields(machine)}
+    done = subprocess.run(
+        [sys.executable, "-c", CONTROLLER, json.dumps(fields)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout)
+
+
+@pytest.mark.slow
+def test_controller_memory_stays_bounded_whatever_the_machine_prints(
+    ssh_machine: Machine, tmp_path: Path
+) -> None:
+    """A machine prints one 300 MB line without a newline and a million lines: the controller
+    that reads it (a process of its own, so that its peak RSS is its own) stays far below it."""
+    quiet = tmp_path / "quiet-restic"
+    quiet.write_text(HOSTILE_RESTIC.format(size=1, lines=1))
+    hostile = tmp_path / "hostile-restic"
+    hostile.write_text(HOSTILE_RESTIC.format(size=300_000_000, lines=1_000_000))
+    for script in (quiet, hostile):
+        script.chmod(0o755)
+    baseline = _peak_of_a_controller(dataclasses.replace(ssh_machine, restic=str(quiet)))
+    measured = _peak_of_a_controller(dataclasses.replace(ssh_machine, restic=str(hostile)))
+    grown_mib = (measured["peak_kib"] - baseline["peak_kib"]) / 1024
+    print(
+        f"controller peak RSS: {baseline['peak_kib'] / 1024:.0f} MiB quiet, "
+        f"{measured['peak_kib'] / 1024:.0f} MiB hostile (+{grown_mib:.0f} MiB)"
+    )
+    assert grown_mib < 40, f"the controller grew by {grown_mib:.0f} MiB"
+    # The error still says what restic said last, briefly.
+    assert "a line restic never printed" in measured["error"]
+    assert len(measured["error"]) < 2000
