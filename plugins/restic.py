@@ -14,6 +14,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import recoverd
@@ -930,54 +931,106 @@ class ResticEngine(Engine):
         if not outcome.ok:
             raise classify_failure(outcome, f"forget snapshot {snapshot}", self.program)
 
-    def remove_stale_locks(self, repository: Repository) -> int:
-        """Remove the repository's locks whose owner is gone; return how many there were.
+    def remove_stale_locks(self, repository: Repository) -> list[dict[str, Any]]:
+        """Remove the repository's stale locks, whoever wrote them; return them (``id``,
+        ``host``, ``pid``, ``age_s``, ``why``), none if no lock is stale.
 
-        A lock is stale when restic wrote it on this very machine (its ``hostname``) and its
-        ``pid`` no longer runs there: a restic killed with its connection or its controller.
-        ``restic unlock`` (which removes stale locks only) runs only if every lock is such a
-        stale one: a lock of a live process, or of another host, leaves everything in place, so
-        a live run never loses its lock. A pid reused by another process counts as alive. Return
-        0 on Windows machines (their process ids cannot be checked this way). Raise EngineError
-        if restic cannot list the locks or the owners cannot be checked.
+        restic's own rule decides, as ``restic unlock`` applies it where it runs: a lock is
+        stale when it was not refreshed for 30 minutes (restic refreshes a live lock every 5),
+        or when it names this machine's host name and its pid does not run here (a restic
+        killed with its connection). The host is asked, with its own clock: never judged by
+        the name in the lock alone. Then ``restic unlock`` runs on this machine, which removes
+        exactly those; a live lock is never touched. Return none on Windows machines (their
+        process ids cannot be checked this way). Raise EngineError if restic cannot list the
+        locks or the machine cannot be asked.
         """
         if self.transport.os_family != "posix":
-            return 0
-        listed = self.restic(repository, ["--no-lock", "list", "locks"], timeout=300)
-        if not listed.ok:
-            raise classify_failure(listed, f"list locks of {repository.name}", self.program)
-        owners = []
-        for lock_id in listed.stdout.decode().split():
-            shown = self.restic(repository, ["--no-lock", "cat", "lock", lock_id], timeout=300)
-            lock = _json(shown.stdout.decode("utf-8", "replace").strip()) if shown.ok else None
-            if lock is None:  # removed meanwhile: its owner finished
-                continue
-            owners.append((str(lock.get("hostname")), int(lock.get("pid") or 0)))
-        if not owners:
-            return 0
-        # One command: the machine's name as restic sees it, then the pids still running.
+            return []
+        locks = self._locks(repository)
+        if not locks:
+            return []
+        # One command: the host name as restic sees it, the machine's clock, then the pids
+        # that still run there.
         probe = self.transport.run(
             CommandRequest(
                 [
                     "sh",
                     "-c",
-                    'uname -n; for p; do ps -p "$p" >/dev/null 2>&1 && echo "$p"; done; true',
+                    'uname -n; date +%s; for p; do ps -p "$p" >/dev/null 2>&1 && echo "$p"; '
+                    "done; true",
                     "recoverd-locks",
-                    *sorted({str(pid) for _host, pid in owners}),
+                    *sorted({str(lock.get("pid") or 0) for _id, lock in locks}),
                 ],
                 timeout=60,
             )
         )
-        if not probe.ok:
+        words = probe.stdout.decode("utf-8", "replace").split()
+        if not probe.ok or len(words) < 2 or not words[1].isdigit():
             raise EngineError(f"cannot check the lock owners on {self.transport.machine.name}")
-        hostname, *running = probe.stdout.decode("utf-8", "replace").split()
-        stale = [(h, p) for h, p in owners if h == hostname and p and str(p) not in running]
-        if len(stale) != len(owners):
-            return 0  # someone alive holds a lock: never take it away
+        hostname, now, running = words[0], int(words[1]), set(words[2:])
+        stale = []
+        for lock_id, lock in locks:
+            why = stale_lock_reason(lock, hostname, now, running)
+            if why is not None:
+                stale.append(
+                    {
+                        "id": lock_id[:8],
+                        "host": str(lock.get("hostname")),
+                        "pid": lock.get("pid"),
+                        "age_s": lock_age(lock, now),
+                        "why": why,
+                    }
+                )
+        if not stale:
+            return []
         unlocked = self.restic(repository, ["unlock"], timeout=300)
         if not unlocked.ok:
             raise classify_failure(unlocked, f"unlock {repository.name}", self.program)
-        return len(stale)
+        return stale
+
+    def _locks(self, repository: Repository) -> list[tuple[str, dict[str, Any]]]:
+        """Return the repository's locks: (id, the lock as restic stores it)."""
+        listed = self.restic(repository, ["--no-lock", "list", "locks"], timeout=300)
+        if not listed.ok:
+            raise classify_failure(listed, f"list locks of {repository.name}", self.program)
+        locks = []
+        for lock_id in listed.stdout.decode().split():
+            shown = self.restic(repository, ["--no-lock", "cat", "lock", lock_id], timeout=300)
+            lock = _json(shown.stdout.decode("utf-8", "replace").strip()) if shown.ok else None
+            if lock is not None:  # else removed meanwhile: its owner finished
+                locks.append((lock_id, lock))
+        return locks
+
+
+STALE_LOCK_S = 30 * 60
+"""restic's staleTimeout (0.14 to 0.18): a lock not refreshed for this long is stale."""
+
+
+def lock_age(lock: dict[str, Any], now: int) -> int | None:
+    """Return the seconds since ``lock`` was written or refreshed, by the clock ``now`` (Unix
+    seconds) of the machine that judges it; None if its time cannot be read."""
+    try:
+        written = datetime.fromisoformat(str(lock.get("time")).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if written.tzinfo is None:
+        return None
+    return int(now - written.timestamp())
+
+
+def stale_lock_reason(
+    lock: dict[str, Any], hostname: str, now: int, running: set[str]
+) -> str | None:
+    """Given a restic lock and what the machine that judges it said (its host name, its clock
+    ``now``, which of the locks' pids run there), return why the lock is stale by restic's own
+    rule, or None if it may belong to a live restic."""
+    age = lock_age(lock, now)
+    if age is not None and age > STALE_LOCK_S:
+        return f"not refreshed for {age // 60} minutes (restic refreshes live locks every 5)"
+    pid = str(lock.get("pid") or "")
+    if lock.get("hostname") == hostname and pid.isdigit() and pid not in running:
+        return f"pid {pid} no longer runs on {hostname}"
+    return None
 
 
 @recoverd.hookimpl

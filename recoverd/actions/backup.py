@@ -200,7 +200,8 @@ def apply_retention(
         outcome = after_stale_locks(engine, repository, partial(engine.forget, request))
         outcome.stats["pruned"] = False
         if not last_prune:
-            pruned = engine.prune(request.client, request.machine, repository)
+            prune = partial(engine.prune, request.client, request.machine, repository)
+            pruned = after_stale_locks(engine, repository, prune)
             outcome.stats["pruned"] = True
             outcome.stats["prune_duration_s"] = pruned.stats.get("duration_s")
         run.outcome = outcome
@@ -209,20 +210,22 @@ def apply_retention(
 
 def after_stale_locks(engine: Engine, repository: Repository, operation: Callable[[], T]) -> T:
     """Given an engine operation on ``repository``, run it; if the repository is locked, remove
-    the locks whose owner is gone (a restic killed with its connection or controller) and, if
-    there were any, run it once more. Return its result.
+    the stale locks (restic's rule: not refreshed for 30 minutes, or the owner's pid proven
+    gone on its host), whoever wrote them, and if there were any, run it once more. Return its
+    result; an Outcome's stats name the locks removed (``stale_locks``).
 
-    Raise RepositoryLocked if a live process holds the lock (its lock is never removed) or the
+    Raise RepositoryLocked if only live locks are there (a live lock is never removed) or the
     engine cannot tell stale locks (it has no ``remove_stale_locks``).
     """
     try:
         return operation()
     except RepositoryLocked:
         remove = getattr(engine, "remove_stale_locks", None)
-        removed = remove(repository) if remove is not None else 0
+        removed = remove(repository) if remove is not None else []
         if not removed:
             raise
     result = operation()
     if isinstance(result, Outcome):
-        result.stats["stale_locks_removed"] = removed
+        result.stats["stale_locks_removed"] = len(removed)
+        result.stats["stale_locks"] = removed
     return result
