@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import subprocess
+import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,9 @@ from cryptography.hazmat.primitives.poly1305 import Poly1305
 from test_backup_e2e import PASSWORD, Workplace
 from test_faults import restic, restic_env, restic_locks, wait_for
 
+from recoverd.actions.verify import run_drill
 from recoverd.cli import main
+from recoverd.controller import Controller
 from recoverd.testing import ThrowawaySSHD
 
 
@@ -147,3 +150,106 @@ def test_fresh_lock_of_another_machine_is_never_removed(
     assert prune["state"] == "failed" and "locked" in prune["error"]
     assert prune["stats"] == {"transient": True}  # the daemon tries again
     assert len(restic_locks(place.repo)) == 1
+
+
+TWO_MACHINES = """\
+[client]
+name = "Acme Trading Co."
+
+[repositories.nas]
+url = "{repo}"
+password = "env:TEST_REPO_PASSWORD"
+{machines}
+"""
+
+MACHINE = """
+[machines.{name}]
+{ssh}
+
+[[machines.{name}.levels]]
+name = "nightly"
+kind = "files"
+repository = "nas"
+paths = ["{tree}"]
+
+[[machines.{name}.levels]]
+name = "drill"
+kind = "verify"
+of = "nightly"
+sample = "all"
+"""
+
+
+def test_two_drills_on_one_repository_both_run_their_check_on_the_next_parts(
+    tmp_path: Path, sshd: ThrowawaySSHD, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    place = Workplace(tmp_path, sshd, monkeypatch)
+    machines = ""
+    for name in ("ws-041", "ws-042"):
+        tree = tmp_path / name
+        tree.mkdir()
+        for i in range(5):
+            (tree / f"file-{i}").write_bytes(os.urandom(20_000))
+        machines += MACHINE.format(name=name, ssh=sshd.policy_lines, tree=tree)
+    (place.policies / "acme.toml").write_text(
+        TWO_MACHINES.format(repo=place.repo, machines=machines)
+    )
+    assert main(["backup", "ws-041"]) == 0
+    assert main(["backup", "ws-042"]) == 0
+    ctl = Controller(place.policies, place.state)
+    views: dict[str, dict[str, Any]] = {}
+
+    def drill(name: str) -> None:
+        machine = ctl.policies.find_machine(name)
+        views[name] = run_drill(ctl, machine, machine.level("drill"))
+
+    drills = [threading.Thread(target=drill, args=(n,)) for n in ("ws-041", "ws-042")]
+    for thread in drills:
+        thread.start()
+    for thread in drills:
+        thread.join(120)
+    for name, view in views.items():
+        assert view["state"] == "succeeded", (name, view["error"])
+        assert view["stats"]["check"] == "passed"
+    # One rotation for the repository, whichever machine drills: the next part each time.
+    assert sorted(v["stats"]["check_subset"] for v in views.values()) == ["1/12", "2/12"]
+    again = run_drill(
+        ctl, ctl.policies.find_machine("ws-041"), ctl.policies.find_machine("ws-041").level("drill")
+    )
+    assert again["stats"]["check_subset"] == "3/12"
+
+
+def test_drill_whose_check_cannot_run_is_partial_not_succeeded(
+    tmp_path: Path, sshd: ThrowawaySSHD, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    place = Workplace(tmp_path, sshd, monkeypatch)
+    tree = tmp_path / "ws-042"
+    tree.mkdir()
+    (tree / "a").write_bytes(os.urandom(1000))
+    (place.policies / "acme.toml").write_text(
+        TWO_MACHINES.format(
+            repo=place.repo,
+            machines=MACHINE.format(name="ws-042", ssh=sshd.policy_lines, tree=tree),
+        )
+    )
+    assert main(["backup", "ws-042"]) == 0
+    # A live backup of another machine holds a lock: restic check cannot lock exclusively.
+    holder = subprocess.Popen(
+        ["restic", "backup", "--stdin"],
+        env=restic_env(place.repo),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for(lambda: restic_locks(place.repo), 10, "the lock of the live restic")
+        ctl = Controller(place.policies, place.state)
+        machine = ctl.policies.find_machine("ws-042")
+        view = run_drill(ctl, machine, machine.level("drill"))
+    finally:
+        holder.kill()
+        holder.wait()
+    assert view["state"] == "partial"
+    assert view["error"].startswith("the repository check did not run (not run: ")
+    assert "check_subset" not in view["stats"]
+    assert view["stats"]["verification"] == "passed"

@@ -208,7 +208,7 @@ def apply_retention(
     return run.view
 
 
-def after_stale_locks(engine: Engine, repository: Repository, operation: Callable[[], T]) -> T:
+def after_stale_locks(engine: object, repository: Repository, operation: Callable[[], T]) -> T:
     """Given an engine operation on ``repository``, run it; if the repository is locked, remove
     the stale locks (restic's rule: not refreshed for 30 minutes, or the owner's pid proven
     gone on its host), whoever wrote them, and if there were any, run it once more. Return its
