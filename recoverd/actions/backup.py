@@ -9,18 +9,19 @@ from __future__ import annotations
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 from functools import partial
 from typing import Any, TypeVar
 
 from recoverd.controller import Controller
 from recoverd.engine import BackupRequest, CopyRequest, Engine, Outcome, Progress
-from recoverd.errors import RecoverdError, RepositoryLocked, UsageError
+from recoverd.errors import RecoverdError, RepositoryLocked, Unreachable, UsageError
 from recoverd.locks import machine_lock
 from recoverd.log import RunFilter
 from recoverd.log.maintenance import utc_now
 from recoverd.policy.model import BACKUP_KINDS, Level, Machine, Repository
 from recoverd.runs import recorded_run
+from recoverd.wake import wake_and_connect
 
 PRUNE_INTERVAL = timedelta(days=7)
 """A repository is pruned at most this often (prune rewrites packs: slow and heavy)."""
@@ -96,7 +97,15 @@ def backup_machine(
     with machine_lock(ctl.state_dir, machine):
         try:
             transport = ctl.transport(machine)  # no such transport plugin: recorded too
-            transport.connect()
+            woken = wake_and_connect(ctl, machine, transport)
+        except Unreachable as exc:
+            for level in levels:
+                with recorded_run(ctl.log, **start(level)) as run:
+                    if machine.offline != "skip":
+                        raise exc
+                    run.outcome = offline_outcome(ctl, machine, level, exc)
+                views.append(run.view)
+            return views
         except RecoverdError as exc:
             for level in levels:
                 with recorded_run(ctl.log, **start(level)) as run:
@@ -119,6 +128,8 @@ def backup_machine(
                     finally:
                         if report is not None and hasattr(report, "done"):
                             report.done()
+                    if woken and run.outcome is not None:
+                        run.outcome.stats["wake"] = woken
                 views.append(run.view)
                 if level.keep and run.view["state"] in ("succeeded", "partial"):
                     request = retention_request(ctl, machine, level)
@@ -128,6 +139,42 @@ def backup_machine(
         finally:
             transport.close()
     return views
+
+
+def offline_outcome(ctl: Controller, machine: Machine, level: Level, exc: Unreachable) -> Outcome:
+    """Return the ``skipped`` outcome of a run of an unreachable ``offline = "skip"`` machine.
+
+    Its stats say since when the machine is offline (the first of the skipped runs in a row)
+    and whether that is longer than ``alert_after`` (``offline_alert``: one ``offline`` event
+    is due). ``transient``: the daemon tries again within the slot, as after a failure.
+    """
+    now = utc_now()
+    since = now
+    last = ctl.log.last_run(machine.client, machine.name, level.name, "skipped")
+    if last is not None and (last["stats"] or {}).get("offline"):
+        # The same incident if every run of the level since then was offline too (this one
+        # is running).
+        where = RunFilter(
+            client=machine.client,
+            machine=machine.name,
+            level=level.name,
+            since=datetime.fromisoformat(last["started_at"]),
+        )
+        if all(
+            v["state"] == "running" or (v["stats"] or {}).get("offline")
+            for v in ctl.log.runs(where)
+        ):
+            since = datetime.fromisoformat(last["stats"]["offline_since"])
+    offline_for = (now - since).total_seconds()
+    stats = {
+        "offline": True,
+        "transient": True,
+        "offline_since": since.isoformat(timespec="seconds"),
+        "offline_for_s": round(offline_for),
+        "alert_after_s": machine.alert_after,
+        "offline_alert": offline_for >= machine.alert_after,
+    }
+    return Outcome("skipped", None, stats, f"offline: {exc}")
 
 
 def level_action(level: Level) -> str:

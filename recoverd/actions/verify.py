@@ -22,7 +22,7 @@ from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any
 
-from recoverd.actions.backup import after_stale_locks
+from recoverd.actions.backup import after_stale_locks, offline_outcome
 from recoverd.actions.restore import (
     MAX_LISTED,
     choose_snapshot,
@@ -33,7 +33,7 @@ from recoverd.actions.restore import (
 )
 from recoverd.controller import Controller
 from recoverd.engine import Engine, Outcome, ProgressCallback, Snapshot
-from recoverd.errors import RepositoryLocked, UsageError
+from recoverd.errors import RepositoryLocked, Unreachable, UsageError
 from recoverd.locks import RepositoryTurns, machine_lock
 from recoverd.log import RunFilter
 from recoverd.log.maintenance import utc_now
@@ -42,6 +42,7 @@ from recoverd.policy.schedule import Schedule
 from recoverd.restore import RestoreRequest, RestoreTarget
 from recoverd.runs import recorded_run
 from recoverd.transport import Transport
+from recoverd.wake import wake_and_connect
 
 CHECK_SUBSETS = 12
 """restic check reads 1/CHECK_SUBSETS of the repository's data per drill, a different part each
@@ -191,33 +192,60 @@ def run_drill(
     with machine_lock(ctl.state_dir, machine), recorded_run(ctl.log, **start) as run:
         source = drill_source(ctl, machine, level)
         turns = repository_turns(ctl, client.id, source.repository)
-        with _transport(ctl, machine, level) as transport:
-            transport.stall_after = machine.stall_after_for(level)
-            engine = ctl.engine(transport, source.data_level.kind)
-            target_cls = target_class(ctl, source.data_level, "scratch", transport.os_family)
-            target = target_cls(engine)
-            # Other drills of the repository restore meanwhile; its check runs alone.
-            with turns.turn(alone=False):
-                snapshot = _newest_snapshot(ctl, engine, machine, source)
-                request = RestoreRequest(
-                    client=client.id,
-                    machine=machine,
-                    level=source.data_level,
-                    repository=source.repository,
-                    snapshot=snapshot,
-                    sample=level.sample if source.data_level.kind == "files" else "all",
-                    seed=seed,
+        transport = _transport(ctl, machine, level)
+        try:
+            woken = wake_and_connect(ctl, machine, transport) if level.where != "controller" else {}
+        except Unreachable as exc:
+            if machine.offline != "skip" or level.where == "controller":
+                raise
+            run.outcome = offline_outcome(ctl, machine, level, exc)
+            transport = None
+        if transport is not None:
+            with transport:
+                run.outcome = _drill_over(
+                    ctl, machine, level, source, turns, transport, seed, progress
                 )
-                stats = _restore_and_compare(target, request, progress)
-            run.outcome = _check_in_turn(target, request, turns, stats)
-            run.outcome.stats.update(
-                of=source.of.name, where=level.where, repository=source.repository.name
-            )
-            stale = _staleness(source.of, client.timezone, snapshot, run.outcome.stats)
-            if stale:
-                run.outcome.state = "failed"
-                run.outcome.error = "; ".join(filter(None, [stale, run.outcome.error]))
+                if woken:
+                    run.outcome.stats["wake"] = woken
     return run.view
+
+
+def _drill_over(
+    ctl: Controller,
+    machine: Machine,
+    level: Level,
+    source: DrillSource,
+    turns: RepositoryTurns,
+    transport: Transport,
+    seed: int,
+    progress: ProgressCallback | None,
+) -> Outcome:
+    """Run the drill over the connected ``transport``; return its outcome."""
+    client = ctl.policies.clients[machine.client]
+    transport.stall_after = machine.stall_after_for(level)
+    engine = ctl.engine(transport, source.data_level.kind)
+    target_cls = target_class(ctl, source.data_level, "scratch", transport.os_family)
+    target = target_cls(engine)
+    # Other drills of the repository restore meanwhile; its check runs alone.
+    with turns.turn(alone=False):
+        snapshot = _newest_snapshot(ctl, engine, machine, source)
+        request = RestoreRequest(
+            client=client.id,
+            machine=machine,
+            level=source.data_level,
+            repository=source.repository,
+            snapshot=snapshot,
+            sample=level.sample if source.data_level.kind == "files" else "all",
+            seed=seed,
+        )
+        stats = _restore_and_compare(target, request, progress)
+    outcome = _check_in_turn(target, request, turns, stats)
+    outcome.stats.update(of=source.of.name, where=level.where, repository=source.repository.name)
+    stale = _staleness(source.of, client.timezone, snapshot, outcome.stats)
+    if stale:
+        outcome.state = "failed"
+        outcome.error = "; ".join(filter(None, [stale, outcome.error]))
+    return outcome
 
 
 def _restore_and_compare(
