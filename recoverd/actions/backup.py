@@ -130,6 +130,8 @@ def backup_machine(
                             report.done()
                     if woken and run.outcome is not None:
                         run.outcome.stats["wake"] = woken
+                    if level.kind == "files" and run.outcome is not None:
+                        note_anomaly(ctl, machine, level, run.outcome)
                 views.append(run.view)
                 if level.keep and run.view["state"] in ("succeeded", "partial"):
                     request = retention_request(ctl, machine, level)
@@ -175,6 +177,70 @@ def offline_outcome(ctl: Controller, machine: Machine, level: Level, exc: Unreac
         "offline_alert": offline_for >= machine.alert_after,
     }
     return Outcome("skipped", None, stats, f"offline: {exc}")
+
+
+ANOMALY_MIN_FILES = 20
+"""Fewer files than this (now, or before a shrink) are never an anomaly: in a folder of five
+files, three edited ones are 60% and mean nothing."""
+
+
+def note_anomaly(ctl: Controller, machine: Machine, level: Level, outcome: Outcome) -> None:
+    """Put ``stats.anomaly`` into a good files run's outcome when its new+changed files or its
+    shrinking against the level's previous good backup pass the limits (possible ransomware,
+    mass deletion). The first backup of a level (everything new) is no anomaly."""
+    if outcome.state not in ("succeeded", "partial"):
+        return
+    previous = ctl.log.last_good_backup(machine.client, machine.name, level.name, utc_now())
+    if previous is None:
+        return
+    changed = (
+        level.anomaly_changed if level.anomaly_changed is not None else machine.anomaly_changed
+    )
+    shrink = level.anomaly_shrink if level.anomaly_shrink is not None else machine.anomaly_shrink
+    found = find_anomaly(outcome.stats, previous["stats"] or {}, changed, shrink)
+    if found:
+        found["against"] = {
+            "run": previous["id"],
+            "snapshot": previous["snapshot"],
+            "started_at": previous["started_at"],
+        }
+        outcome.stats["anomaly"] = found
+
+
+def find_anomaly(
+    stats: dict[str, Any], before: dict[str, Any], changed_limit: float, shrink_limit: float
+) -> dict[str, Any]:
+    """Given a files run's stats and those of the previous good run, return what is unusual
+    (``changed``: the share of new+changed files above ``changed_limit``; ``shrunk``: files or
+    bytes fewer by more than ``shrink_limit``), empty if nothing is."""
+    found: dict[str, Any] = {}
+    files = int(stats.get("files_processed") or 0)
+    touched = int(stats.get("files_new") or 0) + int(stats.get("files_changed") or 0)
+    if files >= ANOMALY_MIN_FILES and touched / files > changed_limit:
+        found["changed"] = {
+            "files": touched,
+            "of": files,
+            "share": round(touched / files, 3),
+            "limit": changed_limit,
+        }
+    files_before = int(before.get("files_processed") or 0)
+    bytes_now, bytes_before = (
+        int(stats.get("bytes_processed") or 0),
+        int(before.get("bytes_processed") or 0),
+    )
+    if files_before >= ANOMALY_MIN_FILES:
+        file_drop = 1 - files / files_before
+        byte_drop = 1 - bytes_now / bytes_before if bytes_before else 0.0
+        if max(file_drop, byte_drop) > shrink_limit:
+            found["shrunk"] = {
+                "files": files,
+                "files_before": files_before,
+                "bytes": bytes_now,
+                "bytes_before": bytes_before,
+                "share": round(max(file_drop, byte_drop), 3),
+                "limit": shrink_limit,
+            }
+    return found
 
 
 def level_action(level: Level) -> str:
