@@ -4,7 +4,9 @@ deletion), against the level's previous good backup, with the real restic over t
 from __future__ import annotations
 
 import os
+from datetime import datetime
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 from test_backup_e2e import Workplace
@@ -65,6 +67,13 @@ def test_mass_change_then_mass_deletion_are_recorded_as_anomalies(
     assert main(["backup", "ws-042"]) == 0  # nothing changed: nothing unusual
     fourth = [v for v in place.log(capsys) if v["action"] == "backup"][-1]
     assert "anomaly" not in fourth["stats"]
+
+    month = datetime.now(ZoneInfo("Asia/Shanghai")).strftime("%Y-%m")
+    assert main(["report", "--client", "acme", "--month", month]) == 0
+    report = capsys.readouterr().out
+    assert "### Offline and anomalies" in report
+    assert "| anomaly: mass change | 30 of 40 files new or changed (75%, limit 50%)" in report
+    assert "| anomaly: snapshot shrank | 5 files, " in report and "(-88%, limit 50%)" in report
 
 
 POLICY_KEYS = """\

@@ -19,6 +19,7 @@ from test_backup_e2e import PASSWORD
 
 from recoverd.actions.backup import backup_machine
 from recoverd.actions.due import machine_duties
+from recoverd.cli import main
 from recoverd.clock import FakeClock, use_clock
 from recoverd.controller import Controller
 from recoverd.log.maintenance import utc_now
@@ -119,7 +120,7 @@ def password(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_unreachable_workstation_is_skipped_offline_and_alert_is_due_after_alert_after(
-    tmp_path: Path, asleep: ThrowawaySSHD
+    tmp_path: Path, asleep: ThrowawaySSHD, capsys: pytest.CaptureFixture[str]
 ) -> None:
     ctl = controller(tmp_path, asleep, extra='alert_after = "3d"')
     machine = ctl.policies.find_machine("ws-042")
@@ -140,6 +141,16 @@ def test_unreachable_workstation_is_skipped_offline_and_alert_is_due_after_alert
     assert later["stats"]["offline_since"] == stats["offline_since"]  # the same incident
     assert later["stats"]["offline_for_s"] >= 3 * 86400
     assert later["stats"]["offline_alert"] is True
+
+    capsys.readouterr()
+    later_on = utc_now() + timedelta(days=3, minutes=2)
+    where = ["--policies", str(ctl.policy_dir), "--state", str(ctl.state_dir)]
+    month = ["--client", "acme", "--month", later_on.strftime("%Y-%m")]
+    with use_clock(FakeClock(later_on)):
+        assert main([*where, "report", *month]) == 0
+    report = capsys.readouterr().out
+    assert "| nightly | offline | unreachable, skipped; offline since " in report
+    assert "longer than alert_after (3 d 0 h)" in report
 
 
 def test_unreachable_server_fails(tmp_path: Path, asleep: ThrowawaySSHD) -> None:
