@@ -768,7 +768,11 @@ def _hold_own_replies_during_rekey(transport: paramiko.Transport) -> None:
 
 
 def _summary(argv: list[str], limit: int = 80) -> str:
-    """Return the command line for messages, shortened to ``limit`` characters."""
+    """Return the command line for messages, shortened to ``limit`` characters. A ``sh -c
+    SCRIPT NAME ARGS`` wrapper (the one that reads restic's credentials) is shown as what it
+    runs: ``ARGS``, or ``NAME ARGS`` where NAME is the program (``$0``)."""
+    if argv[:2] == ["sh", "-c"] and len(argv) > 4:
+        argv = argv[4:] if argv[3].startswith("recoverd-") else argv[3:]
     line = shlex.join(argv)
     return line if len(line) <= limit else line[: limit - 3] + "..."
 

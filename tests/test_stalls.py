@@ -150,6 +150,7 @@ def test_daemon_stalled_backup_is_recorded_failed_transient_and_frees_its_slot(
     assert run["state"] == "failed"
     assert run["stats"] == {"transient": True, "stalled": True}
     assert run["error"].startswith("stalled: ")
+    assert run["error"].startswith(f"stalled: {str(fake)[:60]}")  # restic's argv, no wrapper
     assert "made no progress for 2s" in run["error"]
     assert "stopped on the machine" in run["error"]
     assert live_processes_with(tag) == []
