@@ -393,6 +393,9 @@ class ResticEngine(Engine):
         self._version: tuple[int, int, int] | None = None
         self._listings: dict[str, list[dict[str, Any]]] = {}
         """The nodes of the snapshot :meth:`snapshot` found, by its id."""
+        self.lock_hosts_elsewhere: set[str] = set()
+        """Host names of the live-looking locks of other hosts that the last
+        :meth:`remove_stale_locks` found: only those hosts can tell whether their pids run."""
 
     @property
     def program(self) -> str:
@@ -944,6 +947,7 @@ class ResticEngine(Engine):
         process ids cannot be checked this way). Raise EngineError if restic cannot list the
         locks or the machine cannot be asked.
         """
+        self.lock_hosts_elsewhere = set()
         if self.transport.os_family != "posix":
             return []
         locks = self._locks(repository)
@@ -971,6 +975,8 @@ class ResticEngine(Engine):
         stale = []
         for lock_id, lock in locks:
             why = stale_lock_reason(lock, hostname, now, running)
+            if why is None and lock.get("hostname") != hostname:
+                self.lock_hosts_elsewhere.add(str(lock.get("hostname")))
             if why is not None:
                 stale.append(
                     {

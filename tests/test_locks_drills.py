@@ -14,6 +14,7 @@ import json
 import os
 import subprocess
 import threading
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -253,3 +254,54 @@ def test_drill_whose_check_cannot_run_is_partial_not_succeeded(
     assert view["error"].startswith("the repository check did not run (not run: ")
     assert "check_subset" not in view["stats"]
     assert view["stats"]["verification"] == "passed"
+
+
+@pytest.fixture
+def ws041(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ThrowawaySSHD]:
+    """Another machine, with a host name of its own: an sshd in a UTS namespace named ws-041.
+    Skipped where namespaces cannot be made (no root, a restricted container)."""
+    probe = subprocess.run(["unshare", "--uts", "true"], capture_output=True, check=False)
+    if probe.returncode != 0:
+        pytest.skip("unshare --uts is not allowed here")
+    wrapper = tmp_path_factory.mktemp("ws041") / "sshd"
+    wrapper.write_text(
+        "#!/bin/sh\nexec unshare --uts /bin/sh -c "
+        '\'hostname ws-041 && exec /usr/sbin/sshd "$@"\' sshd "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    with ThrowawaySSHD(sshd=str(wrapper)) as server:
+        yield server
+
+
+def test_young_lock_of_a_dead_run_of_another_machine_is_judged_by_that_machine(
+    tmp_path: Path,
+    sshd: ThrowawaySSHD,
+    ws041: ThrowawaySSHD,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    place = Workplace(tmp_path, sshd, monkeypatch)
+    machines = ""
+    for name, server in (("ws-041", ws041), ("ws-042", sshd)):
+        tree = tmp_path / name
+        tree.mkdir()
+        (tree / "a").write_bytes(os.urandom(1000))
+        text = MACHINE.format(name=name, ssh=server.policy_lines, tree=tree)
+        machines += text.replace(
+            f'paths = ["{tree}"]', f'paths = ["{tree}"]\nkeep = {{ last = 3 }}'
+        )
+    (place.policies / "acme.toml").write_text(
+        TWO_MACHINES.format(repo=place.repo, machines=machines)
+    )
+    restic(place.repo, "init", "--repository-version", "1")
+    # ws-041's restic died two minutes ago: too young for restic's 30 minutes, but ws-041 can
+    # say that its pid no longer runs there.
+    lock = dead_lock(place.repo)
+    rewrite_lock(place.repo, lock, hostname="ws-041", age=timedelta(minutes=2))
+    assert main(["backup", "ws-042", "--level", "nightly"]) == 0
+    backup, prune = place.log(capsys)
+    assert backup["state"] == prune["state"] == "succeeded", prune["error"]
+    (removed,) = prune["stats"]["stale_locks"]
+    assert removed["host"] == "ws-041" and removed["judged_by"] == "ws-041"
+    assert removed["why"].startswith("pid ") and removed["why"].endswith("no longer runs on ws-041")
+    assert restic_locks(place.repo) == []

@@ -124,7 +124,10 @@ def backup_machine(
                         else:
                             request = backup_request(ctl, machine, level)
                             backup = partial(engine.backup, request, report)
-                            run.outcome = after_stale_locks(engine, request.repository, backup)
+                            owners = partial(ask_lock_owners, ctl, machine, request.repository)
+                            run.outcome = after_stale_locks(
+                                engine, request.repository, backup, owners
+                            )
                     finally:
                         if report is not None and hasattr(report, "done"):
                             report.done()
@@ -310,22 +313,31 @@ def apply_retention(
         if v["repository"] == repository.name and (v["stats"] or {}).get("pruned")
     ]
     with recorded_run(ctl.log, **{**start, "action": "prune"}) as run:
-        outcome = after_stale_locks(engine, repository, partial(engine.forget, request))
+        owners = partial(ask_lock_owners, ctl, request.machine, repository)
+        outcome = after_stale_locks(engine, repository, partial(engine.forget, request), owners)
         outcome.stats["pruned"] = False
         if not last_prune:
             prune = partial(engine.prune, request.client, request.machine, repository)
-            pruned = after_stale_locks(engine, repository, prune)
+            pruned = after_stale_locks(engine, repository, prune, owners)
             outcome.stats["pruned"] = True
             outcome.stats["prune_duration_s"] = pruned.stats.get("duration_s")
         run.outcome = outcome
     return run.view
 
 
-def after_stale_locks(engine: object, repository: Repository, operation: Callable[[], T]) -> T:
+def after_stale_locks(
+    engine: object,
+    repository: Repository,
+    operation: Callable[[], T],
+    owners: Callable[[set[str]], list[dict[str, Any]]] | None = None,
+) -> T:
     """Given an engine operation on ``repository``, run it; if the repository is locked, remove
     the stale locks (restic's rule: not refreshed for 30 minutes, or the owner's pid proven
     gone on its host), whoever wrote them, and if there were any, run it once more. Return its
     result; an Outcome's stats name the locks removed (``stale_locks``).
+
+    ``owners(hosts)``, given the host names of locks only their own hosts can judge, asks those
+    hosts to remove their stale locks and returns what they removed (:func:`ask_lock_owners`).
 
     Raise RepositoryLocked if only live locks are there (a live lock is never removed) or the
     engine cannot tell stale locks (it has no ``remove_stale_locks``).
@@ -335,6 +347,9 @@ def after_stale_locks(engine: object, repository: Repository, operation: Callabl
     except RepositoryLocked:
         remove = getattr(engine, "remove_stale_locks", None)
         removed = remove(repository) if remove is not None else []
+        elsewhere = getattr(engine, "lock_hosts_elsewhere", set())
+        if owners is not None and elsewhere:
+            removed = removed + owners(elsewhere)
         if not removed:
             raise
     result = operation()
@@ -342,3 +357,33 @@ def after_stale_locks(engine: object, repository: Repository, operation: Callabl
         result.stats["stale_locks_removed"] = len(removed)
         result.stats["stale_locks"] = removed
     return result
+
+
+def ask_lock_owners(
+    ctl: Controller, machine: Machine, repository: Repository, hosts: set[str]
+) -> list[dict[str, Any]]:
+    """Ask the machines of ``machine``'s client that ``hosts`` (host names in locks) name to
+    remove their own stale locks of ``repository``; return the locks they removed.
+
+    A host is asked only when exactly one other machine of the client has that name or address:
+    cloned PCs share host names, and asking the wrong one proves nothing. A machine that
+    cannot be reached is left alone: its locks go stale after restic's 30 minutes.
+    """
+    removed: list[dict[str, Any]] = []
+    machines = ctl.policies.clients[machine.client].machines.values()
+    for host in sorted(hosts):
+        named = [
+            m
+            for m in machines
+            if m.name != machine.name
+            and host.lower() in (m.name.lower(), (m.address or "").lower())
+        ]
+        if len(named) != 1 or named[0].transport == "winrm":
+            continue
+        try:
+            with ctl.transport(named[0]) as transport:
+                found = ctl.engine(transport, "files").remove_stale_locks(repository)  # type: ignore[attr-defined]
+        except RecoverdError:
+            continue
+        removed += [{**lock, "judged_by": named[0].name} for lock in found]
+    return removed

@@ -18,11 +18,12 @@ from __future__ import annotations
 import dataclasses
 import secrets as stdlib_secrets
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any
 
-from recoverd.actions.backup import after_stale_locks, offline_outcome
+from recoverd.actions.backup import after_stale_locks, ask_lock_owners, offline_outcome
 from recoverd.actions.restore import (
     MAX_LISTED,
     choose_snapshot,
@@ -239,7 +240,8 @@ def _drill_over(
             seed=seed,
         )
         stats = _restore_and_compare(target, request, progress)
-    outcome = _check_in_turn(target, request, turns, stats)
+    owners = partial(ask_lock_owners, ctl, machine, source.repository)
+    outcome = _check_in_turn(target, request, turns, stats, owners)
     outcome.stats.update(of=source.of.name, where=level.where, repository=source.repository.name)
     stale = _staleness(source.of, client.timezone, snapshot, outcome.stats)
     if stale:
@@ -282,7 +284,11 @@ def _restore_and_compare(
 
 
 def _check_in_turn(
-    target: RestoreTarget, request: RestoreRequest, turns: RepositoryTurns, stats: dict[str, Any]
+    target: RestoreTarget,
+    request: RestoreRequest,
+    turns: RepositoryTurns,
+    stats: dict[str, Any],
+    owners: Callable[[set[str]], list[dict[str, Any]]],
 ) -> Outcome:
     """Check the repository when no other drill uses it: the next ``n/N`` part of its data.
     Return the drill's outcome: failed if the restore or the check found problems, partial if
@@ -294,7 +300,8 @@ def _check_in_turn(
         subset = f"{done % CHECK_SUBSETS + 1}/{CHECK_SUBSETS}"
         check = partial(target.check_repository, request, subset)
         try:
-            problems = after_stale_locks(getattr(target, "engine", None), request.repository, check)
+            engine = getattr(target, "engine", None)
+            problems = after_stale_locks(engine, request.repository, check, owners)
         except RepositoryLocked as exc:
             # restic check locks the repository exclusively: while a backup writes to it, the
             # check waits for the next drill, which reads the same subset (it was not counted).
