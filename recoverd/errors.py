@@ -61,6 +61,11 @@ class CommandTimeout(TransportError):
     transient = True
 
 
+class Stalled(CommandTimeout):
+    """A command made no progress (no output, no input taken) for its ``stall_after`` and was
+    stopped; the run is recorded failed with ``stats.stalled``, and retried."""
+
+
 class ConnectionLost(TransportError):
     """The connection dropped while a command was running."""
 

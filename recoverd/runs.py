@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from recoverd.engine import Outcome
-from recoverd.errors import Interrupted, RecoverdError
+from recoverd.errors import Interrupted, RecoverdError, Stalled
 from recoverd.log import MaintenanceLog
 
 EXIT_BY_STATE = {"succeeded": 0, "skipped": 0, "partial": 3, "failed": 1, "interrupted": 130}
@@ -46,7 +46,9 @@ def recorded_run(log: MaintenanceLog, **start: Any) -> Iterator[RunHandle]:
     except RecoverdError as exc:
         # The daemon retries a transient failure (host down, lock held) and waits for the
         # next slot after a permanent one: the log, not memory, tells which it was.
-        stats = {"transient": True} if exc.transient else {}
+        stats: dict[str, Any] = {"transient": True} if exc.transient else {}
+        if isinstance(exc, Stalled):
+            stats["stalled"] = True  # what a `stalled` alert looks for
         handle.view = log.finish(handle.id, "failed", error=str(exc), stats=stats)
     except BaseException as exc:
         handle.view = log.finish(handle.id, "failed", error=f"internal error: {exc!r}")

@@ -26,6 +26,11 @@ Chunk = Callable[[bytes], None]
 COLLECT_LIMIT = 4 * 1024 * 1024
 """Bytes of stdout/stderr kept in a CommandOutcome when no consumer is given (the tail)."""
 
+MAX_RECORD = 256 * 1024
+"""Longest line (or NUL-terminated record) a :class:`RecordSplitter` passes on: a machine that
+prints one endless line must not fill the controller's memory. restic's longest lines (a
+node of ``ls --json`` with a 4 KiB path, escaped) are a few dozen KiB."""
+
 
 @dataclass
 class CommandRequest:
@@ -89,6 +94,10 @@ class Transport(ABC):
     name: str = ""
     os_family: str = "posix"
     """``posix`` or ``windows``: tells engines which path and quoting rules apply."""
+    stall_after: float | None = None
+    """Seconds a command may go without progress (a byte of output, a chunk of stdin taken)
+    before the transport stops it and raises Stalled; None: no limit. The action sets it per
+    level (``stall_after``); a transport that cannot stop commands ignores it."""
 
     def __init__(self, machine: Machine, secrets: SecretResolver) -> None:
         self.machine = machine
@@ -189,6 +198,62 @@ class OutputBuffer:
 
     def value(self) -> bytes:
         return b"".join(self._parts)[-self.limit :]
+
+
+class RecordSplitter:
+    """Feed byte chunks of a stream; get its complete records (lines by default) passed to
+    ``on_record`` without their separator.
+
+    A record longer than ``limit`` bytes is passed on cut to ``limit`` bytes once, and the rest
+    of it is dropped as it arrives: memory stays bounded whatever the machine prints.
+    ``cut`` counts the records that were cut.
+    """
+
+    def __init__(
+        self,
+        on_record: Callable[[bytes], None],
+        separator: bytes = b"\n",
+        limit: int = MAX_RECORD,
+    ) -> None:
+        self._on_record = on_record
+        self._separator = separator
+        self._limit = limit
+        self._rest = bytearray()
+        self._skipping = False
+        """True while the rest of a cut record is being dropped."""
+        self.cut = 0
+
+    def __call__(self, chunk: bytes) -> None:
+        start = 0
+        while True:
+            end = chunk.find(self._separator, start)
+            if end < 0:
+                self._hold(chunk[start:])
+                return
+            if self._skipping:
+                self._skipping = False
+            else:
+                self._rest += chunk[start:end]
+                record, self._rest = bytes(self._rest[: self._limit]), bytearray()
+                self._on_record(record)
+            start = end + len(self._separator)
+
+    def _hold(self, part: bytes) -> None:
+        if self._skipping:
+            return
+        self._rest += part
+        if len(self._rest) > self._limit:
+            self.cut += 1
+            self._skipping = True
+            record, self._rest = bytes(self._rest[: self._limit]), bytearray()
+            self._on_record(record)
+
+    def flush(self) -> None:
+        """Pass on the last record if the stream did not end with a separator."""
+        if self._rest:
+            record, self._rest = bytes(self._rest), bytearray()
+            self._on_record(record)
+        self._skipping = False
 
 
 def iter_stdin(stdin: bytes | Iterable[bytes] | None, size: int = 64 * 1024) -> Iterator[bytes]:

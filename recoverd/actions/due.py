@@ -208,7 +208,10 @@ def level_duty(
     newest = failed[-1]
     if newest["state"] == "interrupted" and sum(r["state"] == "interrupted" for r in failed) == 1:
         return duty(True, due_since, now, "redo after an interrupted run")
-    transient = newest["state"] == "failed" and (newest["stats"] or {}).get("transient")
+    # A skipped offline workstation is tried again like a transient failure: it may be back.
+    transient = newest["state"] in ("failed", "skipped") and (newest["stats"] or {}).get(
+        "transient"
+    )
     if transient and len(failed) < MAX_ATTEMPTS:
         wait = RETRY_BACKOFF[min(len(failed), len(RETRY_BACKOFF)) - 1]
         return duty(

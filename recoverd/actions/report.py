@@ -11,7 +11,7 @@ import calendar
 import re
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -187,6 +187,8 @@ class MachineReport:
     days: dict[date, str]
     """Outcome per day of the month: ``failed``, ``partial``, ``succeeded``, ``none`` or
     ``future`` (after the report's as-of time)."""
+    notices: list[dict[str, Any]] = field(default_factory=list)
+    """Runs to look at though they did not fail: skipped offline, or with an anomaly."""
 
     @property
     def drill_passed(self) -> bool:
@@ -351,6 +353,11 @@ def _machine_report(
         drills=[_timed(v, sla) for v in mine if v["action"] == "verify"],
         restores=[_timed(v, sla) for v in mine if v["action"] == "restore"],
         days=_days(mine, month, as_of),
+        notices=[
+            v
+            for v in mine
+            if (v["stats"] or {}).get("offline") or (v["stats"] or {}).get("anomaly")
+        ],
     )
 
 

@@ -197,9 +197,58 @@ def _last_good(report: Report, machine: MachineReport) -> str:
     )
 
 
+NOTICE_HEADERS = ["Time", "Level", "Notice", "Details"]
+
+
+def _share(value: Any) -> str:
+    return f"{float(value) * 100:.0f}%"
+
+
+def notice_rows(report: Report, machine: MachineReport) -> list[list[str]]:
+    """Skipped offline runs and anomalies: what did not fail but needs a look."""
+    rows = []
+    for view in machine.notices:
+        stats = view["stats"] or {}
+        when, level = _when(report, view["started_at"]), view["level"] or "-"
+        if stats.get("offline"):
+            detail = (
+                f"unreachable, skipped; offline since {_when(report, stats.get('offline_since'))}"
+                f" ({human_duration(stats.get('offline_for_s') or 0)})"
+            )
+            if stats.get("offline_alert"):
+                detail += f", longer than alert_after ({human_duration(stats['alert_after_s'])})"
+            rows.append([when, level, "offline", detail])
+        anomaly = stats.get("anomaly") or {}
+        if "changed" in anomaly:
+            c = anomaly["changed"]
+            rows.append(
+                [
+                    when,
+                    level,
+                    "anomaly: mass change",
+                    f"{c['files']} of {c['of']} files new or changed ({_share(c['share'])}, "
+                    f"limit {_share(c['limit'])}): ransomware?",
+                ]
+            )
+        if "shrunk" in anomaly:
+            d = anomaly["shrunk"]
+            rows.append(
+                [
+                    when,
+                    level,
+                    "anomaly: snapshot shrank",
+                    f"{d['files']} files, {human_bytes(d['bytes'])} against {d['files_before']} "
+                    f"files, {human_bytes(d['bytes_before'])} before (-{_share(d['share'])}, "
+                    f"limit {_share(d['limit'])}): mass deletion?",
+                ]
+            )
+    return rows
+
+
 MACHINE_TABLES: list[tuple[str, list[str], Callable[[Report, MachineReport], list[list[str]]]]] = [
     ("Runs per level", LEVEL_HEADERS, level_rows),
     ("Failures", FAILURE_HEADERS, failure_rows),
+    ("Offline and anomalies", NOTICE_HEADERS, notice_rows),
     ("Restore drills", DRILL_HEADERS, drill_rows),
     ("Restores", RESTORE_HEADERS, restore_rows),
 ]

@@ -26,6 +26,11 @@ from recoverd.errors import PolicyError
 from recoverd.policy.every import parse_every
 from recoverd.policy.model import (
     BACKUP_KINDS,
+    DEFAULT_ALERT_AFTER,
+    DEFAULT_ANOMALY_SHARE,
+    DEFAULT_STALL_AFTER,
+    DEFAULT_WAKE_TO,
+    DEFAULT_WAKE_WAIT,
     KEEP_KEYS,
     LEVEL_KINDS,
     TRANSPORTS,
@@ -41,6 +46,7 @@ from recoverd.secrets import VAULT_NAME
 SECRET_SCHEMES = ("env", "file", "command", "vault")
 ROLES = ("workstation", "server")
 RESTORE_MODES = ("files-in-place", "image")
+OFFLINE_MODES = ("skip", "fail")
 IMAGE_VIA = ("machine", "controller")
 VERIFY_WHERE = ("machine", "controller")
 SNAPSHOT_METHODS = ("lvm",)
@@ -64,9 +70,9 @@ NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 """Machine and level names: safe on a command line and in file names."""
 
 _TOP_KEYS = ("client", "repositories", "templates", "machines", "notify")
-_LEVEL_COMMON_KEYS = ("name", "kind", "every", "keep", "healthchecks", "grace")
+_LEVEL_COMMON_KEYS = ("name", "kind", "every", "keep", "healthchecks", "grace", "stall_after")
 _LEVEL_KIND_KEYS = {
-    "files": ("repository", "paths", "exclude", "vss"),
+    "files": ("repository", "paths", "exclude", "vss", "anomaly_changed", "anomaly_shrink"),
     "image": ("repository", "device", "via", "snapshot", "allow_mounted", "target"),
     "copy": ("of", "to"),
     "verify": ("of", "sample", "where"),
@@ -107,6 +113,8 @@ MAX_SAMPLE = 1_000_000_000
 MAX_CONNECT_TIMEOUT = 3600.0
 """The longest ``connect_timeout`` in seconds."""
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+_SECONDS = re.compile(r"(?:([0-9]+)d)?(?:([0-9]+)h)?(?:([0-9]+)m)?(?:([0-9]+)s)?")
+_WAKE_TO = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[^\s:\[\]]+):([0-9]+)")
 _MAC = re.compile(r"[0-9a-f]{2}(?::[0-9a-f]{2}){5}")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
@@ -438,6 +446,15 @@ class _PolicyFile:
             "asset_tag": _string,
             "mac": _mac,
             "restore": partial(_choice, choices=RESTORE_MODES),
+            "offline": partial(_choice, choices=OFFLINE_MODES),
+            "alert_after": _seconds,
+            "wake": _boolean,
+            "wake_via": _name,
+            "wake_wait": _seconds,
+            "wake_to": _wake_to,
+            "stall_after": _seconds,
+            "anomaly_changed": _share,
+            "anomaly_shrink": _share,
             "password": partial(_secret, schemes=self.schemes),
             "https": _boolean,
             "auth": partial(_choice, choices=WINRM_AUTHS),
@@ -495,6 +512,17 @@ class _PolicyFile:
             machine = self._machine(name, where, client_id, table, levels)
             if machine is not None:
                 machines[name] = machine
+        for machine in machines.values():
+            # Another machine of this client sends the wake-up packet on the sleeper's LAN.
+            if machine.wake_via is not None and (
+                machine.wake_via == machine.name or machine.wake_via not in machines
+            ):
+                others = sorted(set(machines) - {machine.name})
+                self.problem(
+                    _join(_join("machines", machine.name), "wake_via"),
+                    f"no other machine {machine.wake_via!r} in this file"
+                    + (_hint(machine.wake_via, others) or f"; machines: {', '.join(others)}"),
+                )
         return machines
 
     def _level_checks(self, repositories: set[str]) -> dict[str, _Check]:
@@ -519,6 +547,9 @@ class _PolicyFile:
             "where": partial(_choice, choices=VERIFY_WHERE),
             "healthchecks": partial(_secret, schemes=self.schemes),
             "grace": _sla,
+            "stall_after": _seconds,
+            "anomaly_changed": _share,
+            "anomaly_shrink": _share,
         }
 
     def _levels(
@@ -612,6 +643,11 @@ class _PolicyFile:
         self._image_targets(transport, levels)
         if table.get("restore") == "image" and not any(d.get("kind") == "image" for d in levels):
             self.problem(table.paths["restore"], "'image' needs an image level on this machine")
+        if table.get("wake") and "mac" not in table.paths:
+            self.problem(
+                _join(where, "mac"), "missing; wake = true sends its Wake-on-LAN packet to it"
+            )
+        role = table.get("role", "workstation")
         if self._problems:
             return None
         return Machine(
@@ -626,10 +662,19 @@ class _PolicyFile:
             known_hosts=table.get("known_hosts"),
             connect_timeout=table.get("connect_timeout", 10.0),
             restic=table.get("restic", "restic"),
-            role=table.get("role", "workstation"),
+            role=role,
             asset_tag=table.get("asset_tag"),
             mac=table.get("mac"),
             restore=table.get("restore", "files-in-place"),
+            offline=table.get("offline", "fail" if role == "server" else "skip"),
+            alert_after=table.get("alert_after", DEFAULT_ALERT_AFTER),
+            wake=table.get("wake", False),
+            wake_via=table.get("wake_via"),
+            wake_wait=table.get("wake_wait", DEFAULT_WAKE_WAIT),
+            wake_to=table.get("wake_to", DEFAULT_WAKE_TO),
+            stall_after=table.get("stall_after", DEFAULT_STALL_AFTER),
+            anomaly_changed=table.get("anomaly_changed", DEFAULT_ANOMALY_SHARE),
+            anomaly_shrink=table.get("anomaly_shrink", DEFAULT_ANOMALY_SHARE),
             password=table.get("password"),
             https=https,
             auth=auth,
@@ -1206,3 +1251,34 @@ def _sample(value: Any) -> str:
     if re.fullmatch(r"[0-9]{1,10}", text) and 0 < int(text) <= MAX_SAMPLE:
         return text
     _fail(f"{text!r} is not a sample: use 'N%' (1..100), a number of files like '200', or 'all'")
+
+
+def _seconds(value: Any) -> float:
+    """Check a duration like ``'30m'``, ``'3d'``, ``'1h30m'`` or ``'90s'``; return seconds."""
+    text = _string(value)
+    match = _SECONDS.fullmatch(text)
+    if not match or not any(int(n or 0) for n in match.groups()):
+        _fail(f"{text!r} is not a duration like '30m', '3d', '1h30m' or '90s'")
+    days, hours, minutes, seconds = (int(n or 0) for n in match.groups())
+    total = float(((days * 24 + hours) * 60 + minutes) * 60 + seconds)
+    if total > MAX_SLA_DAYS * 86400:
+        _fail(f"{text!r} is too long: at most {MAX_SLA_DAYS} days")
+    return total
+
+
+def _share(value: Any) -> float:
+    """Check a share like ``'50%'`` (1..100); return it as a fraction (0.5)."""
+    text = _string(value)
+    percent = re.fullmatch(r"([0-9]{1,3})%", text)
+    if not percent or not 1 <= int(percent[1]) <= 100:
+        _fail(f"{text!r} is not a share: use 'N%' (1..100), e.g. '50%'")
+    return int(percent[1]) / 100
+
+
+def _wake_to(value: Any) -> str:
+    """Check where a controller sends Wake-on-LAN: ``'ADDRESS:PORT'`` (a LAN's broadcast)."""
+    text = _string(value)
+    match = _WAKE_TO.fullmatch(text)
+    if not match or not 1 <= int(match[2]) <= 65535:
+        _fail(f"{text!r} is not 'ADDRESS:PORT', e.g. '192.168.1.255:9'")
+    return text

@@ -30,6 +30,16 @@ EVENTS = (
 """What a notification route may be ``on``."""
 INCIDENT_EVENTS = EVENTS[:-1]
 """The events of incidents (every event but the daily digest): a route's default ``on``."""
+DEFAULT_STALL_AFTER = 30 * 60.0
+"""Seconds a run may go without progress before it is stopped (``stall_after``)."""
+DEFAULT_ALERT_AFTER = 3 * 86400.0
+"""Seconds a skipped offline workstation may stay offline before its ``offline`` alert."""
+DEFAULT_WAKE_WAIT = 180.0
+"""Seconds to wait for a woken machine's SSH (``wake_wait``)."""
+DEFAULT_WAKE_TO = "255.255.255.255:9"
+"""Where the controller sends a Wake-on-LAN packet (``wake_to``): the local broadcast, port 9."""
+DEFAULT_ANOMALY_SHARE = 0.5
+"""``anomaly_changed`` / ``anomaly_shrink`` by default: 50%."""
 
 
 @dataclass(frozen=True)
@@ -70,6 +80,12 @@ class Level:
     grace: str | None = None
     """How long past its schedule the level may go without a good run before it is overdue
     (a duration like ``6h``; None: one period of its schedule)."""
+    stall_after: float | None = None
+    """Seconds without progress before a run of this level is stopped (None: the machine's)."""
+    anomaly_changed: float | None = None
+    """Share of new+changed files that makes a files run an anomaly (None: the machine's)."""
+    anomaly_shrink: float | None = None
+    """Share by which a snapshot may shrink before it is an anomaly (None: the machine's)."""
 
 
 @dataclass(frozen=True)
@@ -92,6 +108,20 @@ class Machine:
     asset_tag: str | None = None
     mac: str | None = None
     restore: str = "files-in-place"
+    offline: str = "skip"
+    """``skip``: an unreachable machine's run is recorded skipped; ``fail``: failed."""
+    alert_after: float = DEFAULT_ALERT_AFTER
+    """Seconds offline after which the skipped run says an ``offline`` alert is due."""
+    wake: bool = False
+    """Send a Wake-on-LAN packet to ``mac`` before a run, then wait up to ``wake_wait``."""
+    wake_via: str | None = None
+    """Another machine of the client that sends the packet on this one's LAN."""
+    wake_wait: float = DEFAULT_WAKE_WAIT
+    wake_to: str = DEFAULT_WAKE_TO
+    """``ADDRESS:PORT`` the controller (or ``wake_via``) sends the packet to."""
+    stall_after: float = DEFAULT_STALL_AFTER
+    anomaly_changed: float = DEFAULT_ANOMALY_SHARE
+    anomaly_shrink: float = DEFAULT_ANOMALY_SHARE
     password: str | None = None
     https: bool = True
     auth: str = "ntlm"
@@ -110,6 +140,10 @@ class Machine:
     def level(self, name: str) -> Level | None:
         """Return the level called ``name``, or None."""
         return next((lv for lv in self.levels if lv.name == name), None)
+
+    def stall_after_for(self, level: Level) -> float:
+        """Return the seconds a run of ``level`` may go without progress."""
+        return level.stall_after if level.stall_after is not None else self.stall_after
 
 
 @dataclass(frozen=True)
