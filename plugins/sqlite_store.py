@@ -23,7 +23,13 @@ from typing import Any
 import recoverd
 from recoverd.errors import RecoverdError
 from recoverd.log.record import GENESIS, Entry, canonical, entry_hash, parse_body
-from recoverd.log.signing import Head, LogKey
+from recoverd.log.signing import (
+    Head,
+    LogKey,
+    entry_message,
+    key_fingerprint,
+    verify_signature,
+)
 from recoverd.log.verify import Row
 
 COLUMNS = "seq, run_id, type, at, body, prev_hash, hash, signature"
@@ -135,6 +141,8 @@ class SQLiteStore:
         self._lock = threading.RLock()
         self._depth = 0
         self.key = LogKey(state_dir)
+        self._vouched = 0
+        """The last entry known to be signed with our key (see _refuse_other_key)."""
         self._migrate()
 
     def _migrate(self) -> None:
@@ -189,6 +197,7 @@ class SQLiteStore:
             seq, prev = (last[0] + 1, last[1]) if last else (1, GENESIS)
             digest = entry_hash(seq, run_id, type_, at, body, prev)
             self._refuse_new_key_for_signed_log()
+            self._refuse_other_key(last)
             signature = self.key.sign_entry(digest)
             self._db.execute(
                 "INSERT INTO entries VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -207,6 +216,7 @@ class SQLiteStore:
             )
             # Inside the transaction: heads are replaced in the order entries are committed.
             self.key.write_head(seq, digest)
+            self._vouched = seq
         return Entry(seq, run_id, type_, at, body, prev, digest, signature)
 
     def _refuse_new_key_for_signed_log(self) -> None:
@@ -223,6 +233,29 @@ class SQLiteStore:
                 "entries signed with it: restore that file from your backup of the state "
                 "directory (nothing is written to the log until then)"
             )
+
+    def _refuse_other_key(self, last: tuple[int, str] | None) -> None:
+        """Raise RecoverdError if the last entry was signed with another key than ours.
+
+        A key swapped in the state directory would otherwise extend the log with signatures
+        that no auditor's public key verifies. Checked once per process and again whenever
+        another process wrote last (one signature check, about 0.1 ms).
+        """
+        if last is None or last[0] == self._vouched:
+            return
+        row = self._db.execute("SELECT signature FROM entries WHERE seq = ?", (last[0],))
+        signature = row.fetchone()[0]
+        if signature is None:  # an entry from before signing that was never signed
+            return
+        public = self.key.private().public_key()
+        if not verify_signature(public, signature, entry_message(last[1])):
+            raise RecoverdError(
+                f"the log signing key {self.key.path} ({key_fingerprint(public)}) is not the key "
+                f"this maintenance log was signed with (entry {last[0]} does not verify with "
+                "it): restore the log's own key, or point RECOVERD_LOG_KEY_FILE at it; nothing "
+                "is written to the log until then"
+            )
+        self._vouched = last[0]
 
     def _rewrite_head(self) -> None:
         """Point the head back at the last committed entry (after a rolled-back write)."""
@@ -455,6 +488,11 @@ class LogSnapshot:
 
     def hash_at(self, seq: int) -> str | None:
         row = self._db.execute("SELECT hash FROM entries WHERE seq = ?", (seq,)).fetchone()
+        return row[0] if row else None
+
+    def at_of(self, seq: int) -> str | None:
+        """Return the time of entry ``seq``, or None if there is none."""
+        row = self._db.execute("SELECT at FROM entries WHERE seq = ?", (seq,)).fetchone()
         return row[0] if row else None
 
     def last_seq(self) -> int | None:

@@ -13,10 +13,11 @@ from typing import Any
 
 from recoverd.commands import AddCommand, global_options
 from recoverd.controller import Controller
-from recoverd.errors import UsageError
+from recoverd.errors import RecoverdError, UsageError
 from recoverd.log import RunFilter
+from recoverd.log.anchors import anchor_text, parse_anchor
 from recoverd.log.record import STATES, VIEW_FIELDS
-from recoverd.log.signing import load_public_key, public_pem
+from recoverd.log.signing import key_fingerprint, load_public_key, public_pem
 from recoverd.output import emit_json, format_table, local_time, run_result
 from recoverd.policy.load import client_zones
 
@@ -86,7 +87,14 @@ def cmd_log_verify(ctl: Controller, args: argparse.Namespace) -> int:
             key = load_public_key(args.pubkey.read_bytes(), str(args.pubkey))
         except OSError as exc:
             raise UsageError(f"--pubkey: {exc}") from None
-    verdict = ctl.log.verify(key, signatures=args.signatures)
+    anchors = [anchor for argument in args.anchor or () for anchor in parse_anchor(argument)]
+    warnings: list[str] = []
+    if args.witness:
+        from recoverd.witness import witness_anchors  # transports only when asked for
+
+        found, warnings = witness_anchors(ctl)
+        anchors += found
+    verdict = ctl.log.verify(key, signatures=args.signatures, anchors=anchors, warnings=warnings)
     summary = {
         "intact": verdict.intact,
         "signatures": "every entry" if verdict.every_signature else "last entry and head",
@@ -96,16 +104,45 @@ def cmd_log_verify(ctl: Controller, args: argparse.Namespace) -> int:
         "last": verdict.last.at if verdict.last else None,
         "head": {"seq": verdict.head.seq, "hash": verdict.head.hash} if verdict.head else None,
         "problem": None,
+        "anchors": [
+            {
+                "source": c.anchor.source,
+                "seq": c.anchor.seq,
+                "hash": c.anchor.hash,
+                "ok": c.ok,
+                "kind": c.kind,
+                "message": c.message,
+            }
+            for c in verdict.anchors
+        ],
+        "warnings": list(verdict.warnings),
     }
     if verdict.problem:
         problem = verdict.problem
         summary["problem"] = {"seq": problem.seq, "kind": problem.kind, "message": problem.message}
+    elif verdict.failed_anchors:
+        check = verdict.failed_anchors[0]
+        summary["problem"] = {"seq": check.anchor.seq, "kind": check.kind, "message": check.message}
     if args.json:
         emit_json(summary)
-    elif verdict.problem:
+        return 0 if verdict.intact else 1
+    for warning in verdict.warnings:
+        print(f"recoverd: warning: {warning}", file=sys.stderr)
+    if verdict.problem:
         print(f"recoverd: maintenance log NOT intact: {verdict.problem.message}", file=sys.stderr)
-    elif not verdict.entries:
-        print("maintenance log intact: it is empty")
+    for check in verdict.failed_anchors:
+        print(f"recoverd: maintenance log NOT intact: {check.message}", file=sys.stderr)
+    if not verdict.intact:
+        return 1
+    held = len(verdict.anchors)
+    anchored = f"; {held} anchor(s) held unchanged" if held else ""
+    if not verdict.entries:
+        print(
+            "maintenance log intact: it is empty (no anchor, no key record, no witness says "
+            "it held entries)"
+            if not held
+            else "maintenance log intact: it is empty"
+        )
     else:
         head = verdict.head
         signed = "every entry's signature" if verdict.every_signature else "the last signature"
@@ -114,9 +151,52 @@ def cmd_log_verify(ctl: Controller, args: argparse.Namespace) -> int:
             f"{verdict.first.at if verdict.first else '-'} .. "
             f"{verdict.last.at if verdict.last else '-'}; "
             f"signed head: entry {head.seq if head else '-'} {head.hash if head else ''}".rstrip()
-            + f" (hash chain, signed head and {signed} checked)"
+            + f" (hash chain, signed head and {signed} checked{anchored})"
         )
-    return 0 if verdict.intact else 1
+    return 0
+
+
+def head_data(ctl: Controller) -> dict[str, Any]:
+    """Return the signed head with its entry's time and the key's fingerprint (``log head``).
+
+    Raise RecoverdError if the log has no head or its signature is not the key's.
+    """
+    key_file = ctl.log.store.key
+    with ctl.log.store.snapshot() as snapshot:
+        head = snapshot.head
+        if head is None:
+            raise RecoverdError(
+                f"the maintenance log in {ctl.state_dir} has no signed head: nothing has been "
+                "written to it yet (or the head file was removed; see `recoverd log verify`)"
+            )
+        at = snapshot.at_of(head.seq)
+    public = key_file.public()
+    if not head.valid(public):
+        raise RecoverdError(
+            f"the signed head {key_file.head_path} does not verify with the log's key "
+            f"{key_file.path}: run `recoverd log verify`"
+        )
+    return {
+        "seq": head.seq,
+        "hash": head.hash,
+        "at": at,
+        "signature": head.signature,
+        "key": key_fingerprint(public),
+        "anchor": anchor_text(head),
+    }
+
+
+def cmd_log_head(ctl: Controller, args: argparse.Namespace) -> int:
+    data = head_data(ctl)
+    if args.json:
+        emit_json(data)
+        return 0
+    print(data["anchor"])
+    print(
+        f"entry {data['seq']} of {data['at'] or '-'}, signed with {data['key']}; keep this line "
+        "outside the controller and check it later with `recoverd log verify --anchor FILE`"
+    )
+    return 0
 
 
 def cmd_log_pubkey(ctl: Controller, args: argparse.Namespace) -> int:
@@ -203,10 +283,28 @@ def register(add: AddCommand) -> None:
         "--pubkey", type=Path, help="the log's public key (PEM) as exported by `log pubkey`"
     )
     verify.add_argument(
+        "--anchor",
+        action="append",
+        metavar="FILE|SEQ:HASH",
+        help="an anchor kept outside the controller (`log head` output, a report, an export, "
+        "or SEQ:HASH): the log must still hold its entry unchanged; any number of times",
+    )
+    verify.add_argument(
+        "--witness",
+        action="store_true",
+        help="also compare the log with the heads kept by the witness machines ([audit] witness)",
+    )
+    verify.add_argument(
         "--signatures",
         action="store_true",
         help="also check every entry's own signature (thorough and slow: about 2 minutes per "
         "million entries)",
+    )
+    action(
+        "head",
+        cmd_log_head,
+        "print the signed head (seq, hash, time, signature): an anchor to keep outside the "
+        "controller",
     )
     pubkey = action("pubkey", cmd_log_pubkey, "print the log's public key (PEM) for auditors")
     pubkey.add_argument("-o", "--output", type=Path, help="write it to this file")

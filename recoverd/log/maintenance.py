@@ -12,9 +12,9 @@ import os
 import secrets as stdlib_secrets
 import socket
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,8 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from recoverd import clock
-from recoverd.errors import UsageError
+from recoverd.errors import RecoverdError, UsageError
+from recoverd.log.anchors import Anchor, AnchorCheck, check_anchors
 from recoverd.log.record import (
     STATES,
     Entry,
@@ -31,7 +32,8 @@ from recoverd.log.record import (
     empty_view,
     parse_body,
 )
-from recoverd.log.verify import Verdict, verify_chain
+from recoverd.log.signing import KEY_ENV
+from recoverd.log.verify import Finding, Verdict, verify_chain
 from recoverd.plugins import Kind
 from recoverd.secrets import redact
 
@@ -220,33 +222,84 @@ class MaintenanceLog:
         *,
         signatures: bool = False,
         since: datetime | None = None,
+        anchors: Iterable[Anchor] = (),
+        warnings: Iterable[str] = (),
     ) -> Verdict:
         """Check the chain, the signed head and the last signature; return the verdict.
 
         With ``signatures`` every entry's signature is checked too (see
         :mod:`recoverd.log.verify`). With ``since`` only the entries from the first one dated
-        ``since`` or later to the end of the log are checked. Without ``public_key`` the state
-        directory's own key is used. Raise RecoverdError if there is neither a key given nor
-        one in the state directory.
+        ``since`` or later to the end of the log are checked. Each of ``anchors``, and the
+        signing key's record when it keeps one, must still be in the log unchanged (see
+        :mod:`recoverd.log.anchors`); ``warnings`` are passed on into the verdict. Without
+        ``public_key`` the state directory's own key is used. Raise RecoverdError if there
+        is neither a key given nor one where the log's key is kept.
         """
+        anchors = list(anchors)
+        key_file = self.store.key
+        record = key_file.read_record()
+        if record is not None:
+            anchors.append(
+                Anchor(
+                    record.seq,
+                    record.hash,
+                    record.signature,
+                    f"the signing key's record {key_file.record_path}",
+                )
+            )
         with self.store.snapshot() as snapshot:
             last = snapshot.last_seq()
-            if (
-                last is None
-                and snapshot.head is None
-                and not public_key
-                and not self.store.key.exists
-            ):
-                return Verdict(0, 0, None, None, None, None)  # a new, empty log: nothing to check
-            key = public_key or self.store.key.public()
+            if last is None and snapshot.head is None and not public_key and not key_file.exists:
+                if not anchors:  # a new, empty log: nothing to check
+                    return Verdict(0, 0, None, None, None, None, warnings=tuple(warnings))
+                # Wiped together with its key: only the anchors can tell.
+                checks = tuple(
+                    AnchorCheck(
+                        a,
+                        False,
+                        "removed",
+                        f"{a.source} (entry {a.seq}): the log is "
+                        "empty and has no signing key; it was wiped after this anchor",
+                    )
+                    for a in anchors
+                )
+                return Verdict(
+                    0, 0, None, None, None, None, anchors=checks, warnings=tuple(warnings)
+                )
+            if public_key is None and not key_file.exists and last is not None:
+                raise RecoverdError(
+                    f"the log signing key {key_file.path} is missing, but the maintenance log "
+                    f"has {last} entries: restore the key from where you keep it (or point "
+                    f"{KEY_ENV} at it), or check the log with --pubkey FILE"
+                )
+            key = public_key or key_file.public()
             first = 1
             if since is not None and last is not None:
                 # Nothing dated `since` or later: check the last entry, so that the head and
                 # its signature are still checked against the log.
                 first = snapshot.first_seq_since(iso(since)) or last
-            return verify_chain(
+            verdict = verify_chain(
                 snapshot, key, snapshot.head, first_seq=first, signatures=signatures
             )
+            if (
+                last is None
+                and verdict.problem is None
+                and key_file.exists
+                and not key_file.outside
+            ):
+                # The key in the state directory is made with the first entry: a log that has
+                # one but no entry (and no head) had entries that were removed with the head.
+                verdict = replace(
+                    verdict,
+                    problem=Finding(
+                        None,
+                        "removed",
+                        f"the log is empty, but its signing key {key_file.path} exists and is only "
+                        "made when the first entry is written: the log and its head were wiped",
+                    ),
+                )
+            checks = check_anchors(snapshot, key, anchors)
+        return replace(verdict, anchors=tuple(checks), warnings=tuple(warnings))
 
     def reap_orphans(self) -> list[str]:
         """Mark runs whose controller process is gone ``interrupted``; return their ids."""
