@@ -141,7 +141,7 @@ class SQLiteStore:
         self._lock = threading.RLock()
         self._depth = 0
         self.key = LogKey(state_dir)
-        self._vouched = 0
+        self._vouched = -1
         """The last entry known to be signed with our key (see _refuse_other_key)."""
         self._migrate()
 
@@ -241,7 +241,10 @@ class SQLiteStore:
         that no auditor's public key verifies. Checked once per process and again whenever
         another process wrote last (one signature check, about 0.1 ms).
         """
-        if last is None or last[0] == self._vouched:
+        if (last[0] if last else 0) == self._vouched:
+            return
+        self._refuse_log_behind_record(last)
+        if last is None:
             return
         row = self._db.execute("SELECT signature FROM entries WHERE seq = ?", (last[0],))
         signature = row.fetchone()[0]
@@ -256,6 +259,26 @@ class SQLiteStore:
                 "is written to the log until then"
             )
         self._vouched = last[0]
+
+    def _refuse_log_behind_record(self, last: tuple[int, str] | None) -> None:
+        """Raise RecoverdError if the key's record names an entry this log does not hold.
+
+        Extending a log that was rolled back or wiped (a copy of the state directory put
+        back) would otherwise bury the evidence under new entries.
+        """
+        record = self.key.read_record()
+        if record is None:
+            return
+        row = self._db.execute("SELECT hash FROM entries WHERE seq = ?", (record.seq,))
+        found = row.fetchone()
+        if found is None or found[0] != record.hash:
+            now = f"ends at entry {last[0]}" if last else "is empty"
+            raise RecoverdError(
+                f"the maintenance log {self.path} {now}, but its signing key's record "
+                f"{self.key.record_path} names entry {record.seq}: the log was rolled back, "
+                "wiped or replaced; put the log that goes with this key back (nothing is "
+                "written to the log until then)"
+            )
 
     def _rewrite_head(self) -> None:
         """Point the head back at the last committed entry (after a rolled-back write)."""

@@ -418,6 +418,9 @@ def render_csv(report: Report, integrity: str | None = None) -> str:
                     sla,
                 ]
             )
+    if integrity:
+        # Last, in the first column, so that the file is an anchor and sums stay right.
+        writer.writerow([f"# {integrity}"])
     return out.getvalue()
 
 

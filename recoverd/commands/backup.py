@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from recoverd.actions.backup import backup_levels, backup_machine
-from recoverd.commands import AddCommand
+from recoverd.commands import ENGINEER_HELP, AddCommand
 from recoverd.controller import Controller
 from recoverd.log import RunFilter
 from recoverd.output import emit_json, format_table, human_bytes, local_time, run_result
@@ -17,7 +17,7 @@ def cmd_backup(ctl: Controller, args: argparse.Namespace) -> int:
     machine = ctl.policies.find_machine(args.machine)
     levels = backup_levels(machine, args.level)
     progress = None if args.json else ProgressLine
-    views = backup_machine(ctl, machine, levels, progress=progress)
+    views = backup_machine(ctl, machine, levels, progress=progress, engineer=args.engineer)
     zone = ctl.policies.clients[machine.client].timezone
     for view in views:
         if args.json:
@@ -90,6 +90,7 @@ def register(add: AddCommand) -> None:
     p = add("backup", cmd_backup, "run a machine's backup levels now")
     p.add_argument("machine", help="machine name, or client/machine")
     p.add_argument("--level", help="only this level")
+    p.add_argument("--engineer", help=ENGINEER_HELP)
     p = add("snapshots", cmd_snapshots, "list a machine's restore points")
     p.add_argument("machine", help="machine name, or client/machine")
     p.add_argument("--level", help="only this level")

@@ -60,7 +60,18 @@ def cmd_log(ctl: Controller, args: argparse.Namespace) -> int:
     zones = client_zones(ctl.policy_dir, {v["client"] for v in views})
     print(
         format_table(
-            ["TIME", "CLIENT", "MACHINE", "ACTION", "LEVEL", "STATE", "ENGINEER", "RESULT", "RUN"],
+            [
+                "TIME",
+                "CLIENT",
+                "MACHINE",
+                "ACTION",
+                "LEVEL",
+                "STATE",
+                "ENGINEER",
+                "RESULT",
+                "ACCEPTED",
+                "RUN",
+            ],
             [
                 [
                     local_time(v["started_at"], zones.get(v["client"], "UTC")),
@@ -71,6 +82,7 @@ def cmd_log(ctl: Controller, args: argparse.Namespace) -> int:
                     v["state"],
                     v["engineer"],
                     run_result(v)[:80],
+                    accepted_text(v, zones.get(v["client"], "UTC"))[:80],
                     v["id"],
                 ]
                 for v in views
@@ -78,6 +90,15 @@ def cmd_log(ctl: Controller, args: argparse.Namespace) -> int:
         )
     )
     return 0
+
+
+def accepted_text(view: dict[str, Any], zone: str) -> str:
+    """Return a run's sign-offs as ``Li Na 2026-11-03 10:00 (note); ...``, or ``-``."""
+    parts = []
+    for a in view.get("acceptances") or ():
+        note = f" ({a['note']})" if a.get("note") else ""
+        parts.append(f"{a['by']} {local_time(a['at'], zone)}{note}")
+    return "; ".join(parts) or "-"
 
 
 def cmd_log_verify(ctl: Controller, args: argparse.Namespace) -> int:
@@ -208,12 +229,20 @@ def cmd_log_pubkey(ctl: Controller, args: argparse.Namespace) -> int:
     return 0
 
 
-def export_runs(views: list[dict[str, Any]], fmt: str) -> str:
-    """Given run views, return them as JSON lines or CSV (``stats`` as a JSON cell)."""
+def export_runs(views: list[dict[str, Any]], fmt: str, head: dict[str, Any] | None = None) -> str:
+    """Given run views, return them as JSON lines or CSV (``stats`` as a JSON cell).
+
+    With ``head`` (see :func:`head_data`) the export ends with the log's signed head: a last
+    line ``{"log_head": {...}}``, or in CSV a last row whose ``id`` cell holds the anchor
+    text, so that the export is itself an anchor (`log verify --anchor FILE`).
+    """
     if fmt == "jsonl":
-        return "".join(
+        lines = [
             json.dumps({f: v.get(f) for f in VIEW_FIELDS}, ensure_ascii=False) + "\n" for v in views
-        )
+        ]
+        if head:
+            lines.append(json.dumps({"log_head": head}) + "\n")
+        return "".join(lines)
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(VIEW_FIELDS)
@@ -221,11 +250,13 @@ def export_runs(views: list[dict[str, Any]], fmt: str) -> str:
         writer.writerow(
             [
                 json.dumps(view.get(f), ensure_ascii=False, sort_keys=True)
-                if f == "stats"
+                if f in ("stats", "acceptances")
                 else ("" if view.get(f) is None else view.get(f))
                 for f in VIEW_FIELDS
             ]
         )
+    if head:
+        writer.writerow([head["anchor"] if f == "id" else "" for f in VIEW_FIELDS])
     return out.getvalue()
 
 
@@ -242,7 +273,7 @@ def cmd_log_export(ctl: Controller, args: argparse.Namespace) -> int:
         for v in ctl.log.runs(RunFilter(client=client.id, since=month.start))
         if month.contains(v["started_at"])
     ]
-    text = export_runs(views, args.format)
+    text = export_runs(views, args.format, head_data(ctl))
     if args.output:
         args.output.write_text(text, encoding="utf-8")
         print(f"{len(views)} run(s) of {client.id} in {month} written to {args.output}")

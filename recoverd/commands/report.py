@@ -12,6 +12,7 @@ from recoverd.actions.report_render import FORMATS, render, report_data
 from recoverd.commands import AddCommand
 from recoverd.controller import Controller
 from recoverd.errors import RecoverdError
+from recoverd.log.anchors import anchor_text
 from recoverd.log.maintenance import utc_now
 from recoverd.output import emit_json
 
@@ -32,7 +33,8 @@ def integrity_line(report: Report) -> str:
         return f"WARNING — maintenance log NOT intact: {verdict.problem.message}"
     if verdict.first is None or verdict.last is None:
         return "Maintenance log verified intact when this report was made: it is empty."
-    head = f"; signed head {verdict.head.hash}" if verdict.head else ""
+    # The head as an anchor line: the report file is itself an anchor (`log verify --anchor`).
+    head = f"; signed head: {anchor_text(verdict.head)}" if verdict.head else ""
     if datetime.fromisoformat(verdict.first.at) >= month.start:
         span = (
             f"entries {verdict.first.seq}..{verdict.last.seq}, from "

@@ -34,6 +34,7 @@ from recoverd.log.record import (
 )
 from recoverd.log.signing import KEY_ENV
 from recoverd.log.verify import Finding, Verdict, verify_chain
+from recoverd.people import operator
 from recoverd.plugins import Kind
 from recoverd.secrets import redact
 
@@ -150,6 +151,7 @@ class MaintenanceLog:
             "reported_by": reported_by,
             "symptom": redact(symptom) if symptom else symptom,
             "repository": repository,
+            "operator": operator(trigger),
             "owner": this_process(),
         }
         self._write(run_id, "start", body, at)
@@ -173,6 +175,7 @@ class MaintenanceLog:
             "snapshot": snapshot,
             "stats": stats or {},
             "error": redact(error) if error else None,
+            "operator": operator(),
         }
         self._write(run_id, "end", body, at or utc_now())
         view = self.run(run_id)
@@ -208,6 +211,7 @@ class MaintenanceLog:
                 "machine": view["machine"],
                 "by": by.strip(),
                 "note": redact(note) if note else None,
+                "operator": operator(),
             }
             self._write(run_id, "accept", body, at or utc_now())
         return self.run(run_id)
@@ -313,7 +317,13 @@ class MaintenanceLog:
                     f"the controller process (pid {owner.get('pid')} on {owner.get('host')}) "
                     "ended before the run finished"
                 )
-                body = {"state": "interrupted", "error": error, "stats": {}, "snapshot": None}
+                body = {
+                    "state": "interrupted",
+                    "error": error,
+                    "stats": {},
+                    "snapshot": None,
+                    "operator": operator(),
+                }
                 self._write(start.run_id, "end", body, utc_now())
                 reaped.append(start.run_id)
         return reaped
