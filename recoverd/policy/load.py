@@ -33,6 +33,7 @@ from recoverd.policy.model import (
     Level,
     Machine,
     PolicySet,
+    Provider,
     Repository,
 )
 from recoverd.secrets import VAULT_NAME
@@ -62,8 +63,8 @@ CLIENT_ID = re.compile(r"[a-z0-9][a-z0-9._-]*")
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 """Machine and level names: safe on a command line and in file names."""
 
-_TOP_KEYS = ("client", "repositories", "templates", "machines")
-_LEVEL_COMMON_KEYS = ("name", "kind", "every", "keep")
+_TOP_KEYS = ("client", "repositories", "templates", "machines", "notify")
+_LEVEL_COMMON_KEYS = ("name", "kind", "every", "keep", "healthchecks", "grace")
 _LEVEL_KIND_KEYS = {
     "files": ("repository", "paths", "exclude", "vss"),
     "image": ("repository", "device", "via", "snapshot", "allow_mounted", "target"),
@@ -109,8 +110,15 @@ def load_policies(directory: Path, secret_schemes: Iterable[str] = SECRET_SCHEME
     """
     directory = Path(directory)
     schemes = tuple(secret_schemes)
+    # provider.toml holds the provider's settings, not a client; it is checked after the clients.
+    from recoverd.policy.provider import PROVIDER_FILE, check_provider
+
     files = (
-        sorted(p for p in directory.glob("*.toml") if not p.name.startswith("."))
+        sorted(
+            p
+            for p in directory.glob("*.toml")
+            if not p.name.startswith(".") and p.name != PROVIDER_FILE
+        )
         if directory.is_dir()
         else []
     )
@@ -138,9 +146,16 @@ def load_policies(directory: Path, secret_schemes: Iterable[str] = SECRET_SCHEME
         owners[result.client_id] = str(path)
         if result.client is not None:
             clients[result.client_id] = result.client
+    provider = Provider()
+    if (directory / PROVIDER_FILE).is_file():
+        # Names of clients are checked only against a complete set of clients.
+        provider, found = check_provider(
+            directory / PROVIDER_FILE, schemes, {} if problems else clients
+        )
+        problems.extend(found)
     if problems:
         raise PolicyError(problems)
-    return PolicySet(clients=clients)
+    return PolicySet(clients=clients, provider=provider)
 
 
 def client_zones(directory: Path, client_ids: Iterable[str]) -> dict[str, str]:
@@ -307,6 +322,9 @@ class _PolicyFile:
         names = set(_keys(raw.get("repositories")))
         templates = self._templates(raw.get("templates", {}), names)
         machines = self._machines(raw.get("machines", {}), client_id or "", names, templates)
+        from recoverd.policy.provider import check_routes  # it builds on this module
+
+        routes = check_routes(self, raw.get("notify", {}), client_id=client_id or "?")
         if self._problems or client is None or client_id is None:
             return _Result(None, client_id, self.problems)
         return _Result(
@@ -319,6 +337,7 @@ class _PolicyFile:
                 restore_sla=client.get("restore_sla"),
                 repositories=repositories,
                 machines=machines,
+                routes=routes,
             ),
             client_id,
             self.problems,
@@ -475,6 +494,8 @@ class _PolicyFile:
             "to": defined,
             "sample": _sample,
             "where": partial(_choice, choices=VERIFY_WHERE),
+            "healthchecks": partial(_secret, schemes=self.schemes),
+            "grace": _sla,
         }
         levels: list[_Table] = []
         first_index: dict[str, int] = {}

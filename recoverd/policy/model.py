@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from difflib import get_close_matches
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,19 @@ LEVEL_KINDS = ("files", "image", "copy", "verify")
 BACKUP_KINDS = ("files", "image", "copy")
 TRANSPORTS = ("ssh", "winrm", "local")
 KEEP_KEYS = ("last", "hourly", "daily", "weekly", "monthly", "yearly", "within")
+EVENTS = (
+    "failed",
+    "overdue",
+    "stalled",
+    "drill-failed",
+    "anomaly",
+    "offline",
+    "resolved",
+    "digest",
+)
+"""What a notification route may be ``on``."""
+INCIDENT_EVENTS = EVENTS[:-1]
+"""The events of incidents (every event but the daily digest): a route's default ``on``."""
 
 
 @dataclass(frozen=True)
@@ -51,6 +65,11 @@ class Level:
     to: str | None = None
     sample: str = "10%"
     where: str = "machine"
+    healthchecks: str | None = None
+    """A secret reference to a Healthchecks-compatible ping URL (start, success, fail)."""
+    grace: str | None = None
+    """How long past its schedule the level may go without a good run before it is overdue
+    (a duration like ``6h``; None: one period of its schedule)."""
 
 
 @dataclass(frozen=True)
@@ -105,6 +124,46 @@ class Client:
     restore_sla: str | None = None
     repositories: dict[str, Repository] = field(default_factory=dict)
     machines: dict[str, Machine] = field(default_factory=dict)
+    routes: dict[str, NotifyRoute] = field(default_factory=dict)
+    """This client's own ``[notify.NAME]`` routes; they cover only this client."""
+
+
+@dataclass(frozen=True)
+class NotifyRoute:
+    """A ``[notify.NAME]`` table: where messages about which events (and clients) go."""
+
+    name: str
+    urls: tuple[str, ...]
+    """Apprise URLs as secret references (a URL may hold a token or a password)."""
+    on: tuple[str, ...] = INCIDENT_EVENTS
+    clients: tuple[str, ...] = ("*",)
+    """Client ids or shell patterns (``acme*``); a client file's route has its own id."""
+    digest: str | None = None
+    """When the daily digest goes out (an ``every`` expression); set when ``on`` has digest."""
+    source: Path | None = None
+
+    def covers(self, client: str) -> bool:
+        """Return whether this route is about ``client``."""
+        return any(fnmatchcase(client, pattern) for pattern in self.clients)
+
+
+@dataclass(frozen=True)
+class Provider:
+    """``provider.toml``: the provider's own settings (every key optional)."""
+
+    name: str | None = None
+    timezone: str = "UTC"
+    engineers: dict[str, str] = field(default_factory=dict)
+    """OS login -> the engineer's name in records."""
+    database: str | None = None
+    """A secret reference to a ``postgresql://`` URL; None: the embedded SQLite log."""
+    routes: dict[str, NotifyRoute] = field(default_factory=dict)
+    metrics_textfile: str | None = None
+    """``[metrics] textfile``: where node_exporter's textfile collector reads our metrics."""
+    witness: tuple[str, ...] = ()
+    """``[audit] witness``: ``client/machine:/path`` places that keep a copy of the signed head."""
+    source: Path | None = None
+    """The file, or None when the policy directory has no provider.toml."""
 
 
 @dataclass(frozen=True)
@@ -112,6 +171,12 @@ class PolicySet:
     """Every client of a policy directory."""
 
     clients: dict[str, Client]
+    provider: Provider = field(default_factory=Provider)
+
+    def routes_for(self, client: str) -> list[NotifyRoute]:
+        """Return the provider's routes that cover ``client``, then the client's own."""
+        own = self.clients[client].routes.values() if client in self.clients else []
+        return [r for r in self.provider.routes.values() if r.covers(client)] + list(own)
 
     def machines(self, client: str | None = None) -> list[Machine]:
         """Return all machines, or those of ``client``, in a stable order."""
