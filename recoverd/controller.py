@@ -9,6 +9,7 @@ from __future__ import annotations
 from functools import cached_property
 from pathlib import Path
 
+from recoverd import witness
 from recoverd.engine import Engine
 from recoverd.errors import PluginError
 from recoverd.log import MaintenanceLog
@@ -45,7 +46,10 @@ class Controller:
 
     @cached_property
     def log(self) -> MaintenanceLog:
-        return MaintenanceLog(self.state_dir, self.plugins["log_sinks"], self.plugins["notifiers"])
+        log = MaintenanceLog(self.state_dir, self.plugins["log_sinks"], self.plugins["notifiers"])
+        # After every run, the client's witnesses get the signed head ([audit] witness).
+        log.after_record.append(witness.after_run(self))
+        return log
 
     def transport(self, machine: Machine) -> Transport:
         """Return an unconnected transport for ``machine``."""

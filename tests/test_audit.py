@@ -363,3 +363,68 @@ def test_engineer_of_a_run() -> None:
     expected = names.get(login, login)
     assert engineer_of_run("manual", None, "Wang Lei", names) == expected
     assert engineer_of_run("manual", None, "Wang Lei", {login: "Someone"}) == "Someone"
+
+
+# --- witnesses -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def witnessed(place: Path, tmp_path: Path, sshd, monkeypatch) -> Path:
+    """acme/srv-01 (the throwaway sshd) is a witness of acme; return its witness directory."""
+    policies = Path(__import__("os").environ["RECOVERD_POLICIES"])
+    directory = tmp_path / "srv-01" / "recoverd-witness"
+    (policies / "acme.toml").write_text(
+        POLICY + f'\n[machines.srv-01]\nrole = "server"\n{sshd.policy_lines}\n'
+    )
+    (policies / "provider.toml").write_text(f'[audit]\nwitness = ["acme/srv-01:{directory}"]\n')
+    return directory
+
+
+def test_witness_gets_the_head_after_every_run_and_catches_a_rewrite(
+    place, witnessed, capsys, tmp_path
+) -> None:
+    old = tmp_path / "old-state"
+    shutil.copytree(place, old)
+    capsys.readouterr()
+    assert main(["backup", "ws-1"]) == 1  # unreachable: a failed run, recorded and witnessed
+    heads = (witnessed / "heads").read_text().splitlines()
+    assert len(heads) == 1 and " log head 10:" in heads[0] and " key ed25519:" in heads[0]
+    assert (witnessed / "heads").stat().st_mode & 0o777 == 0o600
+    capsys.readouterr()
+    assert main(["log", "--json"]) == 0
+    run_id = json.loads(capsys.readouterr().out.splitlines()[-1])["id"]
+    assert main(["accept", run_id, "--by", "Ms. Li"]) == 0  # an acceptance is witnessed too
+    assert len((witnessed / "heads").read_text().splitlines()) == 2
+    code, summary = verify_json(capsys, "--witness")
+    assert code == 0 and [a["ok"] for a in summary["anchors"]] == [True, True]
+    assert summary["anchors"][0]["source"].startswith("witness acme/srv-01:")
+    # The provider re-signs a rewritten log with the key of the state directory: caught.
+    resign(place, place / "log-signing.key", turn_failed_into_succeeded)
+    code, summary = verify_json(capsys, "--witness")
+    assert code == 1 and summary["problem"]["kind"] == "edited"
+    assert "witness acme/srv-01:" in summary["problem"]["message"]
+    # An old copy of the state directory put back: caught.
+    shutil.rmtree(place)
+    shutil.copytree(old, place)
+    code, summary = verify_json(capsys, "--witness")
+    assert code == 1 and summary["problem"]["kind"] == "removed"
+    # The report's integrity line compares with the witnesses too.
+    out = tmp_path / "report.md"
+    assert main(["report", "--client", "acme", "--month", "2026-11", "-o", str(out)]) == 0
+    assert "NOT intact" in out.read_text() and "witness acme/srv-01" in out.read_text()
+
+
+def test_unreachable_witness_is_a_warning_never_a_lost_run(
+    place, witnessed, capsys, caplog
+) -> None:
+    policies = Path(__import__("os").environ["RECOVERD_POLICIES"])
+    text = (policies / "acme.toml").read_text()
+    port = text.split("port = ")[-1].split("\n")[0]
+    (policies / "acme.toml").write_text(text.replace(f"port = {port}", "port = 9", 1))
+    capsys.readouterr()
+    assert main(["backup", "ws-1", "--json"]) == 1  # the run's own failure (ws-1 unreachable)
+    captured = capsys.readouterr()
+    view = json.loads(captured.out.splitlines()[0])
+    assert view["state"] == "failed" and "witness acme/srv-01" in caplog.text
+    assert main(["log", "verify", "--witness"]) == 0
+    assert "warning: witness acme/srv-01" in capsys.readouterr().err

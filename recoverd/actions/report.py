@@ -18,6 +18,7 @@ from zoneinfo import ZoneInfo
 
 from recoverd.errors import RecoverdError, UsageError
 from recoverd.log import MaintenanceLog
+from recoverd.log.anchors import Anchor
 from recoverd.log.verify import Verdict
 from recoverd.policy.every import parse_every
 from recoverd.policy.model import Client, Level, Machine, PolicySet
@@ -255,6 +256,8 @@ def build_report(
     now: datetime,
     *,
     check_log: bool = False,
+    anchors: list[Anchor] | None = None,
+    warnings: list[str] | None = None,
 ) -> Report:
     """Given the policies, the log, a client and ``YYYY-MM``, return the month's figures;
     with ``check_log`` also the verdict on the log from the month's start to its end.
@@ -290,17 +293,20 @@ def build_report(
             )
             for machine in client.machines.values()
         ]
-        log_check = _check_log(log, month) if check_log else None
+        log_check = _check_log(log, month, anchors or [], warnings or []) if check_log else None
         good_before = [v for views in earlier.values() for v in views]
         repositories = _repositories(client, good_before, added_before.result(), in_month)
     return Report(client, month, as_of, sla, machines, repositories, log_check)
 
 
-def _check_log(log: MaintenanceLog, month: Month) -> Verdict | RecoverdError:
+def _check_log(
+    log: MaintenanceLog, month: Month, anchors: list[Anchor], warnings: list[str]
+) -> Verdict | RecoverdError:
     """Return the verdict on the entries from the month's start to the end of the log (the
-    chain, the signed head and the last signature), or why the log could not be checked."""
+    chain, the signed head and the last signature) and on ``anchors`` (the witnesses'
+    heads), or why the log could not be checked."""
     try:
-        return log.verify(since=month.start)
+        return log.verify(since=month.start, anchors=anchors, warnings=warnings)
     except RecoverdError as exc:
         return exc
 

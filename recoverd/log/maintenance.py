@@ -12,7 +12,7 @@ import os
 import secrets as stdlib_secrets
 import socket
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -111,6 +111,8 @@ class MaintenanceLog:
         self.store = sinks.get(STORE)(state_dir)
         self.mirrors = [cls(state_dir) for name, cls in sinks.entries.items() if name != STORE]
         self.notifiers = [cls() for cls in (notifiers.entries.values() if notifiers else [])]
+        self.after_record: list[Callable[[dict[str, Any]], None]] = []
+        """Called with a run's view after its end or an acceptance is written (witnesses)."""
         self.reap_orphans()
 
     def _write(self, run_id: str, type_: str, body: dict[str, Any], at: datetime) -> Entry:
@@ -184,7 +186,15 @@ class MaintenanceLog:
                 notifier.run_finished(view)
             except Exception as exc:  # a notifier's failure never fails the run
                 log.warning("notifier %s failed: %s", type(notifier).__name__, exc)
+        self._after_record(view)
         return view
+
+    def _after_record(self, view: dict[str, Any]) -> None:
+        for hook in self.after_record:
+            try:
+                hook(view)
+            except Exception as exc:  # never fails the run, which is recorded
+                log.warning("after-record hook failed: %s", exc)
 
     def accept(
         self, run_id: str, by: str, note: str | None = None, *, at: datetime | None = None
@@ -214,7 +224,9 @@ class MaintenanceLog:
                 "operator": operator(),
             }
             self._write(run_id, "accept", body, at or utc_now())
-        return self.run(run_id)
+        view = self.run(run_id)
+        self._after_record(view)
+        return view
 
     def acceptances(self, run_id: str) -> list[Entry]:
         """Return the acceptance entries of a run, oldest first."""
