@@ -118,6 +118,24 @@ BYTES_ADDED = (
 )
 
 
+def backup_history_query(boundaries: int) -> str:
+    """The query of :meth:`SQLiteStore.backup_history` for ``boundaries`` month starts: the
+    client's backup runs before the last boundary, grouped by repository, month bucket (-1
+    before the first boundary, then 0, 1, ...) and final state; one pass through the client's
+    rows, as BYTES_ADDED."""
+    bucket = " ".join(f"WHEN s.at < ? THEN {i - 1}" for i in range(boundaries - 1))
+    return (
+        "SELECT json_extract(s.body, '$.repository'), "
+        f"CASE {bucket} ELSE {boundaries - 2} END, json_extract(e.body, '$.state'), count(*), "
+        "sum(CASE WHEN json_type(e.body, '$.stats.bytes_added') IN ('integer', 'real') "
+        "THEN CAST(json_extract(e.body, '$.stats.bytes_added') AS INTEGER) ELSE 0 END) "
+        + _LAST_END
+        + "WHERE s.client = ? AND +s.type = 'start' AND +s.at < ? "
+        "AND json_extract(s.body, '$.action') = 'backup' "
+        "GROUP BY 1, 2, 3"
+    )
+
+
 _body = parse_body
 
 
@@ -367,6 +385,17 @@ class SQLiteStore:
             ).fetchone()
         return row[0] if row else None
 
+    def first_start_at(self, client: str, machine: str) -> str | None:
+        """Return the time of the machine's first start entry (the (client, machine, seq)
+        index: one probe), or None."""
+        query = (
+            "SELECT at FROM entries WHERE client = ? AND machine = ? AND type = 'start' "
+            "ORDER BY seq LIMIT 1"
+        )
+        with self._lock:
+            row = self._db.execute(query, (client, machine)).fetchone()
+        return row[0] if row else None
+
     def bytes_added_by_repository(self, client: str, before: str) -> dict[str | None, int]:
         """Return, per repository, the sum of ``stats.bytes_added`` of the client's backup runs
         started before ``before`` (ISO 8601, UTC): one aggregate over that whole history, on
@@ -378,6 +407,22 @@ class SQLiteStore:
             # mapped pages are revisited without a read() each time (a third less CPU).
             db.execute("PRAGMA mmap_size = 2147418112")
             return dict(db.execute(BYTES_ADDED, (client, before)).fetchall())
+        finally:
+            db.close()
+
+    def backup_history(
+        self, client: str, boundaries: list[str]
+    ) -> list[tuple[str | None, int, str | None, int, int]]:
+        """Given month starts (ISO 8601, UTC, ascending; the last one is the end of the
+        newest month), return the client's backup runs started before the last one as rows
+        (repository, bucket, state, runs, bytes added): bucket -1 is before the first
+        boundary, bucket i the month from boundary i. One aggregate over the client's whole
+        history, on a connection of its own (see bytes_added_by_repository)."""
+        db = sqlite3.connect(self.path, check_same_thread=False)
+        try:
+            db.execute("PRAGMA mmap_size = 2147418112")
+            query = backup_history_query(len(boundaries))
+            return db.execute(query, (*boundaries[:-1], client, boundaries[-1])).fetchall()
         finally:
             db.close()
 
@@ -456,23 +501,34 @@ class SQLiteStore:
             return [r[0] for r in self._db.execute(query, params)]
 
     def newest_level_run_id(
-        self, client: str, machine: str, level: str, state: str | None = None
+        self,
+        client: str,
+        machine: str,
+        level: str,
+        state: str | tuple[str, ...] | None = None,
+        action: str | None = None,
     ) -> str | None:
-        """Return the id of the newest run of a machine's level (any action), or of the newest
-        in ``state``; None if there is none. An index walk from the newest start."""
-        if state is None:
+        """Return the id of the newest run of a machine's level (of ``action``, if given, else
+        any), or of the newest in ``state`` (one, or any of several); None if there is none.
+        An index walk from the newest start."""
+        states = (state,) if isinstance(state, str) else state
+        params: dict[str, Any] = {"client": client, "machine": machine, "level": level}
+        if states is None:
             condition = "1"
-        elif state == "running":
+        elif states == ("running",):
             condition = (
                 "NOT EXISTS (SELECT 1 FROM entries e WHERE e.run_id = s.run_id AND e.type = 'end')"
             )
         else:
-            condition = f"{_STATE} = :state"
+            params.update({f"s{i}": name for i, name in enumerate(states)})
+            condition = f"{_STATE} IN ({', '.join(f':s{i}' for i in range(len(states)))})"
+        if action is not None:
+            condition += f" AND {_ACTION}"
+            params["action"] = action
         query = (
             f"SELECT run_id FROM entries s WHERE {_LEVEL_START} AND {condition} "
             "ORDER BY seq DESC LIMIT 1"
         )
-        params = {"client": client, "machine": machine, "level": level, "state": state}
         with self._lock:
             row = self._db.execute(query, params).fetchone()
         return row[0] if row else None

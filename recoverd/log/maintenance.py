@@ -397,10 +397,16 @@ class MaintenanceLog:
         return [v for v in self.runs(where) if v["snapshot"]]
 
     def last_run(
-        self, client: str, machine: str, level: str, state: str | None = None
+        self,
+        client: str,
+        machine: str,
+        level: str,
+        state: str | tuple[str, ...] | None = None,
+        action: str | None = None,
     ) -> dict[str, Any] | None:
-        """Return the newest run of a machine's level (in ``state`` if given), or None."""
-        run_id = self.store.newest_level_run_id(client, machine, level, state)
+        """Return the newest run of a machine's level (in ``state``, or one of several, and
+        of ``action``, if given), or None."""
+        run_id = self.store.newest_level_run_id(client, machine, level, state, action)
         return self.run(run_id) if run_id else None
 
     def runs_started(self, client: str, since: datetime, until: datetime) -> list[dict[str, Any]]:
@@ -435,6 +441,17 @@ class MaintenanceLog:
         level if ``level`` is None) started before ``before``, or None."""
         run_id = self.store.last_good_backup_id(client, machine, level, iso(before))
         return self.run(run_id) if run_id else None
+
+    def backup_history(
+        self, client: str, boundaries: list[datetime]
+    ) -> list[tuple[str | None, int, str | None, int, int]]:
+        """Return the client's backup runs before the last of ``boundaries`` (month starts),
+        per repository, month bucket (-1: before the first) and state: runs and bytes added."""
+        return self.store.backup_history(client, [iso(b) for b in boundaries])
+
+    def first_run_at(self, client: str, machine: str) -> str | None:
+        """Return when the machine's first recorded run started (ISO 8601), or None."""
+        return self.store.first_start_at(client, machine)
 
     def bytes_added(self, client: str, before: datetime) -> dict[str | None, int]:
         """Return, per repository, the bytes added by the client's backup runs started before
