@@ -428,3 +428,10 @@ def test_unreachable_witness_is_a_warning_never_a_lost_run(
     assert view["state"] == "failed" and "witness acme/srv-01" in caplog.text
     assert main(["log", "verify", "--witness"]) == 0
     assert "warning: witness acme/srv-01" in capsys.readouterr().err
+
+
+def test_head_anchor_for_messages(place) -> None:
+    mlog = MaintenanceLog(place, PluginHost()["log_sinks"])
+    line = mlog.head_anchor()
+    mlog.close()
+    assert line is not None and line.startswith("log head 8:") and " signed " in line

@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from recoverd import clock
 from recoverd.errors import RecoverdError, UsageError
-from recoverd.log.anchors import Anchor, AnchorCheck, check_anchors
+from recoverd.log.anchors import Anchor, AnchorCheck, anchor_text, check_anchors
 from recoverd.log.record import (
     STATES,
     Entry,
@@ -316,6 +316,15 @@ class MaintenanceLog:
                 )
             checks = check_anchors(snapshot, key, anchors)
         return replace(verdict, anchors=tuple(checks), warnings=tuple(warnings))
+
+    def head_anchor(self) -> str | None:
+        """Return the signed head as an anchor line (``log head SEQ:HASH signed SIG``) for
+        messages that leave the controller (the daily digest), or None if there is none."""
+        try:
+            head = self.store.key.read_head()
+        except RecoverdError:
+            return None
+        return anchor_text(head) if head else None
 
     def reap_orphans(self) -> list[str]:
         """Mark runs whose controller process is gone ``interrupted``; return their ids."""
