@@ -120,9 +120,15 @@ def after_run(ctl: Any) -> Callable[[dict[str, Any]], None]:
 
     def hook(view: dict[str, Any]) -> None:
         try:
-            if places(ctl.policies, view.get("client")):
-                push(ctl, view["client"])
-        except Exception as exc:  # policies broken, or a bug: the run is already recorded
+            targets = places(ctl.policies, view.get("client"))
+        except Exception as exc:  # broken policies are reported by the command itself
+            log.debug("no witnesses after run %s: %s", view.get("id"), exc)
+            return
+        if not targets:
+            return
+        try:
+            push(ctl, view["client"])
+        except Exception as exc:  # a bug: the run is already recorded
             log.warning("witnesses not updated after run %s: %s", view.get("id"), exc)
 
     return hook

@@ -435,3 +435,28 @@ def test_head_anchor_for_messages(place) -> None:
     line = mlog.head_anchor()
     mlog.close()
     assert line is not None and line.startswith("log head 8:") and " signed " in line
+
+
+def test_witness_file_with_garbage_and_a_forged_head(place, witnessed, capsys) -> None:
+    capsys.readouterr()
+    assert main(["backup", "ws-1"]) == 1  # a head is pushed after the run
+    heads = witnessed / "heads"
+    with heads.open("a") as f:
+        f.write("\x1b[2Jgarbage \x00 line\nlog head 12:zz\n")
+    code, summary = verify_json(capsys, "--witness")
+    assert code == 0 and len(summary["anchors"]) == 1
+    # A head nobody signed, appended to the witness: not evidence, and said so.
+    with heads.open("a") as f:
+        f.write(f"2026-12-01T00:00:00+00:00 log head 11:{'ab' * 32} signed {'cd' * 64}\n")
+    code, summary = verify_json(capsys, "--witness")
+    assert code == 1 and summary["problem"]["kind"] == "forged"
+    assert "witness acme/srv-01" in summary["problem"]["message"]
+
+
+def test_anchor_file_with_hostile_bytes(place, capsys, tmp_path) -> None:
+    anchor = keep_anchor(tmp_path, capsys)
+    hostile = tmp_path / "hostile.txt"
+    hostile.write_bytes(b"\xff\xfe\x00\x1b]0;x\x07" + anchor.read_bytes() + b"\n\xc3(" * 1000)
+    assert main(["log", "verify", "--anchor", str(hostile)]) == 0
+    assert main(["log", "verify", "--anchor", str(tmp_path)]) == 2  # a directory
+    assert "neither SEQ:HASH" in capsys.readouterr().err
