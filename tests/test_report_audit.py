@@ -322,3 +322,15 @@ def test_summary_and_trends_render_in_headless_chromium_and_print(env, tmp_path,
     assert re.search(r'id="retried">1<', dom)
     assert re.search(r'id="head">entry \d+, hash [0-9a-f]{16}', dom)
     assert 'class="day retried"' in dom
+
+
+def test_since_is_a_date(tmp_path) -> None:
+    from recoverd.errors import PolicyError
+
+    (tmp_path / "beta.toml").write_text(POLICY.replace("since = 2026-11-05", 'since = "5 Nov"'))
+    with pytest.raises(PolicyError, match=r"machines\.pc-1\.since.*expected a date"):
+        load_policies(tmp_path)
+    (tmp_path / "beta.toml").write_text(
+        POLICY.replace("since = 2026-11-05", 'since = "2026-11-05"')
+    )
+    assert str(load_policies(tmp_path).clients["beta"].machines["pc-1"].since) == "2026-11-05"
