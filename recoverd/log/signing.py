@@ -162,8 +162,9 @@ class LogKey:
         """
         if not self.path.exists():
             raise RecoverdError(
-                f"no log signing key in {self.state_dir}: nothing has been written to this "
-                "maintenance log yet (check --state / RECOVERD_STATE)"
+                f"no log signing key at {self.path}: either nothing has been written to this "
+                f"maintenance log yet (check --state / RECOVERD_STATE), or the key was lost "
+                f"(restore it, or point {KEY_ENV} at it)"
             )
         return self.private().public_key()
 
