@@ -279,6 +279,11 @@ def test_report_and_export_files_are_anchors(place, capsys, tmp_path) -> None:
         out = tmp_path / f"report.{fmt}"
         assert main(["report", "--client", "acme", "--month", "2026-11", "-o", str(out)]) == 0
         files.append(out)
+    out = tmp_path / "report.json"
+    capsys.readouterr()
+    assert main(["report", "--client", "acme", "--month", "2026-11", "--json"]) == 0
+    out.write_text(capsys.readouterr().out)
+    files.append(out)
     out = tmp_path / "export.jsonl"
     assert main(["log", "export", "--client", "acme", "--month", "2026-11", "-o", str(out)]) == 0
     files.append(out)

@@ -78,7 +78,8 @@ def cmd_report(ctl: Controller, args: argparse.Namespace) -> int:
         warnings=warnings,
     )
     if args.json:
-        emit_json(report_data(report))
+        # The head as an anchor line here too (not verified: --json stays quick).
+        emit_json({**report_data(report), "log_head": ctl.log.head_anchor()})
         return 0
     text = render(report, fmt, integrity_line(report))
     if args.output:
