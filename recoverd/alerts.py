@@ -497,6 +497,10 @@ class Alerts:
             "  recoverd status",
             f"  recoverd report --client CLIENT --month {month}",
         ]
+        head = self.ctl.log.head_anchor()
+        if head:
+            # Kept by the recipient, it is an anchor: `recoverd log verify --anchor SEQ:HASH`.
+            lines += ["", "Maintenance log:", f"  {head}"]
         title = f"[recoverd] Daily digest{' of ' + provider.name if provider.name else ''}"
         return Message(event="digest", title=safe_text(title, 200), body="\n".join(lines))
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from functools import cached_property
 from pathlib import Path
 
+from recoverd import witness
 from recoverd.engine import Engine
 from recoverd.errors import PluginError
 from recoverd.healthchecks import RunPings
@@ -53,6 +54,7 @@ class Controller:
     def log(self) -> MaintenanceLog:
         log = MaintenanceLog(self.state_dir, self.plugins["log_sinks"], self.plugins["notifiers"])
         log.watchers.append(RunPings(self))  # levels with `healthchecks` ping their monitor
+        log.watchers.append(witness.WitnessPush(self))  # the signed head to the witnesses
         return log
 
     def transport(self, machine: Machine) -> Transport:

@@ -29,7 +29,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from recoverd.errors import SecretError, UsageError
-from recoverd.private_files import write_private
+from recoverd.private_files import key_location, write_private
 from recoverd.secrets import VAULT_NAME
 
 VAULT_FILE = "vault.json"
@@ -43,12 +43,7 @@ _AAD_PREFIX = b"recoverd-vault-secret:"
 
 def key_path(state_dir: Path) -> Path:
     """Return where the vault key is read from (see the module docstring for the order)."""
-    if os.environ.get(KEY_ENV):
-        return Path(os.environ[KEY_ENV])
-    credentials = os.environ.get("CREDENTIALS_DIRECTORY")
-    if credentials and (Path(credentials) / CREDENTIAL_NAME).exists():
-        return Path(credentials) / CREDENTIAL_NAME
-    return state_dir / KEY_FILE
+    return key_location(state_dir, KEY_ENV, CREDENTIAL_NAME, KEY_FILE)
 
 
 def _key_id(key: bytes) -> str:

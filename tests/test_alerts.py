@@ -11,6 +11,7 @@ import email
 import json
 import logging
 import os
+import re
 import socket
 import threading
 import time
@@ -284,6 +285,8 @@ def test_daily_digest_by_mail_once_a_day_at_its_time(fleet: Path, mailbox: Mailb
     assert "As of 2026-05-01 07:30 +08 (Asia/Shanghai)" in digests[0][1]
     assert "ok           srv nightly: last good 2026-05-01 02:00 +08" in digests[0][1]
     assert "1 level(s) of 1 client(s); 0 with an open incident." in digests[1][1]
+    # Each digest carries the log's signed head: an anchor kept outside the controller.
+    assert re.search(r"Maintenance log:\r?\n  log head \d+:[0-9a-f]{64} signed ", digests[1][1])
 
 
 def test_overdue_once_when_no_good_run_past_schedule_and_grace(

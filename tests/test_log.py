@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -208,7 +209,7 @@ def test_log_cuts_long_results_at_a_word_and_wide_shows_them_whole(
     args = ["--policies", str(tmp_path / "none"), "--state", str(tmp_path / "state"), "log"]
     assert main(args) == 0
     row = capsys.readouterr().out.splitlines()[1]
-    shown = row.split("Wang Lei", 1)[1].strip().rsplit(" ", 1)[0].strip()
+    (shown,) = [cell for cell in re.split(r"\s{2,}", row) if cell.startswith("open repository")]
     assert shown.endswith("…") and len(shown) <= 80
     assert reason.startswith(shown[:-1]) and reason[len(shown) - 1] == " "  # a whole word
     assert main([*args, "--wide"]) == 0

@@ -19,6 +19,7 @@ from recoverd.errors import RecoverdError, RepositoryLocked, Unreachable, UsageE
 from recoverd.locks import machine_lock
 from recoverd.log import RunFilter
 from recoverd.log.maintenance import utc_now
+from recoverd.people import engineer_of_run, provider_engineers
 from recoverd.policy.model import BACKUP_KINDS, Level, Machine, Repository
 from recoverd.runs import recorded_run
 from recoverd.wake import wake_and_connect
@@ -65,6 +66,7 @@ def backup_machine(
     trigger: str = "manual",
     progress: ProgressFactory | None = None,
     exclusive: ExclusiveGate | None = None,
+    engineer: str | None = None,
 ) -> list[dict[str, Any]]:
     """Back up (or copy) ``levels`` of ``machine`` over one connection; return the runs' views.
 
@@ -81,7 +83,9 @@ def backup_machine(
         "client": client.id,
         "machine": machine.name,
         "trigger": trigger,
-        "engineer": client.engineer,
+        "engineer": engineer_of_run(
+            trigger, engineer, client.engineer, provider_engineers(ctl.policies)
+        ),
     }
 
     def start(level: Level) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from recoverd.controller import Controller
 from recoverd.engine import Engine, Outcome, ProgressCallback, Snapshot
 from recoverd.errors import EngineError, RecoverdError, TransportError, UsageError
 from recoverd.locks import machine_lock
+from recoverd.people import engineer_of_run, provider_engineers
 from recoverd.policy.model import Level, Machine
 from recoverd.restore import RestorePlan, RestoreRequest, RestoreTarget, Verification
 from recoverd.runs import recorded_run
@@ -252,7 +253,9 @@ class PreparedRestore(AbstractContextManager["PreparedRestore"]):
             "kind": self.level.kind,
             "action": "restore",
             "trigger": "manual",
-            "engineer": order.engineer or self.client.engineer,
+            "engineer": engineer_of_run(
+                "manual", order.engineer, None, provider_engineers(self.ctl.policies)
+            ),
             "reported_by": order.reported_by,
             "symptom": order.symptom,
             "repository": self.level.repository,

@@ -38,6 +38,7 @@ from recoverd.errors import RepositoryLocked, Unreachable, UsageError
 from recoverd.locks import RepositoryTurns, machine_lock
 from recoverd.log import RunFilter
 from recoverd.log.maintenance import utc_now
+from recoverd.people import engineer_of_run, provider_engineers
 from recoverd.policy.model import Level, Machine, Repository
 from recoverd.policy.schedule import Schedule
 from recoverd.restore import RestoreRequest, RestoreTarget
@@ -173,6 +174,7 @@ def run_drill(
     trigger: str = "manual",
     seed: int | None = None,
     progress: ProgressCallback | None = None,
+    engineer: str | None = None,
 ) -> dict[str, Any]:
     """Run one restore drill of the verify ``level`` as a recorded run; return its view.
 
@@ -187,7 +189,9 @@ def run_drill(
         "kind": level.kind,
         "action": "verify",
         "trigger": trigger,
-        "engineer": client.engineer,
+        "engineer": engineer_of_run(
+            trigger, engineer, client.engineer, provider_engineers(ctl.policies)
+        ),
     }
     seed = stdlib_secrets.randbelow(2**32) if seed is None else seed
     with machine_lock(ctl.state_dir, machine), recorded_run(ctl.log, **start) as run:

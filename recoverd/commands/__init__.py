@@ -43,6 +43,12 @@ def global_options(*, state: bool) -> argparse.ArgumentParser:
     return options
 
 
+ENGINEER_HELP = (
+    "who does this run, as the record names them (default: your login's name in "
+    "[provider] engineers, else your login)"
+)
+
+
 class AddCommand(Protocol):
     def __call__(
         self, name: str, handler: Handler, help_text: str, *, state_option: bool = True

@@ -9,7 +9,7 @@ from recoverd import clock
 from recoverd.actions.backup import backup_levels, backup_machine
 from recoverd.actions.due import copies_not_due
 from recoverd.alerts import notify_after_manual_runs
-from recoverd.commands import AddCommand
+from recoverd.commands import ENGINEER_HELP, AddCommand
 from recoverd.controller import Controller
 from recoverd.log import RunFilter
 from recoverd.output import emit_json, format_table, human_bytes, local_time, run_result
@@ -24,7 +24,11 @@ def cmd_backup(ctl: Controller, args: argparse.Namespace) -> int:
     held = {} if args.level else copies_not_due(ctl, machine, levels, clock.now())
     levels = [level for level in levels if level.name not in held]
     progress = None if args.json else ProgressLine
-    views = backup_machine(ctl, machine, levels, progress=progress) if levels else []
+    views = (
+        backup_machine(ctl, machine, levels, progress=progress, engineer=args.engineer)
+        if levels
+        else []
+    )
     if args.notify:
         notify_after_manual_runs(ctl, machine, views)
     zone = ctl.policies.clients[machine.client].timezone
@@ -107,6 +111,7 @@ def register(add: AddCommand) -> None:
     p = add("backup", cmd_backup, "run a machine's backup levels now")
     p.add_argument("machine", help="machine name, or client/machine")
     p.add_argument("--level", help="only this level")
+    p.add_argument("--engineer", help=ENGINEER_HELP)
     p.add_argument(
         "--notify", action="store_true", help="send failed/resolved messages as scheduled runs do"
     )

@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from recoverd.actions.backup import level_action
 from recoverd.actions.check import policy_warnings
 from recoverd.commands import AddCommand
 from recoverd.controller import Controller
@@ -69,7 +70,11 @@ def cmd_machines(ctl: Controller, args: argparse.Namespace) -> int:
         zone = ctl.policies.clients[m.client].timezone
         last_good = {}
         for level in m.levels:
-            good = ctl.log.last_run(m.client, m.name, level.name, state="succeeded")
+            # Backups (partial ones included: they are restore points), not restores of
+            # the level nor its retention runs.
+            action = level_action(level)
+            states = ("succeeded",) if action == "verify" else ("succeeded", "partial")
+            good = ctl.log.last_run(m.client, m.name, level.name, state=states, action=action)
             last_good[level.name] = good["finished_at"] if good else None
         record = {
             "client": m.client,

@@ -9,7 +9,7 @@ from typing import Any
 
 from recoverd.actions.bare_metal import prepare_bare_metal
 from recoverd.actions.restore import PreparedRestore, RestoreOrder
-from recoverd.commands import AddCommand
+from recoverd.commands import ENGINEER_HELP, AddCommand
 from recoverd.controller import Controller
 from recoverd.errors import RestoreRefused, UsageError
 from recoverd.output import emit_json, format_table, human_bytes, local_time
@@ -321,6 +321,6 @@ def register(add: AddCommand) -> None:
     p.add_argument("--dry-run", action="store_true", help="show the plan, change nothing")
     p.add_argument("--symptom", help="the fault as reported (service record)")
     p.add_argument("--reported-by", help="who reported it")
-    p.add_argument("--engineer", help="who restores (default: the client's engineer)")
+    p.add_argument("--engineer", help=ENGINEER_HELP)
     p = add("card", cmd_card, "the machine card: identity, restore points, restore command")
     p.add_argument("machine", help="machine name, or client/machine")

@@ -6,7 +6,7 @@ import argparse
 
 from recoverd.actions.verify import run_drill, verify_levels
 from recoverd.alerts import notify_after_manual_runs
-from recoverd.commands import AddCommand
+from recoverd.commands import ENGINEER_HELP, AddCommand
 from recoverd.controller import Controller
 from recoverd.output import emit_json, run_result
 from recoverd.progress import ProgressLine
@@ -20,7 +20,9 @@ def cmd_verify(ctl: Controller, args: argparse.Namespace) -> int:
     for level in verify_levels(machine, args.level):
         progress = None if args.json else ProgressLine(f"{machine.name} {level.name}")
         try:
-            view = run_drill(ctl, machine, level, seed=args.seed, progress=progress)
+            view = run_drill(
+                ctl, machine, level, seed=args.seed, progress=progress, engineer=args.engineer
+            )
         finally:
             if progress is not None:
                 progress.done()
@@ -49,3 +51,4 @@ def register(add: AddCommand) -> None:
     p.add_argument(
         "--seed", type=int, help="draw the sample of an earlier drill again (its recorded seed)"
     )
+    p.add_argument("--engineer", help=ENGINEER_HELP)

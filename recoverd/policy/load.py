@@ -444,6 +444,7 @@ class _PolicyFile:
             "restic": _string,
             "role": partial(_choice, choices=ROLES),
             "asset_tag": _string,
+            "since": _since,
             "mac": _mac,
             "restore": partial(_choice, choices=RESTORE_MODES),
             "offline": partial(_choice, choices=OFFLINE_MODES),
@@ -664,6 +665,7 @@ class _PolicyFile:
             restic=table.get("restic", "restic"),
             role=role,
             asset_tag=table.get("asset_tag"),
+            since=table.get("since"),
             mac=table.get("mac"),
             restore=table.get("restore", "files-in-place"),
             offline=table.get("offline", "fail" if role == "server" else "skip"),
@@ -1178,6 +1180,20 @@ def _timezone(value: Any) -> str:
 @cache
 def _zones() -> frozenset[str]:
     return frozenset(zoneinfo.available_timezones())
+
+
+def _since(value: Any) -> date:
+    """A machine's onboarding date: a TOML date (``since = 2026-03-01``) or ``"2026-03-01"``."""
+    if isinstance(value, datetime):
+        return value.date()
+    if isinstance(value, date):
+        return value
+    if isinstance(value, str):
+        try:
+            return date.fromisoformat(value)
+        except ValueError:
+            pass
+    _fail(_expected("a date (2026-03-01)", value))
 
 
 def _sla(value: Any) -> str:

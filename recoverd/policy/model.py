@@ -6,6 +6,7 @@ Everything downstream (actions, plugins, the daemon) reads these and never the r
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import date
 from difflib import get_close_matches
 from fnmatch import fnmatchcase
 from pathlib import Path
@@ -106,6 +107,9 @@ class Machine:
     """The restic program on the machine (a name on its PATH, or a full path)."""
     role: str = "workstation"
     asset_tag: str | None = None
+    since: date | None = None
+    """The day the machine was onboarded: the report counts its slots from then (without it,
+    from its first recorded run)."""
     mac: str | None = None
     restore: str = "files-in-place"
     offline: str = "skip"

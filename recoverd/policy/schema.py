@@ -34,6 +34,7 @@ _SIMPLE: dict[Any, dict[str, Any]] = {
     load._sla: _DURATION,
     load._every: {"type": "string", "minLength": 1},
     load._sample: {"type": "string", "pattern": r"^(all|\d+%?)$"},
+    load._since: {"type": "string", "format": "date"},
     load._seconds: {"type": "string", "pattern": r"^([0-9]+d)?([0-9]+h)?([0-9]+m)?([0-9]+s)?$"},
     load._share: {"type": "string", "pattern": r"^[0-9]{1,3}%$"},
     load._wake_to: {"type": "string", "pattern": r"^(\[[0-9A-Fa-f:.]+\]|[^\s:\[\]]+):[0-9]+$"},
