@@ -51,6 +51,12 @@ class Level:
     to: str | None = None
     sample: str = "10%"
     where: str = "machine"
+    boot: bool = False
+    """Verify levels of image levels: boot the restored disk in qemu (see recoverd_plugins.boot)."""
+    boot_timeout: str = "3m"
+    expect: str | None = None
+    """Boot drills: console text that means booted; None is a login prompt."""
+    probe: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
