@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import json
 import os
 import re
@@ -53,6 +54,7 @@ from recoverd_plugins.image import image_facts
 from recoverd_plugins.local import LocalTransport
 
 QEMU = "qemu-system-x86_64"
+NO_QEMU = f"{QEMU} is not installed (Debian: apt install qemu-system-x86)"
 OVMF = ("/usr/share/ovmf/OVMF.fd", "/usr/share/qemu/OVMF.fd")
 MEMORY_MIB = 1024
 LOGIN_PROMPT = r"\blogin: "
@@ -409,7 +411,7 @@ def qemu_argv(
 def network_is_isolated(argv: list[str]) -> bool:
     """Whether a qemu command line keeps the guest off every network: no network device, or
     only user networking with ``restrict=on`` whose forwards all listen on 127.0.0.1."""
-    for option, value in zip(argv, argv[1:], strict=False):
+    for option, value in itertools.pairwise(argv):
         if option in ("-netdev", "-net"):
             return False
         if option == "-device" and re.search(r"net|nic|tap|e1000|rtl8139|vmxnet", value):
@@ -504,7 +506,7 @@ def running_qemu(argv: list[str], work: Path) -> Iterator[subprocess.Popen[bytes
             start_new_session=True,  # Ctrl-C in the terminal reaches recoverd, which ends it
         )
     except FileNotFoundError:
-        raise ToolMissing(f"{argv[0]} is not installed (Debian: apt install qemu-system-x86)")
+        raise ToolMissing(NO_QEMU) from None
     try:
         yield process
     finally:
@@ -576,7 +578,7 @@ def _probe_boot(work: Path, accel: str) -> float | None:
     except subprocess.TimeoutExpired:
         return None  # subprocess.run killed it
     except FileNotFoundError:
-        raise ToolMissing(f"{QEMU} is not installed (Debian: apt install qemu-system-x86)")
+        raise ToolMissing(NO_QEMU) from None
     seconds = time.monotonic() - started
     text = log.read_bytes() if log.exists() else b""
     return seconds if text.rstrip(b"\0").endswith(b"RL") else None
@@ -696,7 +698,7 @@ def boot_disk(
     ``<evidence_name>.png`` and ``<evidence_name>.console.txt``.
     """
     if shutil.which(QEMU) is None:
-        raise ToolMissing(f"{QEMU} is not installed (Debian: apt install qemu-system-x86)")
+        raise ToolMissing(NO_QEMU)
     facts = facts or inspect_disk(disk)
     accel, why = choose_accel()
     ovmf = next((p for p in OVMF if Path(p).exists()), None)

@@ -1,7 +1,7 @@
 """Small bootable disks for tests and benchmarks, built without mounting anything.
 
-:func:`build_disk` writes a raw disk image: an MBR (written here) with SYSLINUX's boot code, a FAT16 partition
-with SYSLINUX, a Debian kernel and an initramfs, and an ext4 root file system (label
+:func:`build_disk` writes a raw disk image: an MBR (written here) with SYSLINUX's boot code, a
+FAT16 partition with SYSLINUX, a Debian kernel and an initramfs, and an ext4 root file system (label
 ``rootfs``) with a busybox userland whose ``/sbin/init`` prints a login prompt on the serial
 console. Under TCG it reaches ``login:`` in a few seconds.
 
@@ -296,8 +296,8 @@ def break_disk(good: Path, variant: str, path: Path) -> Path:
         script = path.parent / f"{path.name}.init"
         script.write_text("#!/bin/busybox sh\necho 'init: cannot start the system'\nexit 1\n")
         script.chmod(0o755)
-        _run("debugfs", "-w", "-f", "-", ext4,
-             data=f"rm /sbin/init\nwrite {script} /sbin/init\nsif /sbin/init mode 0100755\n".encode())  # fmt: skip
+        commands = f"rm /sbin/init\nwrite {script} /sbin/init\nsif /sbin/init mode 0100755\n"
+        _run("debugfs", "-w", "-f", "-", ext4, data=commands.encode())
         script.unlink()
     elif variant == "no-root":
         with path.open("r+b") as disk:

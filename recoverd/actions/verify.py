@@ -185,7 +185,8 @@ def run_drill(
         subset = check_subset(ctl, machine, level)
         with _transport(ctl, machine, level) as transport:
             engine = ctl.engine(transport, source.data_level.kind)
-            target_cls = target_class(ctl, source.data_level, "scratch", transport.os_family)
+            destination = "boot" if level.boot else "scratch"
+            target_cls = target_class(ctl, source.data_level, destination, transport.os_family)
             target = target_cls(engine)
             snapshot = _newest_snapshot(ctl, engine, machine, source)
             request = RestoreRequest(
@@ -196,6 +197,8 @@ def run_drill(
                 snapshot=snapshot,
                 sample=level.sample if source.data_level.kind == "files" else "all",
                 seed=seed,
+                drill=level,
+                evidence_dir=str(ctl.state_dir / "evidence" / client.id / machine.name),
             )
             run.outcome = _drill(target, request, subset, progress)
             run.outcome.stats.update(
@@ -234,6 +237,7 @@ def _drill(
     for key in ("image_sha256", "stream_sha256", "fs_type", "fs_check"):
         if key in plan.details:
             stats[key] = plan.details[key]
+    stats.update({k: v for k, v in plan.details.items() if k.startswith("boot_")})
     if "sampled" in plan.details:  # which files were tested, for the auditor (the first ones)
         stats["sampled_files"] = plan.details["sampled"][:MAX_LISTED]
     errors = [record_verification(stats, verification, request.snapshot)]
