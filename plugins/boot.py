@@ -64,6 +64,8 @@ CONSOLE_LINE_CHARS = 240
 CONSOLE_LIMIT = 16 << 20
 """A guest that writes more than this to its serial console is stopped (a flood fills disks)."""
 CONSOLE_KEPT = 256 << 10
+WATCHED = 1 << 20
+"""How much of the console's end is searched for messages while the guest boots."""
 """How much of the console's end is kept next to the screenshot."""
 SETTLE_S = 1.0
 """After a failure's message, how long more console text is collected for the evidence."""
@@ -439,7 +441,8 @@ class QMP:
         self._sock: socket.socket | None = None
         self._buffer = b""
 
-    def connect(self, deadline: float) -> None:
+    def connect(self, deadline: float, process: subprocess.Popen[bytes] | None = None) -> None:
+        """Connect, retrying until ``deadline`` (or until ``process`` has ended)."""
         while True:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             sock.settimeout(self.timeout)
@@ -447,7 +450,7 @@ class QMP:
                 sock.connect(str(self.path))
             except OSError:
                 sock.close()
-                if time.monotonic() > deadline:
+                if time.monotonic() > deadline or (process and process.poll() is not None):
                     raise
                 time.sleep(0.05)
                 continue
@@ -716,7 +719,10 @@ def boot_disk(
         with running_qemu(argv, work) as process:
             qmp = QMP(work / "qmp.sock")
             try:
-                qmp.connect(time.monotonic() + 10)
+                try:
+                    qmp.connect(time.monotonic() + 10, process)
+                except OSError as exc:
+                    raise EngineError(f"qemu did not start: {_qemu_error(work, exc)}") from None
                 verdict, evidence, seconds, console = _watch(
                     process, qmp, work, settings, started, deadline
                 )
@@ -755,6 +761,11 @@ def boot_disk(
     )
 
 
+def _qemu_error(work: Path, exc: OSError) -> str:
+    text = _read_tail(work / "qemu.stderr", 4096).strip()
+    return " / ".join(text.splitlines()[-3:]) or f"no QMP socket ({exc})"
+
+
 def _watch(
     process: subprocess.Popen[bytes],
     qmp: QMP,
@@ -773,7 +784,7 @@ def _watch(
     next_screen = 0.0
     while True:
         now = time.monotonic()
-        console = _read_tail(console_path)
+        console = _read_tail(console_path, WATCHED)
         if now >= next_screen:
             screen = screen_text(qmp, work) if process.poll() is None else screen
             next_screen = now + 1.0

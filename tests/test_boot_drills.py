@@ -401,3 +401,13 @@ def test_kvm_is_used_only_when_a_probe_boot_shows_it_works(
     assert boot.choose_accel(refresh=True) == ("tcg", "no usable /dev/kvm")
     monkeypatch.undo()
     boot.choose_accel(refresh=True)
+
+
+def test_qemu_that_does_not_start_is_a_clear_error(
+    disks: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(boot, "MEMORY_MIB", "lots")
+    started = time.monotonic()
+    with pytest.raises(boot.EngineError, match="qemu did not start: .*-m lots"):
+        boot_disk(disks["good"], BootSettings(timeout_s=30))
+    assert time.monotonic() - started < 20
