@@ -408,6 +408,6 @@ def test_qemu_that_does_not_start_is_a_clear_error(
 ) -> None:
     monkeypatch.setattr(boot, "MEMORY_MIB", "lots")
     started = time.monotonic()
-    with pytest.raises(boot.EngineError, match="qemu did not start: .*-m lots"):
+    with pytest.raises(boot.EngineError, match=r"qemu did not start: .*-m lots"):
         boot_disk(disks["good"], BootSettings(timeout_s=30))
     assert time.monotonic() - started < 20
