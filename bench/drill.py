@@ -9,6 +9,7 @@ backs it up, then runs ``recoverd verify`` for ``sample = "10%"`` and ``sample =
 prints each drill's figures: time to restore, bytes restored, files verified. The baseline in
 the same run is a plain ``restic restore`` of the whole snapshot on this host, without recoverd
 or SSH. Baseline and drills run ``--repeat`` times, interleaved; the medians are compared.
+``drill-10pct-here`` is the 10% drill with ``where = "controller"``: the same work without SSH.
 """
 
 from __future__ import annotations
@@ -53,6 +54,12 @@ name = "drill-all"
 kind = "verify"
 of = "nightly"
 sample = "all"
+[[machines.bench.levels]]
+name = "drill-10pct-here"
+kind = "verify"
+of = "nightly"
+sample = "10%"
+where = "controller"
 """
 
 
@@ -89,7 +96,8 @@ def main_bench() -> None:
         (backup,) = recoverd(root, "backup", "bench")
         print(f"backup: {backup['state']} in {time.monotonic() - started:.1f} s")
         env = {**os.environ, "RESTIC_PASSWORD": PASSWORD}
-        figures: dict[str, list[float]] = {"baseline": [], "drill-10pct": [], "drill-all": []}
+        levels = ("drill-10pct", "drill-all", "drill-10pct-here")
+        figures: dict[str, list[float]] = {"baseline": [], **{lv: [] for lv in levels}}
         # Interleaved and repeated: on a shared machine the load changes from minute to minute,
         # and a ratio is only fair between runs made close together.
         for attempt in range(args.repeat):
@@ -101,7 +109,7 @@ def main_bench() -> None:
             )  # fmt: skip
             figures["baseline"].append(time.monotonic() - started)
             shutil.rmtree(root / f"r{attempt}")
-            for level in ("drill-10pct", "drill-all"):
+            for level in levels:
                 started = time.monotonic()
                 (run,) = recoverd(root, "verify", "bench", "--level", level)
                 whole = time.monotonic() - started
@@ -119,7 +127,7 @@ def main_bench() -> None:
             f"baseline: restic restore of the whole snapshot, locally: median {base:.2f} s "
             f"of {', '.join(f'{x:.2f}' for x in figures['baseline'])}"
         )
-        for level in ("drill-10pct", "drill-all"):
+        for level in levels:
             mid = statistics.median(figures[level])
             print(f"{level}: time to restore median {mid:.2f} s = {mid / base:.2f}x the baseline")
 
