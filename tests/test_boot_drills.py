@@ -11,8 +11,10 @@ import hashlib
 import json
 import os
 import socket
+import struct
 import subprocess
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -411,3 +413,25 @@ def test_qemu_that_does_not_start_is_a_clear_error(
     with pytest.raises(boot.EngineError, match=r"qemu did not start: .*-m lots"):
         boot_disk(disks["good"], BootSettings(timeout_s=30))
     assert time.monotonic() - started < 20
+
+
+def test_a_gpt_disk_with_an_efi_system_partition_boots_with_uefi(tmp_path: Path) -> None:
+    disk = tmp_path / "gpt.img"
+    with disk.open("wb") as f:
+        f.truncate(8 << 20)
+        f.seek(446)  # protective MBR
+        f.write(bytes([0, 0, 2, 0, 0xEE, 0xFF, 0xFF, 0xFF]) + struct.pack("<II", 1, 16383))
+        f.seek(510)
+        f.write(b"\x55\xaa")
+        header = b"EFI PART" + struct.pack("<IIIIQQQQ", 0x10000, 92, 0, 0, 1, 16383, 34, 16350)
+        header += uuid.uuid4().bytes_le + struct.pack("<QII", 2, 128, 128)
+        f.seek(512)
+        f.write(header)
+        esp = uuid.UUID("c12a7328-f81f-11d2-ba4b-00a0c93ec93b").bytes_le
+        f.seek(1024)
+        f.write(esp + uuid.uuid4().bytes_le + struct.pack("<QQQ", 2048, 4095, 0))
+    facts = inspect_disk(disk)
+    assert (facts.table, facts.firmware) == ("gpt", "uefi")
+    assert facts.partitions[0]["start"] == 2048 * 512 and facts.partitions[0]["size"] == 1 << 20
+    argv = qemu_argv(disk, tmp_path, accel="tcg", firmware=facts.firmware, ovmf="/x/OVMF.fd")
+    assert argv[argv.index("-bios") + 1] == "/x/OVMF.fd"
