@@ -740,7 +740,8 @@ def boot_disk(
         verdict, evidence = _decide_late(verdict, evidence, facts, text, firmware_text, process)
         kept_png = kept_console = None
         if evidence_dir is not None:
-            evidence_dir.mkdir(parents=True, exist_ok=True)
+            # A screenshot shows whatever the guest's screen showed: keep it private.
+            evidence_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
             if screenshot is not None:
                 kept_png = evidence_dir / f"{evidence_name}.png"
                 shutil.copyfile(screenshot, kept_png)
