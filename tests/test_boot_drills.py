@@ -111,12 +111,17 @@ def no_qemu_left() -> Iterator[None]:
 
 
 @pytest.fixture(scope="session")
-def disks(request: pytest.FixtureRequest) -> dict[str, Path]:
-    """The good test disk and its broken variants, built once (cached in pytest's cache)."""
+def disks(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Path]:
+    """The good test disk and its broken variants, built once (cached in pytest's cache, or
+    for this session when the cache is off: ``-p no:cacheprovider``)."""
     missing = missing_tools()
     if missing:
         pytest.skip(f"boot drills need {', '.join(missing)} (run ./setup.sh)")
-    cache = Path(request.config.cache.mkdir(f"boot-disk-{disk_id()}"))
+    name = f"boot-disk-{disk_id()}"
+    pytest_cache = getattr(request.config, "cache", None)
+    cache = Path(pytest_cache.mkdir(name)) if pytest_cache else tmp_path_factory.mktemp(name)
     good = cache / "good.img"
     if not good.exists():
         build_disk(cache / "building.img", cache / "work")
