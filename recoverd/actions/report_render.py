@@ -13,6 +13,7 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
+from recoverd.actions import report_boot
 from recoverd.actions.report import MachineReport, Report, Timed, plain_reason
 from recoverd.output import human_bytes, local_time
 from recoverd.text import CSVWriter, markdown_text
@@ -351,6 +352,21 @@ MACHINE_TABLES: list[tuple[str, list[str], Callable[[Report, MachineReport], lis
 ]
 
 
+def _boot_rows(report: Report, machine: MachineReport) -> list[list[str]]:
+    return report_boot.rows(machine, lambda t: _when(report, t), human_duration, _sla_text)
+
+
+def _boot_html(report: Report, machine: MachineReport) -> str:
+    """Boot drills: the table, then each screenshot with its verdict."""
+    if not report_boot.boot_drills(machine):
+        return ""
+    shots = "".join(report_boot.screenshot_html(t) for t in report_boot.boot_drills(machine))
+    return (
+        f"<h3>Boot drills</h3>{_html_table(report_boot.HEADERS, _boot_rows(report, machine))}"
+        + shots
+    )
+
+
 # --- HTML ------------------------------------------------------------------------------------
 
 CSS = """
@@ -491,7 +507,8 @@ def render_html(report: Report, integrity: str | None = None) -> str:
             f'<section class="machine" id="machine-{escape(m.name)}">'
             f"<h2>{escape(m.name)} <small class=meta>({escape(m.role)}"
             f"{', ' + escape(m.asset_tag) if m.asset_tag else ''})</small></h2>"
-            f"<p>Last good backup: {escape(_last_good(report, m))}</p>{tables}</section>"
+            f"<p>Last good backup: {escape(_last_good(report, m))}</p>{tables}"
+            f"{_boot_html(report, m)}</section>"
         )
     footer = f'<p class="meta anchor" id="integrity">{escape(integrity)}</p>' if integrity else ""
     return (
@@ -570,6 +587,9 @@ def render_markdown(report: Report, integrity: str | None = None) -> str:
         for name, headers, rows in MACHINE_TABLES:
             out.append(f"### {name}\n")
             out.append(_md_table(headers, rows(report, m)))
+        if report_boot.boot_drills(m):
+            out.append("### Boot drills\n")
+            out.append(_md_table(report_boot.HEADERS, _boot_rows(report, m)))
     out.append("## Storage per repository\n")
     out.append(_md_table(STORAGE_HEADERS, storage_rows(report)))
     if integrity:
@@ -742,6 +762,7 @@ def report_data(report: Report) -> dict[str, Any]:
                 ],
                 "drills": [timed(t) for t in m.drills],
                 "restores": [timed(t) for t in m.restores],
+                "boot_drills": report_boot.data(m),
             }
             for m in report.machines
         ],

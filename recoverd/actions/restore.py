@@ -102,7 +102,8 @@ def target_class(
             return cls  # type: ignore[no-any-return]
     options = {"device": "--device", "path": "--to", "in-place": "--in-place"}
     raise UsageError(
-        f"no restore target restores {level.kind} snapshots with {options[destination_kind]} "
+        f"no restore target restores {level.kind} snapshots with "
+        f"{options.get(destination_kind, destination_kind + ' drills')} "
         f"on {os_family} machines (see `recoverd plugins`)"
     )
 

@@ -229,7 +229,8 @@ def _drill_over(
     client = ctl.policies.clients[machine.client]
     transport.stall_after = machine.stall_after_for(level)
     engine = ctl.engine(transport, source.data_level.kind)
-    target_cls = target_class(ctl, source.data_level, "scratch", transport.os_family)
+    destination = "boot" if level.boot else "scratch"
+    target_cls = target_class(ctl, source.data_level, destination, transport.os_family)
     target = target_cls(engine)
     # Other drills of the repository restore meanwhile; its check runs alone.
     with turns.turn(alone=False):
@@ -242,6 +243,8 @@ def _drill_over(
             snapshot=snapshot,
             sample=level.sample if source.data_level.kind == "files" else "all",
             seed=seed,
+            drill=level,
+            evidence_dir=str(ctl.state_dir / "evidence" / client.id / machine.name),
         )
         stats = _restore_and_compare(target, request, progress)
     owners = partial(ask_lock_owners, ctl, machine, source.repository)
@@ -281,6 +284,8 @@ def _restore_and_compare(
     for key in ("image_sha256", "stream_sha256", "fs_type", "fs_check"):
         if key in plan.details:
             stats[key] = plan.details[key]
+    stats.update({k: v for k, v in plan.details.items() if k.startswith("boot_")})
+    stats.update({k: v for k, v in plan.details.items() if k.startswith("boot_")})
     if "sampled" in plan.details:  # which files were tested, for the auditor (the first ones)
         stats["sampled_files"] = plan.details["sampled"][:MAX_LISTED]
     stats["verification_error"] = record_verification(stats, verification, request.snapshot)

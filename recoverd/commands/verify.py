@@ -34,6 +34,13 @@ def cmd_verify(ctl: Controller, args: argparse.Namespace) -> int:
         print(f"{view['machine']} {view['level']} verify: {view['state']} (run {view['id']})")
         if "files_verified" in stats:
             print(f"  {run_result({**view, 'error': None})}, seed {stats['seed']}")
+        if "boot_result" in stats:
+            probes = "".join(f"; {p} {o}" for p, o in (stats.get("boot_probes") or {}).items())
+            print(
+                f"  boot: {stats['boot_result']} after {stats['boot_s']} s "
+                f"({stats.get('boot_accel')}, {stats.get('boot_firmware')}){probes}; "
+                f"screenshot {stats.get('boot_screenshot') or 'none'}"
+            )
         if view.get("error"):
             print(f"  {visible(view['error'])}")
     if args.notify:

@@ -49,6 +49,7 @@ RESTORE_MODES = ("files-in-place", "image")
 OFFLINE_MODES = ("skip", "fail")
 IMAGE_VIA = ("machine", "controller")
 VERIFY_WHERE = ("machine", "controller")
+BOOT_KEYS = ("boot_timeout", "expect", "probe")
 SNAPSHOT_METHODS = ("lvm",)
 WINRM_AUTHS = ("ntlm", "kerberos", "credssp", "certificate", "basic")
 ENCRYPTING_AUTHS = ("ntlm", "kerberos", "credssp")
@@ -75,7 +76,7 @@ _LEVEL_KIND_KEYS = {
     "files": ("repository", "paths", "exclude", "vss", "anomaly_changed", "anomaly_shrink"),
     "image": ("repository", "device", "via", "snapshot", "allow_mounted", "target"),
     "copy": ("of", "to"),
-    "verify": ("of", "sample", "where"),
+    "verify": ("of", "sample", "where", "boot", "boot_timeout", "expect", "probe"),
 }
 _LEVEL_REQUIRED = {
     "files": ("repository", "paths"),
@@ -551,6 +552,10 @@ class _PolicyFile:
             "stall_after": _seconds,
             "anomaly_changed": _share,
             "anomaly_shrink": _share,
+            "boot": _boolean,
+            "boot_timeout": _boot_timeout,
+            "expect": _expect,
+            "probe": _probes,
         }
 
     def _levels(
@@ -782,6 +787,32 @@ class _PolicyFile:
                     draft.paths["to"],
                     f"{of!r} already writes to {draft.values['to']!r}; copy to another repository",
                 )
+            elif draft.get("kind") == "verify":
+                self._boot_keys(draft, target, by_name)
+
+    def _boot_keys(self, draft: _Table, target: _Table, by_name: dict[str, _Table]) -> None:
+        """Boot drills: of an image of a whole disk (or a copy of one), run on the controller;
+        their keys mean nothing without ``boot = true``."""
+        if not draft.get("boot"):
+            for key in BOOT_KEYS:
+                if key in draft.paths:
+                    self.problem(draft.paths[key], f"{key!r} needs boot = true on this level")
+            return
+        data = by_name.get(target.get("of")) if target.get("kind") == "copy" else target
+        if data is not None and data.get("kind") != "image":
+            self.problem(
+                draft.paths["boot"],
+                f"boot drills boot disk images; {draft.values['of']!r} is a "
+                f"{data.values.get('kind')} level",
+            )
+        if draft.get("where") == "machine":
+            self.problem(
+                draft.paths["where"],
+                'boot drills run where qemu runs, on the controller: use where = "controller" '
+                "(the default for boot drills)",
+            )
+        if "sample" in draft.paths:
+            self.problem(draft.paths["sample"], "'sample' is for drills of files levels")
 
 
 def _check_file(path: Path, schemes: tuple[str, ...]) -> _Result:
@@ -918,9 +949,11 @@ def _by_kind(levels: list[_Table]) -> list[_Table]:
 
 def _level(table: _Table) -> Level:
     values = dict(table.values)
-    for key in ("paths", "exclude"):
+    for key in ("paths", "exclude", "probe"):
         if key in values:
             values[key] = tuple(values[key])
+    if values.get("boot") and "where" not in values:
+        values["where"] = "controller"  # boot drills run where qemu runs
     return Level(**values)
 
 
@@ -1257,6 +1290,35 @@ def _keep_problem(key: str, amount: Any) -> str | None:
     if amount > MAX_KEEP:
         return f"{amount} is too many; at most {MAX_KEEP}"
     return None
+
+
+def _boot_timeout(value: Any) -> str:
+    text = _string(value)
+    match = re.fullmatch(r"(?:([0-9]+)h)?(?:([0-9]+)m)?(?:([0-9]+)s)?", text)
+    if not text or not match or not any(int(n or 0) for n in match.groups()):
+        _fail(f"{text!r} is not a duration like '3m', '90s' or '1m30s'")
+    hours, minutes, seconds = (int(n or 0) for n in match.groups())
+    if (hours * 60 + minutes) * 60 + seconds > 86400:
+        _fail(f"{text!r} is too long for a boot: at most 24h")
+    return text
+
+
+def _expect(value: Any) -> str:
+    text = _string(value)
+    if not text.strip() or not text.isprintable():
+        _fail("expected console text like 'login:' (printable, not empty)")
+    return text
+
+
+def _probes(value: Any) -> list[str]:
+    probes = _strings(value)
+    for probe in probes:
+        port = re.fullmatch(r"tcp:([0-9]{1,5})", probe)
+        if probe != "ssh" and not (port and 0 < int(port[1]) < 65536):
+            _fail(f"{probe!r} is not a probe: use 'ssh' or 'tcp:PORT' (like 'tcp:3389')")
+    if len(set(probes)) != len(probes):
+        _fail("a probe is listed twice")
+    return probes
 
 
 def _sample(value: Any) -> str:

@@ -87,6 +87,12 @@ class Level:
     """Share of new+changed files that makes a files run an anomaly (None: the machine's)."""
     anomaly_shrink: float | None = None
     """Share by which a snapshot may shrink before it is an anomaly (None: the machine's)."""
+    boot: bool = False
+    """Verify levels of image levels: boot the restored disk in qemu (see recoverd_plugins.boot)."""
+    boot_timeout: str = "3m"
+    expect: str | None = None
+    """Boot drills: console text that means booted; None is a login prompt."""
+    probe: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

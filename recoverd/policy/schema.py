@@ -34,6 +34,13 @@ _SIMPLE: dict[Any, dict[str, Any]] = {
     load._sla: _DURATION,
     load._every: {"type": "string", "minLength": 1},
     load._sample: {"type": "string", "pattern": r"^(all|\d+%?)$"},
+    load._boot_timeout: {"type": "string", "pattern": r"^([0-9]+h)?([0-9]+m)?([0-9]+s)?$"},
+    load._expect: {"type": "string", "minLength": 1},
+    load._probes: {
+        "type": "array",
+        "uniqueItems": True,
+        "items": {"type": "string", "pattern": "^(ssh|tcp:[0-9]{1,5})$"},
+    },
     load._since: {"type": "string", "format": "date"},
     load._seconds: {"type": "string", "pattern": r"^([0-9]+d)?([0-9]+h)?([0-9]+m)?([0-9]+s)?$"},
     load._share: {"type": "string", "pattern": r"^[0-9]{1,3}%$"},
