@@ -20,6 +20,7 @@ from recoverd.locks import machine_lock
 from recoverd.log import RunFilter
 from recoverd.log.maintenance import utc_now
 from recoverd.policy.model import BACKUP_KINDS, Level, Machine, Repository
+from recoverd.restore_points import default_restore_points
 from recoverd.runs import recorded_run
 
 PRUNE_INTERVAL = timedelta(days=7)
@@ -64,6 +65,7 @@ def backup_machine(
     trigger: str = "manual",
     progress: ProgressFactory | None = None,
     exclusive: ExclusiveGate | None = None,
+    accept_change: bool = False,
 ) -> list[dict[str, Any]]:
     """Back up (or copy) ``levels`` of ``machine`` over one connection; return the runs' views.
 
@@ -72,6 +74,7 @@ def backup_machine(
     failed run per level, with the reason. ``exclusive(repository_key)`` is entered around a
     level's retention, which must not run beside another writer of the repository (the
     daemon's gate; a manual backup relies on restic's own repository locks).
+    ``accept_change``: image a device even if it no longer looks like its last good image.
 
     Raise MachineBusy if another run holds the machine's lock (nothing is recorded then).
     """
@@ -112,7 +115,9 @@ def backup_machine(
                         if level.kind == "copy":
                             run.outcome = engine.copy(copy_request(ctl, machine, level))
                         else:
-                            request = backup_request(ctl, machine, level)
+                            request = backup_request(
+                                ctl, machine, level, accept_change=accept_change
+                            )
                             backup = partial(engine.backup, request, report)
                             run.outcome = after_stale_locks(engine, request.repository, backup)
                     finally:
@@ -142,10 +147,20 @@ def written_repository(level: Level) -> str | None:
     return level.to if level.kind == "copy" else level.repository or level.target
 
 
-def backup_request(ctl: Controller, machine: Machine, level: Level) -> BackupRequest:
-    """Return the request to back up a files or image ``level`` of ``machine``."""
+def backup_request(
+    ctl: Controller, machine: Machine, level: Level, *, accept_change: bool = False
+) -> BackupRequest:
+    """Return the request to back up a files or image ``level`` of ``machine``; an image
+    level's carries its last good image that is a default restore point (what the device is
+    compared with before it is imaged)."""
     repository = ctl.policies.repository_for(machine, level)
-    return BackupRequest(machine.client, machine, level, repository)
+    baseline = None
+    if level.kind == "image":
+        good = ctl.log.good_backups(machine.client, machine.name, level.name)
+        baseline = next(reversed(default_restore_points(good)), None)
+    return BackupRequest(
+        machine.client, machine, level, repository, baseline=baseline, accept_change=accept_change
+    )
 
 
 def copy_request(ctl: Controller, machine: Machine, level: Level) -> CopyRequest:
