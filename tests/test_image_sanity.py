@@ -160,11 +160,6 @@ def test_zeroed_disk_is_not_imaged_and_stays_out_of_restores_and_drills(
     for level in IMAGE_LEVELS:
         assert site.recoverd("backup", "ws-042", "--level", level) == 0
     good = {level: site.last(capsys, level) for level in IMAGE_LEVELS}
-    for run in good.values():
-        stats = run["stats"]
-        assert stats["fs_uuid"] == UUID and stats["fs_label"] == "data"
-        assert 20_000_000 < stats["fs_used_bytes"] < 40_000_000
-        assert stats["all_zeros"] is False and stats["compared_with"] is None
     stored = len(site.snapshots())
 
     zero(site.disk)
@@ -181,6 +176,12 @@ def test_zeroed_disk_is_not_imaged_and_stays_out_of_restores_and_drills(
         assert "now: no file system, all zeros in 16 samples across 64.0 MiB" in error
         assert f"recoverd backup acme/ws-042 --level {level} --accept-change" in error
         assert "--accept-change" in out
+    # What the comparison used: recorded with each good image.
+    for run in good.values():
+        stats = run["stats"]
+        assert stats["fs_uuid"] == UUID and stats["fs_label"] == "data"
+        assert 20_000_000 < stats["fs_used_bytes"] < 40_000_000
+        assert stats["all_zeros"] is False and stats["compared_with"] is None
     # Nothing stored, and no retention after a refusal.
     assert len(site.snapshots()) == stored
     assert [r["state"] for r in site.runs(capsys) if r["action"] == "prune"] == ["succeeded"] * 2

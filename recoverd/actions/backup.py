@@ -99,7 +99,7 @@ def backup_machine(
     with machine_lock(ctl.state_dir, machine):
         try:
             transport = ctl.transport(machine)  # no such transport plugin: recorded too
-            transport.connect()
+            transport.open()  # whatever it raises is a RecoverdError
         except RecoverdError as exc:
             for level in levels:
                 with recorded_run(ctl.log, **start(level)) as run:

@@ -231,7 +231,7 @@ class PreparedRestore(AbstractContextManager["PreparedRestore"]):
             )
         self.verify_mode = verify_mode(self.target_cls, order.verify)
         self.transport: Transport = ctl.transport(self.machine)
-        self.transport.connect()
+        self.transport.open()
         try:
             engine = ctl.engine(self.transport, self.level.kind)
             self.target = self.target_cls(engine)
@@ -309,7 +309,7 @@ class PreparedRestore(AbstractContextManager["PreparedRestore"]):
         """
         try:
             self.transport.close()
-            self.transport.connect()
+            self.transport.open()
             # Compare in full: a file cut short may already have its final size.
             request = replace(self.request, verify="full") if self.verify_mode else self.request
             verification = self.target.verify(request, self.plan, None)
