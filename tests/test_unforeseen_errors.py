@@ -22,6 +22,9 @@ from recoverd.actions.daemon import Daemon
 from recoverd.cli import main
 from recoverd.clock import FakeClock, use_clock
 from recoverd.controller import Controller
+from recoverd.log import MaintenanceLog
+from recoverd.plugins import PluginHost
+from recoverd.runs import exit_code, recorded_run
 from recoverd.testing import ThrowawaySSHD
 from recoverd.testing_wsman import WSManServer
 
@@ -234,3 +237,31 @@ def test_daemon_records_an_unforeseen_connection_error(
     backups = [v for v in ctl.log.runs() if v["action"] == "backup"]
     assert backups and {v["state"] for v in backups} == {"failed"}
     assert all(REASON[kind] in v["error"] for v in backups)
+
+
+def test_recorded_run_records_an_unforeseen_error_like_a_foreseen_one(tmp_path: Path) -> None:
+    host = PluginHost()
+    mlog = MaintenanceLog(tmp_path / "state", host["log_sinks"], host["notifiers"])
+    start = {"client": "acme", "machine": "ws-1", "level": "n", "kind": "files"}
+    with recorded_run(mlog, **start, action="backup") as run:
+        {}["missing"]  # a bug: not re-raised, the caller goes on to its next run
+    assert run.view["state"] == "failed"
+    assert run.view["error"] == "internal error: unexpected KeyError: 'missing'"
+    assert run.view["stats"]["raised_at"].startswith("test_unforeseen_errors.py:")
+    assert exit_code([run.view]) == 1
+    with pytest.raises(SystemExit), recorded_run(mlog, **start, action="backup"):
+        raise SystemExit(3)  # not an Exception: recorded, then on its way
+    assert mlog.runs()[-1]["state"] == "failed"
+
+
+def test_cli_prints_the_reason_of_an_unforeseen_error_without_traceback(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import recoverd.cli
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise ValueError("bad\nvalue")
+
+    monkeypatch.setattr(recoverd.cli, "Controller", broken)
+    assert main(["status"]) == 1
+    assert capsys.readouterr().err == "recoverd: internal error: unexpected ValueError: bad value\n"

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 from recoverd.controller import Controller
 from recoverd.engine import BackupRequest, CopyRequest, Engine, Outcome, Progress
-from recoverd.errors import RecoverdError, RepositoryLocked, UsageError
+from recoverd.errors import RecoverdError, RepositoryLocked, UsageError, unexpected
 from recoverd.locks import machine_lock
 from recoverd.log import RunFilter
 from recoverd.log.maintenance import utc_now
@@ -99,11 +99,12 @@ def backup_machine(
     with machine_lock(ctl.state_dir, machine):
         try:
             transport = ctl.transport(machine)  # no such transport plugin: recorded too
-            transport.open()  # whatever it raises is a RecoverdError
-        except RecoverdError as exc:
+            transport.open()
+        except Exception as exc:  # a transport plugin that cannot even be made: recorded too
+            error = exc if isinstance(exc, RecoverdError) else unexpected(exc, "cannot connect")
             for level in levels:
                 with recorded_run(ctl.log, **start(level)) as run:
-                    raise exc
+                    raise error from None
                 views.append(run.view)
             return views
         try:
