@@ -86,6 +86,7 @@ RELAY_QUEUE = 16
 # byte that is not zero. Run in the same command as PROBE, before it.
 SIGNATURE = r"""
 d=$1
+[ -e "$d" ] && [ ! -r "$d" ] && echo "unreadable=yes"
 if [ -e "$d" ]; then
   echo "uuid=$(blkid -o value -s UUID "$d" 2>/dev/null | head -n 1)"
   echo "label=$(blkid -o value -s LABEL "$d" 2>/dev/null | head -n 1)"
@@ -115,7 +116,7 @@ if [ -e "$d" ]; then
 fi
 """
 
-SIGNATURE_KEYS = ("uuid", "label", "fs_size", "used", "sampled", "sample_nonzero")
+SIGNATURE_KEYS = ("uuid", "label", "fs_size", "used", "sampled", "sample_nonzero", "unreadable")
 
 # Prints what the safety checks and the size checks need about a device or file, as
 # key=value lines. $1 is the path. Mounts are matched by resolved path, and an image file also
@@ -699,6 +700,12 @@ class ImageEngine(Engine):
         # Before anything is read: a device that lost the file system of its last good image
         # (wiped, formatted again) must not become the newest image, which restores and drills
         # would take by default and `keep` would let push the good ones out.
+        if info.signature.get("unreadable"):  # blkid and the samples would say "nothing there"
+            raise EngineError(
+                f"{level.device} on {self.machine.name} cannot be read by "
+                f"{self.machine.user or 'the login user'}: log in as root, or give that user "
+                "read access to the device (e.g. the disk group)"
+            )
         now = DeviceState.of(info)
         baseline = self._baseline(request)
         change, warnings = device_change(baseline, now)
