@@ -722,7 +722,7 @@ class ImageEngine(Engine):
         stats = outcome.stats
         stats["compared_with"] = request.baseline["snapshot"] if request.baseline else None
         if warnings:
-            stats["warnings"] = warnings
+            stats["warnings"] = warnings + stats.get("warnings", [])
         return outcome
 
     def _baseline(self, request: BackupRequest) -> DeviceState | None:
@@ -864,6 +864,11 @@ class ImageEngine(Engine):
         }
         if accepted:
             stats["accepted_change"] = accepted
+        if zero_check and all_zeros is None:  # cmp missing or killed on the machine
+            stats["warnings"] = [
+                "whether the device is all zeros is not known (its samples were; cmp gave no "
+                f"answer: {zeros or 'no report'})"
+            ]
         return Outcome("succeeded", summary["snapshot_id"][:8], stats)
 
     def _stream(

@@ -16,7 +16,7 @@ from typing import Any
 
 from recoverd.controller import Controller
 from recoverd.engine import Engine, Outcome, ProgressCallback, Snapshot
-from recoverd.errors import EngineError, RecoverdError, TransportError, UsageError
+from recoverd.errors import EngineError, RecoverdError, TransportError, UsageError, unexpected
 from recoverd.locks import machine_lock
 from recoverd.policy.model import Level, Machine
 from recoverd.restore import RestorePlan, RestoreRequest, RestoreTarget, Verification
@@ -292,6 +292,8 @@ class PreparedRestore(AbstractContextManager["PreparedRestore"]):
                 stats.update(self.target.write(self.request, plan, progress))
             except (TransportError, EngineError) as exc:
                 raise self._not_restored(exc) from None
+            except Exception as exc:  # unforeseen: recorded as failed, naming what is not back
+                raise self._not_restored(unexpected(exc, "restore stopped")) from exc
             stats["restore_s"] = round(time.monotonic() - started, 3)
             checked = time.monotonic()
             verification = self.target.verify(self.request, plan, progress)
