@@ -34,8 +34,3 @@ def default_restore_points(good: list[dict[str, Any]]) -> list[dict[str, Any]]:
         had_fs = has_fs
         kept.append(view)
     return kept
-
-
-def is_default_restore_point(view: dict[str, Any], good: list[dict[str, Any]]) -> bool:
-    """Return True if ``view`` is one of ``default_restore_points(good)``."""
-    return any(v["id"] == view["id"] for v in default_restore_points(good))
