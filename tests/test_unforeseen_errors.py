@@ -9,6 +9,7 @@ the daemon record their runs failed with the reason and exit 1; restore exits 1 
 from __future__ import annotations
 
 import json
+import logging
 import socket
 import struct
 import threading
@@ -196,10 +197,15 @@ def runs(capsys: pytest.CaptureFixture[str]) -> list[dict]:
 
 @pytest.mark.parametrize("site", ["winrm", "ssh"], indirect=True)
 def test_backup_verify_and_restore_record_an_unforeseen_connection_error(
-    site: Path, request: pytest.FixtureRequest, capsys: pytest.CaptureFixture[str]
+    site: Path,
+    request: pytest.FixtureRequest,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     kind = request.node.callspec.params["site"]
     machine = MACHINE[kind]
+    # As in a new `recoverd` process: no logging handlers that an earlier test set up.
+    monkeypatch.setattr(logging.root, "handlers", [])
     assert main(["backup", machine]) == 1
     out, err = capsys.readouterr()
     assert "Traceback" not in out + err
