@@ -13,6 +13,7 @@ that fills it with stderr while the caller waits for stdout would block forever.
 from __future__ import annotations
 
 import base64
+import logging
 import selectors
 import shlex
 import socket
@@ -75,6 +76,11 @@ STDIN_GRACE_S = 5.0
 """How long to wait, after the command ended, for the stdin thread to notice and stop."""
 
 paramiko = lazy_import("paramiko")  # imported at the first connection, not with the plugin
+# paramiko logs what its transport thread cannot handle (a server's garbage) with a traceback,
+# then the connecting call raises it again, and recoverd reports it: without a handler of its
+# own, logging's last resort would print that traceback on a command's stderr. The daemon's
+# handlers still receive it.
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 
 def channel_errors() -> tuple[type[BaseException], ...]:

@@ -19,8 +19,9 @@ from pathlib import Path
 from recoverd import __version__
 from recoverd.commands import MODULES, Handler, global_options
 from recoverd.controller import Controller
-from recoverd.errors import PolicyError, RecoverdError
+from recoverd.errors import PolicyError, RecoverdError, unexpected
 from recoverd.output import TerminalText
+from recoverd.secrets import redact
 from recoverd.text import visible
 
 
@@ -119,6 +120,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except OSError as exc:  # e.g. a state directory on a full or read-only disk
         print(f"recoverd: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # unforeseen: its reason, never a traceback (runs are recorded)
+        reason = redact(str(unexpected(exc, "internal error")))
+        print(f"recoverd: {visible(reason)}", file=sys.stderr)
         return 1
     finally:
         sys.stdout, sys.stderr = streams

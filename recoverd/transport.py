@@ -8,6 +8,7 @@ restic. Engines receive a connected transport and call :meth:`Transport.run` wit
 
 from __future__ import annotations
 
+import contextlib
 import shlex
 import threading
 import weakref
@@ -15,6 +16,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
+
+from recoverd.errors import RecoverdError, TransportError, unexpected
 
 if TYPE_CHECKING:
     from recoverd.policy.model import Machine
@@ -155,8 +158,23 @@ class Transport(ABC):
         """Return where this transport goes, for messages (``root@10.1.0.42:22``)."""
         return self.machine.address or self.machine.name
 
+    def open(self) -> None:
+        """Connect as :meth:`connect` does; an exception that is no RecoverdError (a library's
+        own: a server that answers garbage, an HTTP 401 without the expected challenge) closes
+        the session and becomes a TransportError that names the machine and the reason, so that
+        the runs it stops are recorded like any other failure to connect."""
+        try:
+            self.connect()
+        except RecoverdError:
+            raise
+        except Exception as exc:
+            with contextlib.suppress(Exception):
+                self.close()
+            reason = unexpected(exc, f"cannot connect to {self.machine.name} ({self.describe()})")
+            raise TransportError(str(reason)) from exc
+
     def __enter__(self) -> Transport:
-        self.connect()
+        self.open()
         return self
 
     def __exit__(self, *exc: object) -> None:

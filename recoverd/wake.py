@@ -95,7 +95,7 @@ def wake_and_connect(ctl: Controller, machine: Machine, transport: Transport) ->
     connecting raised otherwise.
     """
     if not machine.wake or not machine.mac:
-        transport.connect()
+        transport.open()
         return {}
     started = time.monotonic()
     via = None
@@ -107,7 +107,7 @@ def wake_and_connect(ctl: Controller, machine: Machine, transport: Transport) ->
     deadline = started + machine.wake_wait
     while True:
         try:
-            transport.connect()
+            transport.open()
         except Unreachable as exc:
             if time.monotonic() + WAKE_POLL_S > deadline:
                 raise Unreachable(

@@ -7,6 +7,7 @@ controller, files). The tests then break things and restore them with ``recoverd
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -353,9 +354,9 @@ def test_allow_mounted_takes_a_crash_consistent_image(
     # No mounts in tests: the probe reports the image file mounted, as it would a real one.
     real_probe = ImageEngine.probe
 
-    def mounted_probe(self: ImageEngine, path: str) -> DeviceInfo:
-        info = real_probe(self, path)
-        return DeviceInfo(info.path, info.kind, info.size, info.fstype, (("rw", "/srv"),), True)
+    def mounted_probe(self: ImageEngine, path: str, **options: bool) -> DeviceInfo:
+        info = real_probe(self, path, **options)
+        return dataclasses.replace(info, mounts=(("rw", "/srv"),), parent_exists=True)
 
     monkeypatch.setattr(ImageEngine, "probe", mounted_probe)
     site.write_policy("allow_mounted = true")

@@ -15,12 +15,13 @@ from typing import Any, TypeVar
 
 from recoverd.controller import Controller
 from recoverd.engine import BackupRequest, CopyRequest, Engine, Outcome, Progress
-from recoverd.errors import RecoverdError, RepositoryLocked, Unreachable, UsageError
+from recoverd.errors import RecoverdError, RepositoryLocked, Unreachable, UsageError, unexpected
 from recoverd.locks import machine_lock
 from recoverd.log import RunFilter
 from recoverd.log.maintenance import utc_now
 from recoverd.people import engineer_of_run, provider_engineers
 from recoverd.policy.model import BACKUP_KINDS, Level, Machine, Repository
+from recoverd.restore_points import default_restore_points
 from recoverd.runs import recorded_run
 from recoverd.wake import wake_and_connect
 
@@ -67,6 +68,7 @@ def backup_machine(
     progress: ProgressFactory | None = None,
     exclusive: ExclusiveGate | None = None,
     engineer: str | None = None,
+    accept_change: bool = False,
 ) -> list[dict[str, Any]]:
     """Back up (or copy) ``levels`` of ``machine`` over one connection; return the runs' views.
 
@@ -75,6 +77,7 @@ def backup_machine(
     failed run per level, with the reason. ``exclusive(repository_key)`` is entered around a
     level's retention, which must not run beside another writer of the repository (the
     daemon's gate; a manual backup relies on restic's own repository locks).
+    ``accept_change``: image a device even if it no longer looks like its last good image.
 
     Raise MachineBusy if another run holds the machine's lock (nothing is recorded then).
     """
@@ -110,10 +113,11 @@ def backup_machine(
                     run.outcome = offline_outcome(ctl, machine, level, exc)
                 views.append(run.view)
             return views
-        except RecoverdError as exc:
+        except Exception as exc:  # a transport plugin that cannot even be made: recorded too
+            error = exc if isinstance(exc, RecoverdError) else unexpected(exc, "cannot connect")
             for level in levels:
                 with recorded_run(ctl.log, **start(level)) as run:
-                    raise exc
+                    raise error from None
                 views.append(run.view)
             return views
         try:
@@ -126,7 +130,9 @@ def backup_machine(
                         if level.kind == "copy":
                             run.outcome = engine.copy(copy_request(ctl, machine, level))
                         else:
-                            request = backup_request(ctl, machine, level)
+                            request = backup_request(
+                                ctl, machine, level, accept_change=accept_change
+                            )
                             backup = partial(engine.backup, request, report)
                             owners = partial(ask_lock_owners, ctl, machine, request.repository)
                             run.outcome = after_stale_locks(
@@ -263,10 +269,20 @@ def written_repository(level: Level) -> str | None:
     return level.to if level.kind == "copy" else level.repository or level.target
 
 
-def backup_request(ctl: Controller, machine: Machine, level: Level) -> BackupRequest:
-    """Return the request to back up a files or image ``level`` of ``machine``."""
+def backup_request(
+    ctl: Controller, machine: Machine, level: Level, *, accept_change: bool = False
+) -> BackupRequest:
+    """Return the request to back up a files or image ``level`` of ``machine``; an image
+    level's carries its last good image that is a default restore point (what the device is
+    compared with before it is imaged)."""
     repository = ctl.policies.repository_for(machine, level)
-    return BackupRequest(machine.client, machine, level, repository)
+    baseline = None
+    if level.kind == "image":
+        good = ctl.log.good_backups(machine.client, machine.name, level.name)
+        baseline = next(reversed(default_restore_points(good)), None)
+    return BackupRequest(
+        machine.client, machine, level, repository, baseline=baseline, accept_change=accept_change
+    )
 
 
 def copy_request(ctl: Controller, machine: Machine, level: Level) -> CopyRequest:

@@ -82,7 +82,7 @@ def prepare_bare_metal(
         )
     with recorded_run(ctl.log, **start) as run:
         try:
-            transport.connect()
+            transport.open()
             engine = ctl.engine(transport, "image")
             if not hasattr(engine, "bare_metal_steps"):
                 raise UsageError(f"the {engine.name} engine cannot prepare a bare-metal restore")

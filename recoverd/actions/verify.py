@@ -26,6 +26,7 @@ from typing import Any
 from recoverd.actions.backup import after_stale_locks, ask_lock_owners, offline_outcome
 from recoverd.actions.restore import (
     MAX_LISTED,
+    backup_of,
     choose_snapshot,
     good_backups,
     record_verification,
@@ -42,6 +43,7 @@ from recoverd.people import engineer_of_run, provider_engineers
 from recoverd.policy.model import Level, Machine, Repository
 from recoverd.policy.schedule import Schedule
 from recoverd.restore import RestoreRequest, RestoreTarget
+from recoverd.restore_points import default_restore_points
 from recoverd.runs import recorded_run
 from recoverd.transport import Transport
 from recoverd.wake import wake_and_connect
@@ -150,11 +152,19 @@ def _newest_snapshot(
     if source.of.kind != "copy":
         return choose_snapshot(ctl, engine, machine, source.data_level, None)
     found = engine.snapshots(machine.client, machine, source.repository, source.data_level.name)
-    if not found:
+    good = good_backups(ctl, machine, source.data_level)
+    # Never the copy of an image of a wiped device (the copy's record is its original's).
+    defaults = {v["id"] for v in default_restore_points(list(good.values()))}
+    usable = [s for s in found if (view := backup_of(s, good)) is None or view["id"] in defaults]
+    if not usable:
         raise UsageError(
             f"copy level {source.of.name} of {machine.qualified_name} holds no snapshots yet"
+            if not found
+            else f"copy level {source.of.name} of {machine.qualified_name} holds only images of "
+            "a wiped device"
         )
-    return with_record(found[-1], good_backups(ctl, machine, source.data_level))
+    found = usable
+    return with_record(found[-1], good)
 
 
 def _transport(ctl: Controller, machine: Machine, level: Level) -> Transport:
