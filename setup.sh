@@ -34,6 +34,26 @@ if ((${#missing[@]})); then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
+# Boot drills: qemu and UEFI firmware, and what the tests build bootable disks with (no mount).
+# The test disk's kernel is Debian's linux-image package, downloaded (not installed) and cached.
+boot_missing=()
+for package in qemu-system-x86 ovmf syslinux syslinux-common mtools dosfstools busybox-static; do
+    dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q 'ok installed' ||
+        boot_missing+=("$package")
+done
+if ((${#boot_missing[@]})); then
+    echo "setup: installing ${boot_missing[*]}" >&2
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${boot_missing[@]}" >/dev/null
+fi
+kernel_cache=/var/cache/recoverd/kernel
+if ! compgen -G "$kernel_cache/linux-image-*-amd64_*.deb" >/dev/null; then
+    kernel=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-/ {print $2; exit}')
+    echo "setup: downloading $kernel into $kernel_cache (for the boot drill tests)" >&2
+    mkdir -p "$kernel_cache"
+    (cd "$kernel_cache" && apt-get download -qq "$kernel" 2>/dev/null)
+fi
+
 python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' || {
     echo "setup: recoverd needs Python 3.11 or later; found $(python3 --version)" >&2
     exit 2

@@ -3,12 +3,14 @@
 A drill proves that a backup restores, without touching the machine's data:
 
 - **files**: a random sample of the snapshot's files (``sample``, drawn with a recorded seed) is
-  restored with ``restic restore --include`` into a fresh temporary folder, hashed there and
-  compared with the snapshot's own content, read independently with ``restic dump --archive
-  tar`` and hashed on the controller (the same check as a files restore, see
+  restored with ``restic restore --include ... --verify`` into a fresh temporary folder: only
+  the sampled files are read from the repository and written, restic reads each one back and
+  compares it with the snapshot's content hashes, and the same remote command reads every
+  sampled file's size, which must be the snapshot's (the default check of a files restore, see
   :mod:`recoverd_plugins.files_restore`). The live files are never looked at: they may have
   changed since the backup. On Windows (:class:`WindowsFilesDrill`) the folder is made below
-  the machine's temp folder and the files are hashed with PowerShell's ``Get-FileHash``.
+  the machine's temp folder, the files are hashed with PowerShell's ``Get-FileHash`` and
+  compared with the snapshot read through ``restic dump --archive tar``.
 - **images**: the image is streamed into a file in a fresh temporary folder; the sha256 of the
   stream must equal the one recorded when the image was taken, and the file system check for
   its type (``e2fsck -fn`` for ext2/3/4) must pass.
@@ -35,8 +37,9 @@ from recoverd.plugins import Kind
 from recoverd.restore import RestorePlan, RestoreRequest, RestoreTarget, Verification
 from recoverd.streams import StreamDigest
 from recoverd.transport import CommandRequest, Transport
-from recoverd_plugins.files_restore import FilesTarget, snapshot_hashes
+from recoverd_plugins.files_restore import FilesTarget, NulRecords, snapshot_hashes
 from recoverd_plugins.image import ImageEngine, ImageFormat, image_facts
+from recoverd_plugins.restic import LineSplitter, RestoreOutput, RestoreReport, classify_failure
 
 INCLUDES_PER_RESTORE = 500
 """Sampled files named in one ``restic restore`` (its argv must stay well below ARG_MAX)."""
@@ -99,6 +102,41 @@ foreach ($p in [Console]::In.ReadToEnd().Split([char]0)) {
   }
 }
 """
+
+
+RESTORE_INTO_NEW_FOLDER = (
+    # The folder's path is the first NUL-terminated record on stdout; restic's own lines go to
+    # stderr; the paths on stdin (relative: ./home/...) are stat's, not restic's.
+    "d=$(mktemp -d -t recoverd-drill.XXXXXXXX) || exit 98\n"
+    "printf '%s\\0' \"$d\"\n"
+    'restic_ "$@" --target "$d" </dev/null >&2\n'
+    "status=$?\n"
+    "cd \"$d\" && xargs -0 -r stat --printf '%s\\t%n\\0' -- 2>/dev/null\n"
+    'exit "$status"\n'
+)
+"""``mktemp -d``, ``restic restore ARGS --target`` that folder, then the sizes of the paths on
+stdin below it: one remote command."""
+
+
+class FolderAndSizes:
+    """Parse what RESTORE_INTO_NEW_FOLDER prints: the folder, then ``SIZE<tab>PATH`` records."""
+
+    def __init__(self) -> None:
+        self.folder: str | None = None
+        self.sizes: dict[str, int] = {}
+        self._records = NulRecords(self._record)
+
+    def __call__(self, chunk: bytes) -> None:
+        self._records(chunk)
+
+    def _record(self, record: bytes) -> None:
+        text = record.decode("utf-8", "surrogateescape")
+        if self.folder is None:
+            self.folder = text
+            return
+        size, _, path = text.partition("\t")
+        if size.isdigit():
+            self.sizes[path] = int(size)
 
 
 class ScratchFolder:
@@ -176,36 +214,66 @@ class FilesDrill(FilesTarget):
                 "files_in_snapshot": len(files),
                 "snapshot_bytes": sum(int(n.get("size") or 0) for n in files.values()),
                 "sampled": chosen,
+                "sizes": {p: int(files[p].get("size") or 0) for p in chosen},
             },
         )
+
+    restic_verifies = True
+    """Whether restic's own ``restore --verify`` checks the sample (with a size sweep in the
+    same remote command); otherwise the sample is hashed on the machine and compared with the
+    snapshot read through ``restic dump``."""
 
     def write(
         self, request: RestoreRequest, plan: RestorePlan, progress: ProgressCallback | None
     ) -> dict[str, Any]:
-        """Restore the sampled files into a new scratch folder; a file restic cannot restore
-        (a damaged pack) is noted for :meth:`verify`, not fatal."""
-        root = self.scratch.create()
+        """Restore the sampled files (and only those) into a new scratch folder; a file restic
+        cannot restore (a damaged pack) is noted for :meth:`verify`, not fatal."""
+        root: str | None = None
         chosen: list[str] = plan.details["sampled"]
         if progress is not None:
             progress(Progress(files_total=plan.files_total, bytes_total=plan.bytes_total))
+        whole = len(chosen) == plan.details["files_in_snapshot"]
+        batches = [chosen] if whole else [
+            chosen[start : start + INCLUDES_PER_RESTORE]
+            for start in range(0, len(chosen), INCLUDES_PER_RESTORE)
+        ]  # fmt: skip
         failed: list[str] = []
-        if len(chosen) == plan.details["files_in_snapshot"]:
-            failed += self.engine.restore_files(request.repository, request.snapshot.id, root)
-        else:
-            for start in range(0, len(chosen), INCLUDES_PER_RESTORE):
-                batch = tuple(map(include_pattern, chosen[start : start + INCLUDES_PER_RESTORE]))
+        reports = []
+        for batch in batches:
+            include = () if whole else tuple(map(include_pattern, batch))
+            if not self.restic_verifies:
+                root = root or self.scratch.create()
                 failed += self.engine.restore_files(
-                    request.repository, request.snapshot.id, root, batch
+                    request.repository, request.snapshot.id, root, include
                 )
+                continue
+            if root is None:  # one remote command makes the folder, restores, checks sizes
+                report = self._restore_into_new_folder(request, include, batch)
+                root = self._root(request)
+            else:
+                report = self.engine.restore(
+                    request.repository,
+                    request.snapshot.id,
+                    root,
+                    include=include,
+                    verify=True,
+                    sizes_of=[self._at(root, p) for p in batch],
+                )
+            failed += [f"{path}: {problem}" for path, problem in report.failed]
+            reports.append(report)
         plan.details["restore_failed"] = failed
+        plan.details["restore_reports"] = reports
         return {"files_restored": len(chosen), "bytes_restored": plan.bytes_total}
 
     def verify(
         self, request: RestoreRequest, plan: RestorePlan, progress: ProgressCallback | None
     ) -> Verification:
-        """Hash the restored sample on the machine and compare it with the snapshot's content
-        as read from the repository; name every file that differs, is missing or could not be
-        read back."""
+        """Check the restored sample: by restic's ``--verify`` and every sampled file's size,
+        or (where restic does not verify) by hashing it on the machine against the snapshot's
+        content read from the repository. Name every file that differs, is missing or could
+        not be restored."""
+        if self.restic_verifies:
+            return self._verify_sample(request, plan)
         root = self._root(request)
         chosen: list[str] = plan.details["sampled"]
         read = snapshot_hashes(
@@ -243,6 +311,74 @@ class FilesDrill(FilesTarget):
         method = f"sha256 of {len(chosen)} sampled file(s) against restic dump"
         return Verification(method, len(chosen), mismatches)
 
+    def _restore_into_new_folder(
+        self, request: RestoreRequest, include: tuple[str, ...], paths: list[str]
+    ) -> RestoreReport:
+        """Make the scratch folder, ``restic restore --verify`` into it and read the sizes of
+        ``paths`` there, in one remote command (each command costs a round trip); return what
+        restic reported, with the sizes. Raise EngineError if restic failed for another
+        reason than damaged files."""
+        output = RestoreOutput()
+        err = LineSplitter(output.line)
+        records = FolderAndSizes()
+        names = b"".join(b"." + p.encode("utf-8", "surrogateescape") + b"\0" for p in paths)
+        args = ["restore", request.snapshot.id, "--verify"]
+        for pattern in include:
+            args += ["--include", pattern]
+        outcome = self.engine.run_script(
+            request.repository, RESTORE_INTO_NEW_FOLDER, args, on_stdout=records,
+            on_stderr=err, data=names,
+        )  # fmt: skip
+        err.flush()
+        if records.folder is not None and records.folder.startswith("/"):
+            self.scratch.path = records.folder
+        if outcome.exit_status == 98 or self.scratch.path is None:
+            raise EngineError(
+                f"cannot create a scratch folder on {self.engine.transport.machine.name}: "
+                + "; ".join(output.other[-3:])
+            )
+        report = output.finish()
+        report.sizes = {self.scratch.path + p[1:]: n for p, n in records.sizes.items()}
+        if not outcome.ok and not (report.failed or report.mismatches):
+            outcome.stderr = "\n".join(output.other).encode()
+            raise classify_failure(
+                outcome, f"restore of {request.snapshot.short_id}", self.engine.program
+            )
+        return report
+
+    def _verify_sample(self, request: RestoreRequest, plan: RestorePlan) -> Verification:
+        """What restic's ``--verify`` found in the sample, and every sampled file present with
+        the snapshot's size."""
+        root = self._root(request)
+        chosen: list[str] = plan.details["sampled"]
+        sizes: dict[str, int] = {}
+        named: dict[str, str] = {}
+        verified = 0
+        for report in plan.details["restore_reports"]:
+            sizes.update(report.sizes or {})
+            for path, problem in report.failed:
+                named.setdefault(path, f"{path}: {problem} (restic restore)")
+            for path, problem in report.mismatches:
+                named.setdefault(path, f"{path}: {problem} (restic --verify)")
+            verified += report.verified or 0
+        mismatches = []
+        for path in chosen:
+            at = self._at(root, path)
+            problem = named.pop(path, None) or named.pop(at, None)
+            if problem is not None:
+                mismatches.append(problem)
+            elif at not in sizes:
+                mismatches.append(f"{path}: missing after the restore")
+            elif sizes[at] != plan.details["sizes"][path]:
+                mismatches.append(
+                    f"{path}: {sizes[at]} bytes, the snapshot has {plan.details['sizes'][path]}"
+                )
+        mismatches += list(named.values())  # items restic named that are not files sampled
+        if not mismatches and verified != len(chosen):
+            mismatches.append(f"restic --verify checked {verified} of {len(chosen)} file(s)")
+        method = f"restic restore --verify of {len(chosen)} sampled file(s), and their sizes"
+        return Verification(method, len(chosen), mismatches)
+
     def _dump_hash(self, request: RestoreRequest, path: str) -> str:
         digest = StreamDigest()
         self.engine.dump(request.repository, request.snapshot.id, path, digest)
@@ -263,6 +399,7 @@ class WindowsFilesDrill(FilesDrill):
 
     name = "files-drill-windows"
     os_families = ("windows",)
+    restic_verifies = False  # the size sweep is a POSIX shell command
 
     @staticmethod
     def _at(root: str, path: str) -> str:

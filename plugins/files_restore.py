@@ -33,7 +33,7 @@ from recoverd.plugins import Kind
 from recoverd.policy.model import Repository
 from recoverd.restore import RestorePlan, RestoreRequest, RestoreTarget, Verification
 from recoverd.streams import ByteQueue, StreamAborted
-from recoverd.transport import CommandRequest
+from recoverd.transport import CommandRequest, RecordSplitter
 from recoverd_plugins.restic import (
     OVERWRITE_VERSION,
     PATH_FACTS,
@@ -43,17 +43,12 @@ from recoverd_plugins.restic import (
 )
 
 
-class NulRecords:
-    """Feed byte chunks, get NUL-terminated records passed to ``on_record``."""
+class NulRecords(RecordSplitter):
+    """Feed byte chunks, get NUL-terminated records passed to ``on_record`` (each cut to
+    :data:`~recoverd.transport.MAX_RECORD` bytes at most)."""
 
     def __init__(self, on_record: Callable[[bytes], None]) -> None:
-        self._on_record = on_record
-        self._rest = b""
-
-    def __call__(self, chunk: bytes) -> None:
-        *records, self._rest = (self._rest + chunk).split(b"\0")
-        for record in records:
-            self._on_record(record)
+        super().__init__(on_record, b"\0")
 
 
 class FilesTarget(RestoreTarget):

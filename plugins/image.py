@@ -40,6 +40,7 @@ from typing import Any
 import recoverd
 from recoverd.engine import BackupRequest, Engine, Outcome, Progress, ProgressCallback, Snapshot
 from recoverd.errors import EngineError, ToolMissing, UsageError
+from recoverd.output import human_bytes
 from recoverd.plugins import Kind
 from recoverd.policy.model import Level, Machine, Repository
 from recoverd.restore import RestorePlan, RestoreRequest, RestoreTarget, Verification
@@ -77,6 +78,45 @@ RELAY_CHUNK = 1 << 20
 hand-off, a hash update and a write, so pieces as small as an SSH packet (32 KiB) would cost
 more CPU than the bytes themselves. The queue holds RELAY_QUEUE of them at most."""
 RELAY_QUEUE = 16
+
+# Prints what the image sanity check compares with the last good image, as key=value lines
+# ($1 is the path): the file system's UUID and label (blkid), its size and used bytes from the
+# superblock (dumpe2fs -h, xfs_db -r, btrfs dump-super: a few KiB read, never the data), and
+# for a device without a file system how many of 16 samples of 64 KiB spread over it hold a
+# byte that is not zero. Run in the same command as PROBE, before it.
+SIGNATURE = r"""
+d=$1
+[ -e "$d" ] && [ ! -r "$d" ] && echo "unreadable=yes"
+if [ -e "$d" ]; then
+  echo "uuid=$(blkid -o value -s UUID "$d" 2>/dev/null | head -n 1)"
+  echo "label=$(blkid -o value -s LABEL "$d" 2>/dev/null | head -n 1)"
+  case $(blkid -o value -s TYPE "$d" 2>/dev/null) in
+  ext2|ext3|ext4)
+    dumpe2fs -h "$d" 2>/dev/null | awk -F: '
+      /^Block count:/ {c=$2} /^Free blocks:/ {f=$2} /^Block size:/ {b=$2}
+      END {if (c > 0 && b > 0) printf "fs_size=%.0f\nused=%.0f\n", c*b, (c-f)*b}' ;;
+  xfs)
+    xfs_db -r -c 'sb 0' -c 'print dblocks fdblocks blocksize' "$d" 2>/dev/null | awk '
+      $1 == "dblocks" {c=$3} $1 == "fdblocks" {f=$3} $1 == "blocksize" {b=$3}
+      END {if (c > 0 && b > 0) printf "fs_size=%.0f\nused=%.0f\n", c*b, (c-f)*b}' ;;
+  btrfs)
+    btrfs inspect-internal dump-super "$d" 2>/dev/null | awk '
+      $1 == "total_bytes" {t=$2} $1 == "bytes_used" {u=$2}
+      END {if (t > 0) printf "fs_size=%.0f\nused=%.0f\n", t, u}' ;;
+  "")
+    n=$(blockdev --getsize64 "$d" 2>/dev/null || stat -L -c %s "$d")
+    blocks=$(( ${n:-0} / 65536 )); i=0; nz=0
+    while [ $i -lt 16 ]; do
+      s=0; [ $blocks -gt 1 ] && s=$(( (blocks - 1) * i / 15 ))
+      c=$(dd if="$d" bs=65536 skip=$s count=1 2>/dev/null | tr -d '\000' | wc -c)
+      nz=$(( nz + c )); i=$(( i + 1 ))
+    done
+    echo "sampled=16"; echo "sample_nonzero=$nz" ;;
+  esac
+fi
+"""
+
+SIGNATURE_KEYS = ("uuid", "label", "fs_size", "used", "sampled", "sample_nonzero", "unreadable")
 
 # Prints what the safety checks and the size checks need about a device or file, as
 # key=value lines. $1 is the path. Mounts are matched by resolved path, and an image file also
@@ -127,12 +167,27 @@ trap 'rm -rf "$t"' EXIT
 mkfifo "$t/sum" "$t/size" || exit 98
 sha256_stdin < "$t/sum" > "$t/sha" &
 wc -c < "$t/size" > "$t/n" &
-{{ {producer}; printf '\\nrecoverd-producer-exit %s\\n' $? >&2; }} | tee "$t/sum" "$t/size" | \
+{watch}{{ {producer}; printf '\\nrecoverd-producer-exit %s\\n' $? >&2; }} | \
+tee "$t/sum" "$t/size"{watched} | \
 {{ {consumer}; printf '\\nrecoverd-consumer-exit %s\\n' $? >&2; }}
 wait
 echo "recoverd-stream $(cut -c1-64 "$t/sha") $(cat "$t/n")" >&2
-"""
+{watch_report}"""
 )
+
+# Whether a raw stream is all zeros, told by the stream itself: cmp compares it with /dev/zero
+# (memcmp speed) up to the first byte that is not zero, then cat drains the rest so that tee
+# never meets a closed pipe. Every byte imaged is looked at and the device is read once: exact,
+# where samples could only prove the opposite. cmp says "EOF on -" when the stream ended first
+# (all zeros) and "differ" otherwise (LC_ALL=C: the words are the same in every locale).
+ZERO_WATCH = {
+    "watch": 'mkfifo "$t/zero" || exit 98\n'
+    '{ LC_ALL=C cmp - /dev/zero > "$t/z" 2>&1; cat > /dev/null; } < "$t/zero" &\n',
+    "watched": ' "$t/zero"',
+    "watch_report": 'if grep -q differ "$t/z"; then z=no; elif grep -q "EOF on" "$t/z"; '
+    'then z=yes; else z=unknown; fi\necho "recoverd-zeros $z" >&2\n',
+}
+NO_WATCH = {"watch": "", "watched": "", "watch_report": ""}
 
 DIGEST = (
     SHA256
@@ -144,7 +199,7 @@ DIGEST = (
 PROGRESS_PCT = re.compile(r"Complete(?:d)?:\s*([\d.]+)%")
 PROGRESS_ETA = re.compile(r"Remaining:\s*(\d+):(\d+):(\d+)")
 DD_BYTES = re.compile(r"^(\d+) bytes")
-MARKER = re.compile(r"^recoverd-(producer-exit|consumer-exit|stream|restic-version) ?(.*)$")
+MARKER = re.compile(r"^recoverd-(producer-exit|consumer-exit|stream|restic-version|zeros) ?(.*)$")
 
 
 @dataclass(frozen=True)
@@ -161,11 +216,158 @@ class DeviceInfo:
     parent_exists: bool
     real: str | None = None
     """``path`` with every symbolic link resolved (``readlink -f``)."""
+    signature: dict[str, str] = dataclasses.field(default_factory=dict, compare=False)
+    """What :data:`SIGNATURE` printed (``uuid``, ``label``, ``used``, ``sampled``, ...), when
+    asked for."""
 
     @property
     def mounted_rw(self) -> str | None:
         """The mount point of a read-write mount, or None."""
         return next((point for mode, point in self.mounts if mode == "rw"), None)
+
+
+class DeviceChanged(EngineError):
+    """The device no longer looks like the level's last good image (wiped, reformatted, all
+    zeros): it was not imaged, unless ``--accept-change``."""
+
+
+USED_DROP_RATIO = 0.5
+"""A file system whose used bytes fell below this share of the last good image's is worth a
+warning in the record (not a refusal: a big clean-up is a normal event)."""
+USED_DROP_MIN = 1 << 20
+
+
+@dataclass(frozen=True)
+class DeviceState:
+    """What the sanity check compares: a device now, or as its last good image recorded it."""
+
+    fs_type: str | None
+    uuid: str | None = None
+    label: str | None = None
+    used: int | None = None
+    size: int | None = None
+    sampled: int | None = None
+    sample_nonzero: int | None = None
+    """How many of ``sampled`` 64 KiB samples of a device without a file system were not zero
+    (bytes that are not zero): one proves data is there, none proves nothing."""
+    all_zeros: bool | None = None
+    """Every byte of the image stream was zero (None: not looked at)."""
+
+    @classmethod
+    def of(cls, info: DeviceInfo) -> DeviceState:
+        """Return the state the machine reported in ``info`` (probed with ``signature``)."""
+        sig = info.signature
+
+        def number(key: str) -> int | None:
+            value = sig.get(key, "")
+            return int(value) if value.isdigit() else None
+
+        return cls(
+            fs_type=info.fstype,
+            uuid=sig.get("uuid") or None,
+            label=_printable(sig.get("label")),
+            used=number("used"),
+            size=info.size,
+            sampled=number("sampled"),
+            sample_nonzero=number("sample_nonzero"),
+        )
+
+    @classmethod
+    def recorded(cls, stats: dict[str, Any]) -> DeviceState:
+        """Return the state an image run recorded in its ``stats`` (older records have only
+        ``fs_type`` and sizes)."""
+        return cls(
+            fs_type=stats.get("fs_type") or None,
+            uuid=stats.get("fs_uuid"),
+            label=stats.get("fs_label"),
+            used=stats.get("fs_used_bytes"),
+            size=stats.get("device_size"),
+            all_zeros=stats.get("all_zeros"),
+        )
+
+    @property
+    def zeros_seen(self) -> bool:
+        """True if the stream was all zeros, or every sample was (no file system)."""
+        return bool(self.all_zeros) or (bool(self.sampled) and self.sample_nonzero == 0)
+
+    def describe(self) -> str:
+        """Return the state for a message: ``ext4, 412.0 MiB used, UUID ..., label "data"``."""
+        if self.fs_type is None:
+            if self.all_zeros:
+                return f"no file system, all zeros (every byte of {human_bytes(self.size)} read)"
+            if self.sampled and self.sample_nonzero == 0:
+                return (
+                    f"no file system, all zeros in {self.sampled} samples across "
+                    f"{human_bytes(self.size)}"
+                )
+            if self.sampled:
+                return f"no file system recognised (data in the samples, {human_bytes(self.size)})"
+            return f"no file system ({human_bytes(self.size)} imaged raw)"
+        parts = [self.fs_type]
+        if self.used is not None:
+            parts.append(f"{human_bytes(self.used)} used")
+        if self.uuid:
+            parts.append(f"UUID {self.uuid}")
+        if self.label:
+            parts.append(f'label "{self.label}"')
+        return ", ".join(parts)
+
+
+def device_change(baseline: DeviceState | None, now: DeviceState) -> tuple[str | None, list[str]]:
+    """Given the last good image's state (None: there is none) and the device's, return what
+    changed so much that the device must not be imaged (None if nothing) and the warnings."""
+    if now.all_zeros:
+        return "it is all zeros", []
+    if baseline is None:
+        return None, []
+    if baseline.fs_type and now.fs_type is None:
+        return f"it has lost its {baseline.fs_type} file system", []
+    if baseline.fs_type != now.fs_type:
+        before, after = baseline.fs_type or "no file system", now.fs_type or "none"
+        return f"its file system changed from {before} to {after}", []
+    if baseline.uuid and now.uuid and baseline.uuid != now.uuid:
+        return f"it holds a new {now.fs_type} file system (it was formatted again)", []
+    warnings = []
+    if (
+        baseline.used is not None
+        and now.used is not None
+        and now.used < baseline.used * USED_DROP_RATIO
+        and baseline.used - now.used >= USED_DROP_MIN
+    ):
+        share = round(100 * (baseline.used - now.used) / baseline.used)
+        warnings.append(
+            f"used space fell from {human_bytes(baseline.used)} to {human_bytes(now.used)} "
+            f"(-{share}%) since the last good image"
+        )
+    if baseline.label and now.label != baseline.label:
+        warnings.append(
+            f'the file system label changed from "{baseline.label}" to "{now.label or ""}"'
+        )
+    return None, warnings
+
+
+def _printable(text: str | None) -> str | None:
+    """Return a label as text that cannot forge a message or a terminal (None if empty)."""
+    if not text:
+        return None
+    return "".join(c if c.isprintable() else "?" for c in text)
+
+
+class ZeroWatch:
+    """Tells whether every byte of a stream passing on the controller is zero: each piece is
+    compared with zeros (memcmp) until the first one that is not, then nothing more is done."""
+
+    def __init__(self) -> None:
+        self.zeros = True
+        self._zero = b""
+
+    def __call__(self, chunk: bytes) -> None:
+        if not self.zeros:
+            return
+        if len(self._zero) != len(chunk):
+            self._zero = bytes(len(chunk))
+        if chunk != self._zero:
+            self.zeros = False
 
 
 @dataclass(frozen=True)
@@ -344,9 +546,11 @@ def relay(
     consume: Callable[[Iterable[bytes]], CommandOutcome],
     report: StreamReport,
     name: str,
+    watch: Callable[[bytes], None] | None = None,
 ) -> StreamResult:
     """Run ``produce`` on a thread, its output passing through a bounded queue into
-    ``consume`` here (so the slower side paces the other); hash and count what passes.
+    ``consume`` here (so the slower side paces the other); hash and count what passes, and
+    show it to ``watch``.
 
     Return what passed. Raise the producer's error, if it had one.
     """
@@ -380,6 +584,8 @@ def relay(
     def passing() -> Iterator[bytes]:
         for chunk in chunks:
             digest(chunk)
+            if watch is not None:
+                watch(chunk)
             yield chunk
 
     producer = threading.Thread(target=run_producer, name=name, daemon=True)
@@ -440,9 +646,13 @@ class ImageEngine(Engine):
 
     # -- looking at devices ------------------------------------------------------------------
 
-    def probe(self, path: str) -> DeviceInfo:
-        """Return what the machine says about ``path``. Raise EngineError if it cannot tell."""
-        outcome = self.transport.run(CommandRequest(["sh", "-c", PROBE, "probe", path], timeout=60))
+    def probe(self, path: str, *, signature: bool = False) -> DeviceInfo:
+        """Return what the machine says about ``path`` (with ``signature``, also what the image
+        sanity check compares). Raise EngineError if it cannot tell."""
+        script = SIGNATURE + PROBE if signature else PROBE
+        outcome = self.transport.run(
+            CommandRequest(["sh", "-c", script, "probe", path], timeout=60)
+        )
         if not outcome.ok:
             raise EngineError(
                 f"cannot examine {path} on {self.machine.name}: "
@@ -466,6 +676,7 @@ class ImageEngine(Engine):
             mounts=tuple(mounts),
             parent_exists=facts.get("parent") == "yes",
             real=facts.get("real") or None,
+            signature={k: facts[k] for k in SIGNATURE_KEYS if facts.get(k)},
         )
 
     # -- imaging -----------------------------------------------------------------------------
@@ -477,7 +688,7 @@ class ImageEngine(Engine):
         level = request.level
         if not level.device:
             raise UsageError(f"level {level.name} of {self.machine.name} has no device")
-        info = self.probe(level.device)
+        info = self.probe(level.device, signature=True)
         if info.kind == "missing":
             raise EngineError(f"device {level.device} does not exist on {self.machine.name}")
         consistency = "unmounted"
@@ -490,15 +701,63 @@ class ImageEngine(Engine):
                     f"or allow_mounted = true (a crash-consistent image) on level {level.name}"
                 )
             consistency = "crash-consistent"
+        # Before anything is read: a device that lost the file system of its last good image
+        # (wiped, formatted again) must not become the newest image, which restores and drills
+        # would take by default and `keep` would let push the good ones out.
+        if info.signature.get("unreadable"):  # blkid and the samples would say "nothing there"
+            raise EngineError(
+                f"{level.device} on {self.machine.name} cannot be read by "
+                f"{self.machine.user or 'the login user'}: log in as root, or give that user "
+                "read access to the device (e.g. the disk group)"
+            )
+        now = DeviceState.of(info)
+        baseline = self._baseline(request)
+        change, warnings = device_change(baseline, now)
+        if change:
+            self._change_refused(request, change, baseline, now)  # unless accepted
         restic = self.restic_for(level)
         if level.snapshot == "lvm":
             with LvmSnapshot(self.transport, level) as snapshot_device:
-                outcome = self._image(request, snapshot_device, info, restic, progress)
+                outcome = self._image(request, snapshot_device, info, restic, progress, now, change)
             outcome.stats["consistency"] = "lvm-snapshot"
         else:
-            outcome = self._image(request, level.device, info, restic, progress)
+            outcome = self._image(request, level.device, info, restic, progress, now, change)
             outcome.stats["consistency"] = consistency
+        stats = outcome.stats
+        stats["compared_with"] = request.baseline["snapshot"] if request.baseline else None
+        if warnings:
+            stats["warnings"] = warnings + stats.get("warnings", [])
         return outcome
+
+    def _baseline(self, request: BackupRequest) -> DeviceState | None:
+        """Return the state the level's last good image recorded, or None if there is none."""
+        return DeviceState.recorded(request.baseline["stats"] or {}) if request.baseline else None
+
+    def _change_refused(
+        self,
+        request: BackupRequest,
+        change: str,
+        baseline: DeviceState | None,
+        now: DeviceState,
+    ) -> str:
+        """Given what changed on the device, return it as the record's ``accepted_change`` if
+        the engineer accepted it. Raise DeviceChanged (naming both states and the way out) if
+        not."""
+        level, view = request.level, request.baseline
+        if view and baseline is not None:
+            when = (view.get("finished_at") or "")[:10]
+            last = f"last good (image {view['snapshot']} of {when}): {baseline.describe()}"
+        else:
+            last = "no good image of this level yet"
+        states = f"{last}; now: {now.describe()}"
+        if request.accept_change:
+            return f"{change}. {states}"
+        raise DeviceChanged(
+            f"{level.device} of {self.machine.qualified_name} was not imaged: {change}. "
+            f"{states}. Nothing was stored and the earlier images are kept. If the change is "
+            f"intended: recoverd backup {self.machine.qualified_name} --level {level.name} "
+            "--accept-change"
+        )
 
     def _image(
         self,
@@ -507,9 +766,18 @@ class ImageEngine(Engine):
         info: DeviceInfo,
         restic: ResticEngine,
         progress: ProgressCallback | None,
+        now: DeviceState,
+        change: str | None,
     ) -> Outcome:
+        """Stream the image of ``device``; return the outcome. ``now`` is the device's state and
+        ``change`` what the engineer accepted about it (``--accept-change``), if anything.
+        Raise DeviceChanged if the stream was all zeros and that was not accepted."""
         level = request.level
         fmt = ImageFormat.for_fstype(info.fstype)
+        # A raw stream is checked for zeros as it passes, unless a sample already held data:
+        # one byte that is not zero proves the device is not wiped, while samples of zeros
+        # prove nothing. A file system partclone reads is no wiped device either.
+        zero_check = fmt.format == "raw" and not now.sample_nonzero
         name = f"{(level.device or device).rstrip('/').rsplit('/', 1)[-1]}.{fmt.format}"
         args = [
             "backup",
@@ -530,13 +798,26 @@ class ImageEngine(Engine):
         args += ["--tag", f"image-device-size={info.size or ''}"]
         # The repository is opened only by the backup itself; only a backup that finds none
         # creates it and streams again (see ResticEngine.backup).
-        report, parsed, stream = self._stream(request, device, fmt, info, restic, args, progress)
+        report, parsed, stream = self._stream(
+            request, device, fmt, info, restic, args, progress, zero_check
+        )
         created = False
         if repository_missing(report.status("consumer-exit"), "\n".join(report.messages)):
             created = restic.ensure_repository(request.repository)
             report, parsed, stream = self._stream(
-                request, device, fmt, info, restic, args, progress
+                request, device, fmt, info, restic, args, progress, zero_check
             )
+        elif parsed.summary is None and report.status("consumer-exit") not in (0, None):
+            # restic's "no repository" line shares stderr with partclone's progress, which
+            # may swallow it (a line without its end): a failed first image asks restic itself.
+            try:
+                created = restic.ensure_repository(request.repository)
+            except EngineError:
+                created = False  # the stream's own failure says why, below
+            if created:
+                report, parsed, stream = self._stream(
+                    request, device, fmt, info, restic, args, progress, zero_check
+                )
         summary = parsed.summary
         producer, consumer = report.status("producer-exit"), report.status("consumer-exit")
         if producer != 0 or consumer != 0 or summary is None:
@@ -548,6 +829,21 @@ class ImageEngine(Engine):
                 (producer, fmt.program or "cat"),
                 (consumer, "restic"),
             )
+        zeros = report.markers.get("zeros")
+        all_zeros = {"yes": True, "no": False}.get(zeros or "", None)
+        if fmt.format == "pcl" or now.sample_nonzero:
+            all_zeros = False
+        now = dataclasses.replace(now, all_zeros=all_zeros, size=stream.size)
+        accepted = None
+        if all_zeros or change:
+            what = f"{change} and is all zeros" if change and all_zeros else change
+            try:
+                accepted = self._change_refused(
+                    request, what or "it is all zeros", self._baseline(request), now
+                )
+            except DeviceChanged:  # what restic stored of it must not be restored either
+                restic.forget_snapshot(request.repository, summary["snapshot_id"])
+                raise
         seconds = max(stream.seconds, 1e-6)
         stats = {
             "device": level.device,
@@ -564,7 +860,19 @@ class ImageEngine(Engine):
             "via": level.via,
             "restic_version": ".".join(map(str, restic.version())),
             "repository_created": created,
+            # What the next image's sanity check compares with.
+            "fs_uuid": now.uuid,
+            "fs_label": now.label,
+            "fs_used_bytes": now.used,
+            "all_zeros": all_zeros,
         }
+        if accepted:
+            stats["accepted_change"] = accepted
+        if zero_check and all_zeros is None:  # cmp missing or killed on the machine
+            stats["warnings"] = [
+                "whether the device is all zeros is not known (its samples were; cmp gave no "
+                f"answer: {zeros or 'no report'})"
+            ]
         return Outcome("succeeded", summary["snapshot_id"][:8], stats)
 
     def _stream(
@@ -576,17 +884,25 @@ class ImageEngine(Engine):
         restic: ResticEngine,
         args: list[str],
         progress: ProgressCallback | None,
+        zero_check: bool = False,
     ) -> tuple[StreamReport, BackupOutput, StreamResult]:
         """Stream the image of ``device`` into ``restic backup`` ARGS; return the stream's
-        report, restic's parsed output and what passed. Raise ToolMissing or EngineError if
-        restic is missing or too old."""
+        report, restic's parsed output and what passed (``zero_check``: and whether it was all
+        zeros, the ``zeros`` marker). Raise ToolMissing or EngineError if restic is missing or
+        too old."""
         report = StreamReport(progress, info.size if fmt.format == "raw" else None)
         # restic's status lines say how much of the stream it has read.
         parsed = BackupOutput(lambda seen: report.report(seen.bytes_done))
         out = LineSplitter(parsed.stdout_line)
         if request.level.via == "controller":
             stream = self._pull_into(
-                restic, request.repository, fmt.clone(device), args, out, report
+                restic,
+                request.repository,
+                fmt.clone(device),
+                args,
+                out,
+                report,
+                zero_check=zero_check,
             )
         else:
             stream = self._pipe_on_machine(
@@ -598,6 +914,7 @@ class ImageEngine(Engine):
                 out,
                 report,
                 check_version=True,
+                zero_check=zero_check,
             )
         out.flush()
         return report, parsed, stream
@@ -635,13 +952,19 @@ class ImageEngine(Engine):
         report: StreamReport,
         *,
         check_version: bool = False,
+        zero_check: bool = False,
     ) -> StreamResult:
         """Run ``producer | consumer`` on the machine, one side being ``restic_ "$@"`` with
         ``restic_args``; return the stream's size and sha256 as the machine measured them.
 
         ``check_version``: the same command first reports restic's version (unless it is known),
-        which ``restic`` then knows. Raise ToolMissing if restic is missing or too old."""
-        script = STREAM.format(producer=self._shell(producer), consumer=self._shell(consumer))
+        which ``restic`` then knows. ``zero_check``: the ``zeros`` marker says whether the
+        stream was all zeros. Raise ToolMissing if restic is missing or too old."""
+        script = STREAM.format(
+            producer=self._shell(producer),
+            consumer=self._shell(consumer),
+            **(ZERO_WATCH if zero_check else NO_WATCH),
+        )
         check = check_version and not restic.knows_version
         started = time.monotonic()
         outcome = restic.run_script(
@@ -683,12 +1006,15 @@ class ImageEngine(Engine):
         restic_args: list[str],
         on_stdout: Callable[[bytes], None],
         report: StreamReport,
+        *,
+        zero_check: bool = False,
     ) -> StreamResult:
         """Run ``producer`` on the machine and store its output with restic on the controller;
         the stream passes through a bounded queue, so a slow restic slows the SSH reader.
 
         restic reports its version in the same command (unless it is known), which ``restic``
-        then knows. Raise ToolMissing if restic is missing or too old."""
+        then knows. ``zero_check``: the ``zeros`` marker says whether the stream was all zeros.
+        Raise ToolMissing if restic is missing or too old."""
         machine_side = report.source()
         check = not restic.knows_version
         stored: list[CommandOutcome] = []
@@ -705,6 +1031,7 @@ class ImageEngine(Engine):
             stored.append(outcome)
             return outcome
 
+        zeros = ZeroWatch() if zero_check else None
         stream = relay(
             lambda out: self.transport.run(
                 CommandRequest(producer, on_stdout=out, on_stderr=machine_side)
@@ -712,7 +1039,10 @@ class ImageEngine(Engine):
             store,
             report,
             "image-pull",
+            zeros,
         )
+        if zeros is not None:
+            report.markers["zeros"] = "yes" if zeros.zeros else "no"
         if check:
             restic.take_reported_version(report.markers.get("restic-version"), stored[0])
         return stream

@@ -11,8 +11,10 @@ import itertools
 import json
 import re
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import recoverd
@@ -37,7 +39,7 @@ from recoverd.errors import (
 )
 from recoverd.policy.model import Machine, Repository
 from recoverd.secrets import redact
-from recoverd.transport import CommandOutcome, CommandRequest
+from recoverd.transport import CommandOutcome, CommandRequest, RecordSplitter
 
 CREDENTIAL_VARIABLES = ("RESTIC_PASSWORD", "RESTIC_REPOSITORY")
 """What the first two lines of a restic command's stdin hold, in order."""
@@ -153,22 +155,18 @@ def windows_in_place_args(snapshot: str, paths: list[str]) -> list[list[str]]:
     return commands
 
 
-class LineSplitter:
-    """Feed byte chunks, get complete text lines passed to ``on_line``."""
+class LineSplitter(RecordSplitter):
+    """Feed byte chunks, get complete text lines passed to ``on_line`` (each cut to
+    :data:`~recoverd.transport.MAX_RECORD` bytes at most)."""
 
     def __init__(self, on_line: Callable[[str], None]) -> None:
-        self._on_line = on_line
-        self._rest = b""
+        super().__init__(lambda line: on_line(line.decode("utf-8", "replace")))
 
-    def __call__(self, chunk: bytes) -> None:
-        *lines, self._rest = (self._rest + chunk).split(b"\n")
-        for line in lines:
-            self._on_line(line.decode("utf-8", "replace"))
 
-    def flush(self) -> None:
-        if self._rest:
-            self._on_line(self._rest.decode("utf-8", "replace"))
-            self._rest = b""
+MAX_MESSAGES = 200
+"""Lines of restic's other output kept for an error message (the last ones)."""
+MAX_ERRORS = 10_000
+"""Items restic could not read or restore kept in memory (their count stays exact)."""
 
 
 class BackupOutput:
@@ -178,8 +176,10 @@ class BackupOutput:
         self.progress = progress
         self.summary: dict[str, Any] | None = None
         self.unreadable: list[str] = []
+        """The first MAX_LISTED items restic could not read (``unreadable_count``: all)."""
+        self.unreadable_count = 0
         self.missing: list[str] = []
-        self.messages: list[str] = []
+        self.messages: deque[str] = deque(maxlen=MAX_MESSAGES)
         self.version_text: str | None = None
         """``restic version`` as the wrapper reported it (:func:`version_check`), if it did."""
 
@@ -207,12 +207,15 @@ class BackupOutput:
             return
         message = _json(line)
         if message and message.get("message_type") == "error":
-            self.unreadable.append(message.get("item") or _error_text(message.get("error")))
+            self.unreadable_count += 1
+            if len(self.unreadable) < MAX_LISTED:
+                self.unreadable.append(message.get("item") or _error_text(message.get("error")))
             return
         # restic 0.14 skips a missing top-level path with exit 0 and only this text.
         skipped = re.match(r"^(?:Warning: )?(.*) does not exist, skipping$", line)
         if skipped:
-            self.missing.append(skipped.group(1))
+            if len(self.missing) < MAX_LISTED:
+                self.missing.append(skipped.group(1))
         elif line.strip():
             self.messages.append(line)
 
@@ -284,6 +287,13 @@ def classify_failure(outcome: CommandOutcome, what: str, program: str) -> Except
         return EngineError(
             f"{what}: no space left on device (the repository's storage, or restic's cache on "
             f"the machine, is full; free space there and run again): {tail}"
+        )
+    if "host key verification failed" in text.lower():
+        return EngineError(
+            f"{what}: Host key verification failed: restic on the machine runs ssh to reach "
+            "the sftp repository, and that ssh does not know the storage server's host key; "
+            "add it to the machine user's ~/.ssh/known_hosts after checking its fingerprint "
+            f"(`recoverd enroll MACHINE` prints the exact command): {tail}"
         )
     if status == 10 or "Is there a repository at the following location?" in text:
         return EngineError(f"{what}: the repository does not exist or cannot be opened: {tail}")
@@ -402,7 +412,9 @@ class RestoreOutput:
     def __init__(self) -> None:
         self.report = RestoreReport()
         self.errors: list[tuple[str, str]] = []
-        self.other: list[str] = []
+        """The first MAX_ERRORS items (``error_count``: all of them)."""
+        self.error_count = 0
+        self.other: deque[str] = deque(maxlen=MAX_MESSAGES)
         self.version_text: str | None = None
         self._verifying = False
 
@@ -410,7 +422,9 @@ class RestoreOutput:
         item = re.match(r"^ignoring error for (.*?): (.*)$", line)
         finished = re.match(r"^finished verifying (\d+) files? in ", line)
         if item:
-            self.errors.append((redact(item[1]), redact(item[2])))
+            self.error_count += 1
+            if len(self.errors) < MAX_ERRORS:
+                self.errors.append((redact(item[1]), redact(item[2])))
         elif line.startswith(VERSION_MARKER):
             self.version_text = line[len(VERSION_MARKER) :]
         elif line.startswith("verifying files in "):
@@ -432,17 +446,16 @@ class RestoreOutput:
         return self.report
 
 
-class NulSizes:
+class NulSizes(RecordSplitter):
     """Feed the byte chunks of ``SIZE<tab>PATH<NUL>`` records; ``found`` maps path -> size."""
 
     def __init__(self) -> None:
+        super().__init__(self._record, b"\0")
         self.found: dict[str, int] = {}
-        self._rest = b""
 
-    def __call__(self, chunk: bytes) -> None:
-        *records, self._rest = (self._rest + chunk).split(b"\0")
-        for record in records:
-            size, _, path = record.decode("utf-8", "surrogateescape").partition("\t")
+    def _record(self, record: bytes) -> None:
+        size, _, path = record.decode("utf-8", "surrogateescape").partition("\t")
+        if size.isdigit():
             self.found[path] = int(size)
 
 
@@ -458,6 +471,9 @@ class ResticEngine(Engine):
         self._version: tuple[int, int, int] | None = None
         self._listings: dict[str, list[dict[str, Any]]] = {}
         """The nodes of the snapshot :meth:`snapshot` found, by its id."""
+        self.lock_hosts_elsewhere: set[str] = set()
+        """Host names of the live-looking locks of other hosts that the last
+        :meth:`remove_stale_locks` found: only those hosts can tell whether their pids run."""
 
     @property
     def program(self) -> str:
@@ -604,13 +620,21 @@ class ResticEngine(Engine):
             raise too_old(found)
         self._version = found
 
-    def ensure_repository(self, repository: Repository) -> bool:
-        """Initialise ``repository`` if it does not exist; return True if it was created."""
+    def repository_exists(self, repository: Repository) -> bool:
+        """Return whether ``repository`` exists, as the machine reaches it (``restic cat
+        config``). Raise the typed error of :func:`classify_failure` if it cannot tell (the
+        machine cannot reach the storage, a wrong password, ...)."""
         probe = self.restic(repository, ["cat", "config"], timeout=300)
         if probe.ok:
+            return True
+        if repository_missing(probe.exit_status, probe.stderr.decode("utf-8", "replace")):
             return False
-        if not repository_missing(probe.exit_status, probe.stderr.decode("utf-8", "replace")):
-            raise classify_failure(probe, f"open repository {repository.name}", self.program)
+        raise classify_failure(probe, f"open repository {repository.name}", self.program)
+
+    def ensure_repository(self, repository: Repository) -> bool:
+        """Initialise ``repository`` if it does not exist; return True if it was created."""
+        if self.repository_exists(repository):
+            return False
         created = self.restic(repository, ["init"], timeout=300)
         if created.ok:
             return True
@@ -656,6 +680,7 @@ class ResticEngine(Engine):
         version = self.version()
         summary = parsed.summary
         unreadable = parsed.unreadable + [f"{p} (does not exist)" for p in parsed.missing]
+        unreadable_count = parsed.unreadable_count + len(parsed.missing)
         stats = {
             "files_new": summary.get("files_new", 0),
             "files_changed": summary.get("files_changed", 0),
@@ -672,10 +697,10 @@ class ResticEngine(Engine):
         state, error = "succeeded", None
         if unreadable:
             state = "partial"
-            stats["unreadable_count"] = len(unreadable)
+            stats["unreadable_count"] = unreadable_count
             stats["unreadable"] = unreadable[:MAX_LISTED]
-            shown = ", ".join(unreadable[:5]) + (" ..." if len(unreadable) > 5 else "")
-            error = f"{len(unreadable)} item(s) could not be read: {shown}"
+            shown = ", ".join(unreadable[:5]) + (" ..." if unreadable_count > 5 else "")
+            error = f"{unreadable_count} item(s) could not be read: {shown}"
         return Outcome(state, summary.get("snapshot_id"), stats, error)
 
     def _backup_command(
@@ -1090,54 +1115,109 @@ class ResticEngine(Engine):
         if not outcome.ok:
             raise classify_failure(outcome, f"forget snapshot {snapshot}", self.program)
 
-    def remove_stale_locks(self, repository: Repository) -> int:
-        """Remove the repository's locks whose owner is gone; return how many there were.
+    def remove_stale_locks(self, repository: Repository) -> list[dict[str, Any]]:
+        """Remove the repository's stale locks, whoever wrote them; return them (``id``,
+        ``host``, ``pid``, ``age_s``, ``why``), none if no lock is stale.
 
-        A lock is stale when restic wrote it on this very machine (its ``hostname``) and its
-        ``pid`` no longer runs there: a restic killed with its connection or its controller.
-        ``restic unlock`` (which removes stale locks only) runs only if every lock is such a
-        stale one: a lock of a live process, or of another host, leaves everything in place, so
-        a live run never loses its lock. A pid reused by another process counts as alive. Return
-        0 on Windows machines (their process ids cannot be checked this way). Raise EngineError
-        if restic cannot list the locks or the owners cannot be checked.
+        restic's own rule decides, as ``restic unlock`` applies it where it runs: a lock is
+        stale when it was not refreshed for 30 minutes (restic refreshes a live lock every 5),
+        or when it names this machine's host name and its pid does not run here (a restic
+        killed with its connection). The host is asked, with its own clock: never judged by
+        the name in the lock alone. Then ``restic unlock`` runs on this machine, which removes
+        exactly those; a live lock is never touched. Return none on Windows machines (their
+        process ids cannot be checked this way). Raise EngineError if restic cannot list the
+        locks or the machine cannot be asked.
         """
+        self.lock_hosts_elsewhere = set()
         if self.transport.os_family != "posix":
-            return 0
-        listed = self.restic(repository, ["--no-lock", "list", "locks"], timeout=300)
-        if not listed.ok:
-            raise classify_failure(listed, f"list locks of {repository.name}", self.program)
-        owners = []
-        for lock_id in listed.stdout.decode().split():
-            shown = self.restic(repository, ["--no-lock", "cat", "lock", lock_id], timeout=300)
-            lock = _json(shown.stdout.decode("utf-8", "replace").strip()) if shown.ok else None
-            if lock is None:  # removed meanwhile: its owner finished
-                continue
-            owners.append((str(lock.get("hostname")), int(lock.get("pid") or 0)))
-        if not owners:
-            return 0
-        # One command: the machine's name as restic sees it, then the pids still running.
+            return []
+        locks = self._locks(repository)
+        if not locks:
+            return []
+        # One command: the host name as restic sees it, the machine's clock, then the pids
+        # that still run there.
         probe = self.transport.run(
             CommandRequest(
                 [
                     "sh",
                     "-c",
-                    'uname -n; for p; do ps -p "$p" >/dev/null 2>&1 && echo "$p"; done; true',
+                    'uname -n; date +%s; for p; do ps -p "$p" >/dev/null 2>&1 && echo "$p"; '
+                    "done; true",
                     "recoverd-locks",
-                    *sorted({str(pid) for _host, pid in owners}),
+                    *sorted({str(lock.get("pid") or 0) for _id, lock in locks}),
                 ],
                 timeout=60,
             )
         )
-        if not probe.ok:
+        words = probe.stdout.decode("utf-8", "replace").split()
+        if not probe.ok or len(words) < 2 or not words[1].isdigit():
             raise EngineError(f"cannot check the lock owners on {self.transport.machine.name}")
-        hostname, *running = probe.stdout.decode("utf-8", "replace").split()
-        stale = [(h, p) for h, p in owners if h == hostname and p and str(p) not in running]
-        if len(stale) != len(owners):
-            return 0  # someone alive holds a lock: never take it away
+        hostname, now, running = words[0], int(words[1]), set(words[2:])
+        stale = []
+        for lock_id, lock in locks:
+            why = stale_lock_reason(lock, hostname, now, running)
+            if why is None and lock.get("hostname") != hostname:
+                self.lock_hosts_elsewhere.add(str(lock.get("hostname")))
+            if why is not None:
+                stale.append(
+                    {
+                        "id": lock_id[:8],
+                        "host": str(lock.get("hostname")),
+                        "pid": lock.get("pid"),
+                        "age_s": lock_age(lock, now),
+                        "why": why,
+                    }
+                )
+        if not stale:
+            return []
         unlocked = self.restic(repository, ["unlock"], timeout=300)
         if not unlocked.ok:
             raise classify_failure(unlocked, f"unlock {repository.name}", self.program)
-        return len(stale)
+        return stale
+
+    def _locks(self, repository: Repository) -> list[tuple[str, dict[str, Any]]]:
+        """Return the repository's locks: (id, the lock as restic stores it)."""
+        listed = self.restic(repository, ["--no-lock", "list", "locks"], timeout=300)
+        if not listed.ok:
+            raise classify_failure(listed, f"list locks of {repository.name}", self.program)
+        locks = []
+        for lock_id in listed.stdout.decode().split():
+            shown = self.restic(repository, ["--no-lock", "cat", "lock", lock_id], timeout=300)
+            lock = _json(shown.stdout.decode("utf-8", "replace").strip()) if shown.ok else None
+            if lock is not None:  # else removed meanwhile: its owner finished
+                locks.append((lock_id, lock))
+        return locks
+
+
+STALE_LOCK_S = 30 * 60
+"""restic's staleTimeout (0.14 to 0.18): a lock not refreshed for this long is stale."""
+
+
+def lock_age(lock: dict[str, Any], now: int) -> int | None:
+    """Return the seconds since ``lock`` was written or refreshed, by the clock ``now`` (Unix
+    seconds) of the machine that judges it; None if its time cannot be read."""
+    try:
+        written = datetime.fromisoformat(str(lock.get("time")).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if written.tzinfo is None:
+        return None
+    return int(now - written.timestamp())
+
+
+def stale_lock_reason(
+    lock: dict[str, Any], hostname: str, now: int, running: set[str]
+) -> str | None:
+    """Given a restic lock and what the machine that judges it said (its host name, its clock
+    ``now``, which of the locks' pids run there), return why the lock is stale by restic's own
+    rule, or None if it may belong to a live restic."""
+    age = lock_age(lock, now)
+    if age is not None and age > STALE_LOCK_S:
+        return f"not refreshed for {age // 60} minutes (restic refreshes live locks every 5)"
+    pid = str(lock.get("pid") or "")
+    if lock.get("hostname") == hostname and pid.isdigit() and pid not in running:
+        return f"pid {pid} no longer runs on {hostname}"
+    return None
 
 
 @recoverd.hookimpl

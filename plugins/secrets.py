@@ -12,6 +12,24 @@ from recoverd.errors import SecretError
 from recoverd.vault import VaultResolver
 
 COMMAND_TIMEOUT = 30
+MAX_SECRET_BYTES = 64 * 1024
+"""How much of a secret file or command output is read: a password is a line, not a disk
+(``file:/dev/zero`` must not fill the memory)."""
+
+
+def _first_line(data: bytes, what: str) -> str:
+    """Return the first line of a secret's bytes. Raise SecretError if it is not UTF-8 text
+    (restic and the remote shell take the password as text; the bytes are never shown)."""
+    line = data.split(b"\n", 1)[0].removesuffix(b"\r")
+    if len(line) >= MAX_SECRET_BYTES:
+        raise SecretError(f"{what} has no line break in its first {MAX_SECRET_BYTES} bytes")
+    try:
+        return line.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SecretError(
+            f"{what} is not UTF-8 text (byte {exc.start} of its first line); write the "
+            "password as UTF-8"
+        ) from None
 
 
 def resolve_env(name: str) -> str:
@@ -23,12 +41,16 @@ def resolve_env(name: str) -> str:
 
 
 def resolve_file(path: str) -> str:
-    """Return the first line of the file at ``path``. Raise SecretError if it is unreadable."""
+    """Return the first line of the file at ``path``. Raise SecretError if it is unreadable
+    or not UTF-8 text."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise SecretError(f"cannot read secret file {path}: {exc.strerror}") from None
-    return text.splitlines()[0] if text else ""
+        with Path(path).open("rb") as file:
+            data = file.read(MAX_SECRET_BYTES)
+    except (OSError, ValueError) as exc:  # ValueError: a NUL in the path
+        raise SecretError(
+            f"cannot read secret file {path!r}: {getattr(exc, 'strerror', None) or exc}"
+        ) from None
+    return _first_line(data, f"secret file {path!r}")
 
 
 def resolve_command(command: str) -> str:
@@ -50,8 +72,7 @@ def resolve_command(command: str) -> str:
         raise SecretError(f"secret command did not finish within {COMMAND_TIMEOUT}s") from None
     if done.returncode != 0:
         raise SecretError(f"secret command exited with status {done.returncode}")
-    text = done.stdout.decode("utf-8", "replace")
-    return text.splitlines()[0] if text else ""
+    return _first_line(done.stdout[:MAX_SECRET_BYTES], "the output of the secret command")
 
 
 @recoverd.hookimpl

@@ -23,7 +23,13 @@ from typing import Any
 import recoverd
 from recoverd.errors import RecoverdError
 from recoverd.log.record import GENESIS, Entry, canonical, entry_hash, parse_body
-from recoverd.log.signing import Head, LogKey
+from recoverd.log.signing import (
+    Head,
+    LogKey,
+    entry_message,
+    key_fingerprint,
+    verify_signature,
+)
 from recoverd.log.verify import Row
 
 COLUMNS = "seq, run_id, type, at, body, prev_hash, hash, signature"
@@ -112,6 +118,24 @@ BYTES_ADDED = (
 )
 
 
+def backup_history_query(boundaries: int) -> str:
+    """The query of :meth:`SQLiteStore.backup_history` for ``boundaries`` month starts: the
+    client's backup runs before the last boundary, grouped by repository, month bucket (-1
+    before the first boundary, then 0, 1, ...) and final state; one pass through the client's
+    rows, as BYTES_ADDED."""
+    bucket = " ".join(f"WHEN s.at < ? THEN {i - 1}" for i in range(boundaries - 1))
+    return (
+        "SELECT json_extract(s.body, '$.repository'), "
+        f"CASE {bucket} ELSE {boundaries - 2} END, json_extract(e.body, '$.state'), count(*), "
+        "sum(CASE WHEN json_type(e.body, '$.stats.bytes_added') IN ('integer', 'real') "
+        "THEN CAST(json_extract(e.body, '$.stats.bytes_added') AS INTEGER) ELSE 0 END) "
+        + _LAST_END
+        + "WHERE s.client = ? AND +s.type = 'start' AND +s.at < ? "
+        "AND json_extract(s.body, '$.action') = 'backup' "
+        "GROUP BY 1, 2, 3"
+    )
+
+
 _body = parse_body
 
 
@@ -135,6 +159,8 @@ class SQLiteStore:
         self._lock = threading.RLock()
         self._depth = 0
         self.key = LogKey(state_dir)
+        self._vouched = -1
+        """The last entry known to be signed with our key (see _refuse_other_key)."""
         self._migrate()
 
     def _migrate(self) -> None:
@@ -189,6 +215,7 @@ class SQLiteStore:
             seq, prev = (last[0] + 1, last[1]) if last else (1, GENESIS)
             digest = entry_hash(seq, run_id, type_, at, body, prev)
             self._refuse_new_key_for_signed_log()
+            self._refuse_other_key(last)
             signature = self.key.sign_entry(digest)
             self._db.execute(
                 "INSERT INTO entries VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -207,6 +234,7 @@ class SQLiteStore:
             )
             # Inside the transaction: heads are replaced in the order entries are committed.
             self.key.write_head(seq, digest)
+            self._vouched = seq
         return Entry(seq, run_id, type_, at, body, prev, digest, signature)
 
     def _refuse_new_key_for_signed_log(self) -> None:
@@ -222,6 +250,52 @@ class SQLiteStore:
                 f"the log signing key {self.key.path} is missing, but the maintenance log has "
                 "entries signed with it: restore that file from your backup of the state "
                 "directory (nothing is written to the log until then)"
+            )
+
+    def _refuse_other_key(self, last: tuple[int, str] | None) -> None:
+        """Raise RecoverdError if the last entry was signed with another key than ours.
+
+        A key swapped in the state directory would otherwise extend the log with signatures
+        that no auditor's public key verifies. Checked once per process and again whenever
+        another process wrote last (one signature check, about 0.1 ms).
+        """
+        if (last[0] if last else 0) == self._vouched:
+            return
+        self._refuse_log_behind_record(last)
+        if last is None:
+            return
+        row = self._db.execute("SELECT signature FROM entries WHERE seq = ?", (last[0],))
+        signature = row.fetchone()[0]
+        if signature is None:  # an entry from before signing that was never signed
+            return
+        public = self.key.private().public_key()
+        if not verify_signature(public, signature, entry_message(last[1])):
+            raise RecoverdError(
+                f"the log signing key {self.key.path} ({key_fingerprint(public)}) is not the key "
+                f"this maintenance log was signed with (entry {last[0]} does not verify with "
+                "it): restore the log's own key, or point RECOVERD_LOG_KEY_FILE at it; nothing "
+                "is written to the log until then"
+            )
+        self._vouched = last[0]
+
+    def _refuse_log_behind_record(self, last: tuple[int, str] | None) -> None:
+        """Raise RecoverdError if the key's record names an entry this log does not hold.
+
+        Extending a log that was rolled back or wiped (a copy of the state directory put
+        back) would otherwise bury the evidence under new entries.
+        """
+        record = self.key.read_record()
+        if record is None:
+            return
+        row = self._db.execute("SELECT hash FROM entries WHERE seq = ?", (record.seq,))
+        found = row.fetchone()
+        if found is None or found[0] != record.hash:
+            now = f"ends at entry {last[0]}" if last else "is empty"
+            raise RecoverdError(
+                f"the maintenance log {self.path} {now}, but its signing key's record "
+                f"{self.key.record_path} names entry {record.seq}: the log was rolled back, "
+                "wiped or replaced; put the log that goes with this key back (nothing is "
+                "written to the log until then)"
             )
 
     def _rewrite_head(self) -> None:
@@ -311,6 +385,17 @@ class SQLiteStore:
             ).fetchone()
         return row[0] if row else None
 
+    def first_start_at(self, client: str, machine: str) -> str | None:
+        """Return the time of the machine's first start entry (the (client, machine, seq)
+        index: one probe), or None."""
+        query = (
+            "SELECT at FROM entries WHERE client = ? AND machine = ? AND type = 'start' "
+            "ORDER BY seq LIMIT 1"
+        )
+        with self._lock:
+            row = self._db.execute(query, (client, machine)).fetchone()
+        return row[0] if row else None
+
     def bytes_added_by_repository(self, client: str, before: str) -> dict[str | None, int]:
         """Return, per repository, the sum of ``stats.bytes_added`` of the client's backup runs
         started before ``before`` (ISO 8601, UTC): one aggregate over that whole history, on
@@ -322,6 +407,22 @@ class SQLiteStore:
             # mapped pages are revisited without a read() each time (a third less CPU).
             db.execute("PRAGMA mmap_size = 2147418112")
             return dict(db.execute(BYTES_ADDED, (client, before)).fetchall())
+        finally:
+            db.close()
+
+    def backup_history(
+        self, client: str, boundaries: list[str]
+    ) -> list[tuple[str | None, int, str | None, int, int]]:
+        """Given month starts (ISO 8601, UTC, ascending; the last one is the end of the
+        newest month), return the client's backup runs started before the last one as rows
+        (repository, bucket, state, runs, bytes added): bucket -1 is before the first
+        boundary, bucket i the month from boundary i. One aggregate over the client's whole
+        history, on a connection of its own (see bytes_added_by_repository)."""
+        db = sqlite3.connect(self.path, check_same_thread=False)
+        try:
+            db.execute("PRAGMA mmap_size = 2147418112")
+            query = backup_history_query(len(boundaries))
+            return db.execute(query, (*boundaries[:-1], client, boundaries[-1])).fetchall()
         finally:
             db.close()
 
@@ -400,23 +501,34 @@ class SQLiteStore:
             return [r[0] for r in self._db.execute(query, params)]
 
     def newest_level_run_id(
-        self, client: str, machine: str, level: str, state: str | None = None
+        self,
+        client: str,
+        machine: str,
+        level: str,
+        state: str | tuple[str, ...] | None = None,
+        action: str | None = None,
     ) -> str | None:
-        """Return the id of the newest run of a machine's level (any action), or of the newest
-        in ``state``; None if there is none. An index walk from the newest start."""
-        if state is None:
+        """Return the id of the newest run of a machine's level (of ``action``, if given, else
+        any), or of the newest in ``state`` (one, or any of several); None if there is none.
+        An index walk from the newest start."""
+        states = (state,) if isinstance(state, str) else state
+        params: dict[str, Any] = {"client": client, "machine": machine, "level": level}
+        if states is None:
             condition = "1"
-        elif state == "running":
+        elif states == ("running",):
             condition = (
                 "NOT EXISTS (SELECT 1 FROM entries e WHERE e.run_id = s.run_id AND e.type = 'end')"
             )
         else:
-            condition = f"{_STATE} = :state"
+            params.update({f"s{i}": name for i, name in enumerate(states)})
+            condition = f"{_STATE} IN ({', '.join(f':s{i}' for i in range(len(states)))})"
+        if action is not None:
+            condition += f" AND {_ACTION}"
+            params["action"] = action
         query = (
             f"SELECT run_id FROM entries s WHERE {_LEVEL_START} AND {condition} "
             "ORDER BY seq DESC LIMIT 1"
         )
-        params = {"client": client, "machine": machine, "level": level, "state": state}
         with self._lock:
             row = self._db.execute(query, params).fetchone()
         return row[0] if row else None
@@ -455,6 +567,11 @@ class LogSnapshot:
 
     def hash_at(self, seq: int) -> str | None:
         row = self._db.execute("SELECT hash FROM entries WHERE seq = ?", (seq,)).fetchone()
+        return row[0] if row else None
+
+    def at_of(self, seq: int) -> str | None:
+        """Return the time of entry ``seq``, or None if there is none."""
+        row = self._db.execute("SELECT at FROM entries WHERE seq = ?", (seq,)).fetchone()
         return row[0] if row else None
 
     def last_seq(self) -> int | None:

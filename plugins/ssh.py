@@ -13,6 +13,7 @@ that fills it with stderr while the caller waits for stdout would block forever.
 from __future__ import annotations
 
 import base64
+import logging
 import selectors
 import shlex
 import socket
@@ -29,6 +30,7 @@ from recoverd.errors import (
     ConnectionLost,
     HostKeyRejected,
     Interrupted,
+    Stalled,
     TransportError,
     Unreachable,
 )
@@ -36,6 +38,7 @@ from recoverd.plugins import lazy_import
 from recoverd.transport import (
     CommandOutcome,
     CommandRequest,
+    HostKey,
     OutputBuffer,
     StdinFeeder,
     Transport,
@@ -60,10 +63,24 @@ TRANSPORT_POLL_S = 1.0
 wake-up is a socket timeout handled in Python: at 0.1 s, 32 connections waiting on restic cost
 more controller CPU than their SSH traffic. Keepalives and close() do not depend on it."""
 
+PROBE_AFTER_S = 10.0
+"""Seconds without a packet from the machine after which a keepalive asking for a reply is
+sent during a command (paramiko's own keepalive asks for none, so it cannot tell a dead peer)."""
+
+DEAD_AFTER_S = 30.0
+"""Seconds without any packet from the machine, keepalives unanswered, after which its
+connection counts as dead: a laptop that left the network, a frozen machine. The command is
+given up and its run frees its repository slot."""
+
 STDIN_GRACE_S = 5.0
 """How long to wait, after the command ended, for the stdin thread to notice and stop."""
 
 paramiko = lazy_import("paramiko")  # imported at the first connection, not with the plugin
+# paramiko logs what its transport thread cannot handle (a server's garbage) with a traceback,
+# then the connecting call raises it again, and recoverd reports it: without a handler of its
+# own, logging's last resort would print that traceback on a command's stderr. The daemon's
+# handlers still receive it.
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 
 def channel_errors() -> tuple[type[BaseException], ...]:
@@ -121,6 +138,8 @@ class SSHTransport(Transport):
         self.user: str = machine.user or "root"
         self._client: paramiko.SSHClient | None = None
         self._given_up: str | None = None
+        self._heard = time.monotonic()
+        """When the last packet came from the machine (any channel, keepalive replies too)."""
 
     def give_up(self, reason: str) -> bool:
         """Stop the running command (see Transport.give_up); run() notices within POLL_S."""
@@ -171,6 +190,7 @@ class SSHTransport(Transport):
             transport.sock.settimeout(TRANSPORT_POLL_S)
             _rekey_less_often(transport)
             _hold_own_replies_during_rekey(transport)
+            self._listen(transport)
         except BaseException as exc:
             # paramiko leaves its transport thread running when the host key is rejected.
             client.close()
@@ -179,6 +199,18 @@ class SSHTransport(Transport):
                 raise
             raise error from None
         return client
+
+    def _listen(self, transport: paramiko.Transport) -> None:
+        """Note the time of every packet the machine sends on ``transport`` in ``_heard``."""
+        read = transport.packetizer.read_message
+
+        def read_and_note() -> Any:
+            message = read()
+            self._heard = time.monotonic()
+            return message
+
+        transport.packetizer.read_message = read_and_note  # type: ignore[method-assign]
+        self._heard = time.monotonic()
 
     def close(self) -> None:
         """Close the connection; safe to call more than once."""
@@ -215,6 +247,58 @@ class SSHTransport(Transport):
                 f"cannot check the host key of {self.machine.name}: a known_hosts line is not "
                 f"a valid key: {exc.line!r}"
             ) from None
+
+    @classmethod
+    def unready(cls, machine: Machine) -> str | None:
+        """A machine whose host key nothing vouches for is not enrolled yet: its first run
+        would be refused (and recorded failed), so it waits for ``recoverd enroll``."""
+        if machine.host_key:
+            return None
+        path = Path(machine.known_hosts or "~/.ssh/known_hosts").expanduser()
+        port = machine.port or 22
+        address = machine.address or machine.name
+        name = address if port == 22 else f"[{address}]:{port}"
+        try:
+            if paramiko.HostKeys(str(path)).lookup(name):
+                return None
+        except (OSError, paramiko.hostkeys.InvalidHostKey):
+            pass  # unreadable: the run says exactly why; here it is simply not known
+        return (
+            f"no host key is pinned and {path} has none for {name}: the first run would be "
+            f"refused; run `recoverd enroll {machine.client}/{machine.name}` to check and pin it"
+        )
+
+    def host_key(self) -> HostKey:
+        """Return the key the server offers (a key exchange, no login) and how the policy's
+        pinned key or known_hosts file judges it. Raise Unreachable, or HostKeyRejected if the
+        pinned key or the known_hosts file is unusable."""
+        timeout = self.machine.connect_timeout
+        try:
+            sock = socket.create_connection((self.address, self.port), timeout=timeout)
+        except OSError as exc:
+            error = self._connect_error(exc, timeout)
+            raise error or Unreachable(str(exc)) from None
+        session = paramiko.Transport(sock)
+        try:
+            session.banner_timeout = timeout
+            session.start_client(timeout=timeout)
+            offered = session.get_remote_server_key()
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            error = self._connect_error(exc, timeout)
+            raise error or Unreachable(str(exc)) from None
+        finally:
+            session.close()
+        trusted = paramiko.SSHClient()
+        self._trust_host_keys(trusted)
+        known = trusted.get_host_keys().lookup(self._host_key_name()) or {}
+        expected = known.get(offered.get_name()) or next(iter(known.values()), None)
+        if expected is None:
+            trust, shown = "unknown", None
+        elif expected == offered:
+            trust, shown = ("pinned" if self.machine.host_key else "known"), None
+        else:
+            trust, shown = "changed", f"{expected.get_name()} {expected.fingerprint}"
+        return HostKey(offered.get_name(), offered.get_base64(), offered.fingerprint, trust, shown)
 
     def _pinned_key(self) -> paramiko.PKey:
         """Return the policy's ``host_key`` as a key. Raise HostKeyRejected if it is not one."""
@@ -258,7 +342,10 @@ class SSHTransport(Transport):
             f"host key of {self.machine.name} ({self.address}:{self.port}) has CHANGED: "
             f"expected {expected.get_name()} {expected.fingerprint}, offered "
             f"{offered.get_name()} {offered.fingerprint}. This is a possible man-in-the-middle; "
-            f"if the machine was reinstalled, verify the new key and update {self._key_source()}"
+            f"if the machine was reinstalled, verify the new key (on the machine: ssh-keygen -lf "
+            f"/etc/ssh/ssh_host_*_key.pub) and update {self._key_source()}: "
+            f'host_key = "{offered.get_name()} {offered.get_base64()}" '
+            f"(or run `recoverd enroll {self.machine.client}/{self.machine.name}`)"
         )
 
     def _credentials(self) -> dict[str, Any]:
@@ -346,6 +433,7 @@ class SSHTransport(Transport):
             )
         transport = self._active_transport(request)
         deadline = None if request.timeout is None else time.monotonic() + request.timeout
+        watch = _Watch(transport, self.stall_after)
         stdout = OutputBuffer(request.on_stdout)
         stderr = OutputBuffer(request.on_stderr)
         try:
@@ -356,6 +444,7 @@ class SSHTransport(Transport):
         def send_stdin(chunk: bytes) -> None:
             try:
                 channel.sendall(chunk)
+                watch.progressed()  # the command took input: it is not stuck
             except (paramiko.SSHException, EOFError) as exc:
                 # Not an OSError, so the feeder keeps it and end_stdin() aborts the command.
                 raise self._lost(request, f"sending stdin failed: {exc}") from None
@@ -375,8 +464,8 @@ class SSHTransport(Transport):
                 raise self._refused(request, transport, exc) from None
             feeder.start()
             try:
-                self._pump(channel, request, feeder, stdout, shell, deadline)
-                self._wait_for_status(channel, request, feeder, deadline)
+                self._pump(channel, request, feeder, stdout, shell, deadline, watch)
+                self._wait_for_status(channel, request, feeder, deadline, watch)
             except (CommandTimeout, ConnectionLost) as exc:
                 raise type(exc)(f"{exc}; {self._stop_remote(channel, shell.pid)}") from None
             except (KeyboardInterrupt, Interrupted) as exc:
@@ -476,11 +565,12 @@ class SSHTransport(Transport):
         stdout: OutputBuffer,
         stderr: OutputBuffer | _ShellPid,
         deadline: float | None,
+        watch: _Watch,
     ) -> None:
         """Pass stdout and stderr chunks on as they arrive, until both streams end.
 
-        Raise CommandTimeout past ``deadline``, ConnectionLost if reading fails, the stdin
-        feeder's error if it failed.
+        Raise CommandTimeout past ``deadline``, Stalled or ConnectionLost as :meth:`_next_wait`
+        says, ConnectionLost if reading fails, the stdin feeder's error if it failed.
         """
         streams = [
             (channel.recv_ready, channel.recv, stdout),
@@ -491,7 +581,7 @@ class SSHTransport(Transport):
         with selectors.DefaultSelector() as selector:
             selector.register(channel.fileno(), selectors.EVENT_READ)
             while streams:
-                selector.select(self._next_wait(request, feeder, deadline))
+                selector.select(self._next_wait(request, feeder, deadline, watch))
                 ended = channel.eof_received or channel.closed
                 for stream in list(streams):
                     ready, recv, sink = stream
@@ -502,6 +592,7 @@ class SSHTransport(Transport):
                     except channel_errors() as exc:
                         raise self._lost(request, str(exc) or type(exc).__name__) from None
                     if chunk:
+                        watch.progressed()
                         sink(chunk)
                     else:
                         streams.remove(stream)
@@ -512,25 +603,47 @@ class SSHTransport(Transport):
         request: CommandRequest,
         feeder: StdinFeeder,
         deadline: float | None,
+        watch: _Watch,
     ) -> None:
         """Wait until the exit status came or the channel closed.
 
-        Raise CommandTimeout past ``deadline``, the stdin feeder's error if it failed.
+        Raise as :meth:`_next_wait` does.
         """
-        while not channel.status_event.wait(self._next_wait(request, feeder, deadline)):
+        while not channel.status_event.wait(self._next_wait(request, feeder, deadline, watch)):
             pass
 
     def _next_wait(
-        self, request: CommandRequest, feeder: StdinFeeder, deadline: float | None
+        self,
+        request: CommandRequest,
+        feeder: StdinFeeder,
+        deadline: float | None,
+        watch: _Watch,
     ) -> float:
         """Return how long to wait for the channel before looking at the clock and the stdin
         feeder again. Raise CommandTimeout past ``deadline``, the feeder's error if it failed,
-        Interrupted after give_up().
+        Interrupted after give_up(), Stalled after ``stall_after`` seconds without progress,
+        ConnectionLost (the connection closed) when the machine stopped answering.
         """
         if feeder.error is not None:
             raise feeder.error
         if self._given_up is not None:
             raise Interrupted(self._given_up)
+        now = time.monotonic()
+        silent = now - self._heard
+        if silent > DEAD_AFTER_S:
+            # Closed, so that stopping the command takes a new connection, not this dead one.
+            watch.transport.close()
+            raise self._lost(
+                request,
+                f"the machine stopped answering (nothing for {silent:.0f}s, keepalives unanswered)",
+            )
+        if silent > PROBE_AFTER_S:
+            watch.probe(self._heard)
+        if watch.stall_after is not None and now - watch.progress > watch.stall_after:
+            raise Stalled(
+                f"stalled: {_summary(request.argv)} on {self.machine.name} made no progress "
+                f"for {watch.stall_after:g}s (stall_after: no output, no input taken)"
+            )
         if deadline is None:
             return POLL_S
         left = deadline - time.monotonic()
@@ -556,6 +669,36 @@ class SSHTransport(Transport):
             f"{self.machine.name} ({self.describe()}) would not start {_summary(request.argv)}: "
             f"{exc or type(exc).__name__}"
         )
+
+
+class _Watch:
+    """A running command's progress, and keepalive probes of its connection."""
+
+    def __init__(self, transport: paramiko.Transport, stall_after: float | None) -> None:
+        self.transport = transport
+        self.stall_after = stall_after
+        self.progress = time.monotonic()
+        """When the command last wrote output or took input."""
+        self._probed_after: float | None = None
+
+    def progressed(self) -> None:
+        self.progress = time.monotonic()
+
+    def probe(self, heard: float) -> None:
+        """Send one keepalive that wants a reply (OpenSSH answers any global request), unless
+        one went out since the machine was last heard (``heard``) or keys are being changed
+        (nothing else may be sent then; the key exchange is traffic of its own)."""
+        if self._probed_after == heard or not self.transport.clear_to_send.is_set():
+            return
+        self._probed_after = heard
+        message = paramiko.Message()
+        message.add_byte(paramiko.common.cMSG_GLOBAL_REQUEST)
+        message.add_string("keepalive@openssh.com")
+        message.add_boolean(True)
+        try:
+            self.transport._send_user_message(message)
+        except channel_errors():
+            pass  # a connection that cannot send is dead: DEAD_AFTER_S says so
 
 
 class _RejectUnknownKey:
@@ -687,7 +830,11 @@ def _hold_own_replies_during_rekey(transport: paramiko.Transport) -> None:
 
 
 def _summary(argv: list[str], limit: int = 80) -> str:
-    """Return the command line for messages, shortened to ``limit`` characters."""
+    """Return the command line for messages, shortened to ``limit`` characters. A ``sh -c
+    SCRIPT NAME ARGS`` wrapper (the one that reads restic's credentials) is shown as what it
+    runs: ``ARGS``, or ``NAME ARGS`` where NAME is the program (``$0``)."""
+    if argv[:2] == ["sh", "-c"] and len(argv) > 4:
+        argv = argv[4:] if argv[3].startswith("recoverd-") else argv[3:]
     line = shlex.join(argv)
     return line if len(line) <= limit else line[: limit - 3] + "..."
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from collections import deque
 from datetime import datetime
 from typing import Any
 
@@ -41,6 +42,8 @@ ALL_CRITICAL = "all-critical"
 SUCCESS_TEXT = "The backup operation successfully completed."
 RECOVERY_TEXT = "The recovery operation completed."
 MAX_MESSAGE = 400
+MAX_TEXT_LINES = 2000
+"""Lines of wbadmin's output kept to find why it failed (the last ones)."""
 
 # One JSON object about the last backup job and the machine's backups, or an error (exit 1)
 # where the Windows Server Backup cmdlets are not installed (client Windows, no feature tools).
@@ -177,7 +180,7 @@ class WbadminEngine(Engine):
         target = self._target(level)
         args = ["start", "backup", f"-backupTarget:{target}", *include_args(level.device)]
         args.append("-quiet")
-        text: list[str] = []
+        text: deque[str] = deque(maxlen=MAX_TEXT_LINES)  # a hostile machine prints forever
 
         def line(text_line: str) -> None:
             text.append(text_line)

@@ -306,6 +306,14 @@ class WinRMTransport(Transport):
                 "password"
                 + (" and that the machine allows this auth" if self.machine.auth != "ntlm" else "")
             )
+        if isinstance(exc, PermissionError) and "challenge" in str(exc):
+            # requests_ntlm's way of saying the 401 carried no NTLM challenge to answer.
+            return AuthenticationFailed(
+                f"{where} answered HTTP 401 without an NTLM challenge (auth "
+                f"{self.machine.auth}): WinRM there does not offer Negotiate, or a proxy in "
+                "between strips it. Check `winrm get winrm/config/service/auth` on the machine, "
+                "or set auth to one it offers"
+            )
         if isinstance(exc, requests.exceptions.SSLError):
             verify_failed = re.search(r"certificate verify failed: ([^(']+)", str(exc))
             if verify_failed:

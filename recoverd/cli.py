@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import select
 import signal
 import sys
 import threading
@@ -18,7 +19,10 @@ from pathlib import Path
 from recoverd import __version__
 from recoverd.commands import MODULES, Handler, global_options
 from recoverd.controller import Controller
-from recoverd.errors import PolicyError, RecoverdError
+from recoverd.errors import PolicyError, RecoverdError, unexpected
+from recoverd.output import TerminalText
+from recoverd.secrets import redact
+from recoverd.text import visible
 
 
 def default_state_dir() -> Path:
@@ -91,6 +95,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     # started on the machine is stopped. (The daemon sets its own handler.)
     on_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _interrupt) if on_main_thread else None
+    # What people read shows control characters from machines and users escaped.
+    streams = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = TerminalText(sys.stdout), TerminalText(sys.stderr)  # type: ignore[assignment]
     try:
         ctl = Controller(Path(policy_dir), Path(state_dir) if state_dir else default_state_dir())
         return args.handler(ctl, args)
@@ -100,17 +107,51 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"recoverd: {len(exc.problems)} policy problem(s)", file=sys.stderr)
         return exc.exit_code
     except RecoverdError as exc:
-        print(f"recoverd: {exc}", file=sys.stderr)
+        # One line: a remote message cannot add lines that look like ours.
+        print(f"recoverd: {visible(exc)}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("recoverd: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError as exc:
+        if _stdout_closed():
+            return SIGPIPE_EXIT
+        print(f"recoverd: {exc}", file=sys.stderr)
+        return 1
     except OSError as exc:  # e.g. a state directory on a full or read-only disk
         print(f"recoverd: {exc}", file=sys.stderr)
         return 1
+    except Exception as exc:  # unforeseen: its reason, never a traceback (runs are recorded)
+        reason = redact(str(unexpected(exc, "internal error")))
+        print(f"recoverd: {visible(reason)}", file=sys.stderr)
+        return 1
     finally:
+        sys.stdout, sys.stderr = streams
         if on_main_thread:
             signal.signal(signal.SIGTERM, previous or signal.SIG_DFL)
+
+
+SIGPIPE_EXIT = 128 + signal.SIGPIPE
+"""The exit code of ``recoverd plan | head`` once head has read enough: what a program that
+SIGPIPE stopped returns, without a traceback or message."""
+
+
+def _stdout_closed() -> bool:
+    """Return True if stdout is a pipe whose reader went away (``| head``); then point it at
+    /dev/null, so that Python's own flush at exit stays quiet too."""
+    try:
+        fd = sys.stdout.fileno()
+    except (OSError, ValueError):
+        return False
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    # The write end of a pipe without a reader polls as an error (Linux, BSD, macOS).
+    if not any(events & select.POLLERR for _, events in poller.poll(0)):
+        return False
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
+    return True
 
 
 def _interrupt(signum: int, frame: object) -> None:

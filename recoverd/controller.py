@@ -9,8 +9,10 @@ from __future__ import annotations
 from functools import cached_property
 from pathlib import Path
 
+from recoverd import witness
 from recoverd.engine import Engine
 from recoverd.errors import PluginError
+from recoverd.healthchecks import RunPings
 from recoverd.log import MaintenanceLog
 from recoverd.plugins import PluginHost
 from recoverd.policy import PolicySet, load_policies
@@ -43,9 +45,17 @@ class Controller:
         """The validated policies. Raise PolicyError listing every problem."""
         return load_policies(self.policy_dir, secret_schemes=self.secrets.schemes)
 
+    def reload_policies(self) -> PolicySet:
+        """Read the policy files again (after a command changed one) and return them."""
+        self.__dict__.pop("policies", None)
+        return self.policies
+
     @cached_property
     def log(self) -> MaintenanceLog:
-        return MaintenanceLog(self.state_dir, self.plugins["log_sinks"], self.plugins["notifiers"])
+        log = MaintenanceLog(self.state_dir, self.plugins["log_sinks"], self.plugins["notifiers"])
+        log.watchers.append(RunPings(self))  # levels with `healthchecks` ping their monitor
+        log.watchers.append(witness.WitnessPush(self))  # the signed head to the witnesses
+        return log
 
     def transport(self, machine: Machine) -> Transport:
         """Return an unconnected transport for ``machine``."""

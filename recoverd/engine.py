@@ -72,6 +72,12 @@ class BackupRequest:
     machine: Machine
     level: Level
     repository: Repository
+    baseline: dict[str, Any] | None = field(default=None, compare=False)
+    """For an image level: the log's view of the level's last good image that is a default
+    restore point, which the image sanity check compares the device with (None: no such image
+    yet, or not an image level)."""
+    accept_change: bool = False
+    """``--accept-change``: image the device even if it no longer looks like ``baseline``."""
 
 
 @dataclass(frozen=True)

@@ -61,6 +61,11 @@ class CommandTimeout(TransportError):
     transient = True
 
 
+class Stalled(CommandTimeout):
+    """A command made no progress (no output, no input taken) for its ``stall_after`` and was
+    stopped; the run is recorded failed with ``stats.stalled``, and retried."""
+
+
 class ConnectionLost(TransportError):
     """The connection dropped while a command was running."""
 
@@ -103,6 +108,23 @@ class MachineBusy(RecoverdError):
 
 class DaemonRunning(RecoverdError):
     """Another ``recoverd daemon`` already serves this state directory: exit 1."""
+
+
+class UnexpectedError(RecoverdError):
+    """An exception recoverd did not foresee (a library's own, or a bug), carried with its type
+    and message so that it ends a run ``failed`` with the reason, as a foreseen one does."""
+
+
+def unexpected(exc: BaseException, doing: str) -> UnexpectedError:
+    """Given an exception that is no RecoverdError and what was being done, return the
+    UnexpectedError that says both (the message shortened to a few hundred characters)."""
+    text = " ".join(str(exc).split()) or "no message"
+    if len(text) > MESSAGE_LIMIT:
+        text = text[: MESSAGE_LIMIT - 3] + "..."
+    return UnexpectedError(f"{doing}: unexpected {type(exc).__name__}: {text}")
+
+
+MESSAGE_LIMIT = 300
 
 
 class RestoreRefused(RecoverdError):

@@ -68,12 +68,17 @@ def recoverd_add_log_sinks(register: Kind) -> None:
 
 @hookspec
 def recoverd_add_notifiers(register: Kind) -> None:
-    """Register notifiers, told about every finished run.
+    """Register notifiers: the channels that deliver incident messages and digests.
 
-    :param register: ``register.add("mail", MailNotifier)``; the class is built with no
-        arguments and its ``run_finished(record)`` is called with the run's current view (a
-        dict as ``recoverd log --json`` prints it). A notifier decides itself what to act on;
-        its failure is logged and never fails the run.
+    :param register: ``register.add("apprise", AppriseNotifier)``; the class is built with no
+        arguments. A subclass of :class:`recoverd.notify.Notifier` declares the URL
+        ``schemes`` it delivers (``("*",)`` for any) and implements ``send(urls, message)``,
+        returning False (never raising) when a service did not take the message: the outbox
+        retries it a bounded number of times from a worker thread. Of several notifiers for a
+        scheme, the one registered last is used (a third-party notifier overrides the built-in
+        ``apprise``). Every notifier's ``run_finished(record)`` is also called with each
+        finished run's current view (a dict as ``recoverd log --json`` prints it); its failure
+        is logged and never fails the run.
     """
 
 

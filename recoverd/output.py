@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-import json
+import sys
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, TextIO
 from zoneinfo import ZoneInfo
+
+from recoverd.text import json_text, visible, visible_lines
 
 
 def human_bytes(size: int | float | None) -> str:
@@ -22,8 +24,12 @@ def human_bytes(size: int | float | None) -> str:
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    """Return rows as left-aligned columns under a header line; None shows as ``-``."""
-    cells = [[("-" if c is None else str(c)).replace("\n", " ") for c in row] for row in rows]
+    """Return rows as left-aligned columns under a header line; None shows as ``-``.
+
+    Cells show control characters escaped (:func:`recoverd.text.visible`): a file name or an
+    error from a machine cannot add a row, move the cursor or recolour the terminal.
+    """
+    cells = [["-" if c is None else visible(c) for c in row] for row in rows]
     widths = [len(h) for h in headers]
     for row in cells:
         widths = [max(w, len(c)) for w, c in zip(widths, row, strict=True)]
@@ -34,8 +40,57 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> st
 
 
 def emit_json(obj: Any) -> None:
-    """Print ``obj`` as one line of JSON."""
-    print(json.dumps(obj, ensure_ascii=False, sort_keys=False))
+    """Print ``obj`` as one line of JSON (exact data; nothing in it a terminal interprets)."""
+    write_data(json_text(obj, ensure_ascii=False, sort_keys=False) + "\n")
+
+
+class TerminalText:
+    """A text stream for what people read (the CLI's stdout and stderr): whatever is written
+    shows control characters escaped, except line breaks (:func:`recoverd.text.visible_lines`).
+
+    The net under every message: a remote error or a file name cannot send an escape
+    sequence to the terminal, whichever code printed it. Data (``--json``, exports, reports)
+    goes out exact through :func:`write_data`; the progress line writes its own control
+    sequences to :attr:`stream`.
+    """
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        self.stream.write(visible_lines(text))
+        return len(text)
+
+    def write_data(self, text: str) -> None:
+        # Exact when piped or redirected; on a terminal it is read, so it is shown like text.
+        self.stream.write(visible_lines(text) if self.stream.isatty() else text)
+
+    def __getattr__(self, name: str) -> Any:  # flush, isatty, fileno, encoding...
+        return getattr(self.stream, name)
+
+
+def write_data(text: str) -> None:
+    """Write data (JSON lines, CSV, a report, a key) to stdout exactly as it is."""
+    out = sys.stdout
+    if isinstance(out, TerminalText):
+        out.write_data(text)
+    else:
+        out.write(text)
+
+
+def raw_stream(stream: TextIO) -> TextIO:
+    """Return the stream under a :class:`TerminalText` (for our own control sequences)."""
+    return stream.stream if isinstance(stream, TerminalText) else stream
+
+
+def json_time(moment: datetime | str | None, zone: str) -> str | None:
+    """Return a time as ``--json`` prints it everywhere: ISO 8601 to the second, in the
+    client's time zone, with its offset (``2026-11-27T01:30:00+08:00``)."""
+    if moment is None:
+        return None
+    if isinstance(moment, str):
+        moment = datetime.fromisoformat(moment)
+    return moment.astimezone(ZoneInfo(zone)).isoformat(timespec="seconds")
 
 
 def local_time(iso_text: str | None, zone: str) -> str:
@@ -44,6 +99,18 @@ def local_time(iso_text: str | None, zone: str) -> str:
         return "-"
     moment = datetime.fromisoformat(iso_text).astimezone(ZoneInfo(zone))
     return moment.strftime("%Y-%m-%d %H:%M %z")[:-2]
+
+
+def shorten(text: str, width: int) -> str:
+    """Return ``text`` cut to at most ``width`` characters at a word boundary, with ``…``
+    where something was left out."""
+    if len(text) <= width:
+        return text
+    cut = text[: width - 1]
+    space = cut.rfind(" ")
+    if space > width // 2:
+        cut = cut[:space]
+    return cut.rstrip(" ,;:/") + "…"
 
 
 def run_result(view: dict[str, Any]) -> str:

@@ -31,3 +31,17 @@ def write_private(path: Path, data: bytes, *, replace: bool) -> bool:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def key_location(state_dir: Path, env: str, credential: str, default: str) -> Path:
+    """Return where a key of the controller is read from, so that it may live apart from the
+    state directory: the file named by the environment variable ``env`` if set, else the
+    systemd credential ``credential`` (``$CREDENTIALS_DIRECTORY``, ``LoadCredential=`` or
+    ``LoadCredentialEncrypted=``) when it is there, else ``default`` in the state directory.
+    """
+    if os.environ.get(env):
+        return Path(os.environ[env])
+    credentials = os.environ.get("CREDENTIALS_DIRECTORY")
+    if credentials and (Path(credentials) / credential).exists():
+        return Path(credentials) / credential
+    return state_dir / default

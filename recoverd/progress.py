@@ -10,7 +10,8 @@ import time
 from typing import TextIO
 
 from recoverd.engine import Progress
-from recoverd.output import human_bytes
+from recoverd.output import human_bytes, raw_stream
+from recoverd.text import visible
 
 
 def _clock(seconds: float) -> str:
@@ -22,8 +23,9 @@ class ProgressLine:
     """A callable that shows :class:`Progress` reports as one terminal line."""
 
     def __init__(self, label: str, stream: TextIO | None = None, interval: float = 0.5) -> None:
-        self.label = label
-        self.stream = stream or sys.stderr
+        self.label = visible(label)
+        # The line's own \r and erase-line sequences must reach the terminal as they are.
+        self.stream = raw_stream(stream or sys.stderr)
         self.enabled = self.stream.isatty()
         self.interval = interval
         self._last = 0.0

@@ -30,9 +30,10 @@ recoverd checks that every file of the snapshot is there with its size; ``full``
 independent second read: the snapshot is read again from the repository (``restic dump``),
 hashed on the controller and compared with a sha256 of every restored file on the machine."""
 
-DESTINATIONS = ("in-place", "path", "device", "scratch")
+DESTINATIONS = ("in-place", "path", "device", "scratch", "boot")
 """Where a restore goes: where the data came from, another path (``--to``), a device, or a
-scratch place that is removed afterwards (a restore drill, ``recoverd verify``)."""
+scratch place that is removed afterwards (a restore drill, ``recoverd verify``), or a scratch file
+that is booted offline (a boot drill)."""
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,10 @@ class RestoreRequest:
     """Files restores: replace a symbolic link found where the snapshot has a folder (or above
     the ``--to`` destination) with that folder (``--replace-links``); without it the plan is
     refused."""
+    drill: Level | None = None
+    """Drills: the verify level itself, for its own keys (``boot_timeout``, ``expect``, ...)."""
+    evidence_dir: str | None = None
+    """Drills: where evidence worth keeping goes (a boot drill's screenshot), on the controller."""
 
 
 @dataclass

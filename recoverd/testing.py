@@ -75,6 +75,9 @@ class ThrowawaySSHD:
         self.pid_path = self.workdir / "sshd.pid"
         self.host_key_path = self.workdir / "host_ed25519"
         self.client_key = str(self.workdir / "client_ed25519")
+        self.tmp = self.workdir / "tmp"
+        """The TMPDIR of the commands it runs: their temporary files are this server's own,
+        so that two test suites at once never see each other's."""
         self.port = 0
         self._process: subprocess.Popen[bytes] | None = None
 
@@ -105,6 +108,7 @@ class ThrowawaySSHD:
         """
         if self._process is not None:
             return self
+        self.tmp.mkdir(exist_ok=True)
         if not self.host_key_path.exists():
             make_key(self.host_key_path)
         if not Path(self.client_key).exists():
@@ -209,7 +213,8 @@ class ThrowawaySSHD:
             "MaxSessions 50\n"
             "MaxStartups 50\n"
             "Subsystem sftp internal-sftp\n"
-            f'SetEnv "PATH={self.path or os.environ.get("PATH", "/usr/bin:/bin")}"\n'
+            f'SetEnv "PATH={self.path or os.environ.get("PATH", "/usr/bin:/bin")}" '
+            f'"TMPDIR={self.tmp}"\n'
             + (f"RekeyLimit {self.rekey_limit}\n" if self.rekey_limit else "")
         )
 

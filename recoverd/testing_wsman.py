@@ -106,6 +106,7 @@ class WSManServer:
         password: str = "Winrm-Pa55word-for-tests",
         operation_timeout: float = 0.5,
         restic: str = "restic",
+        ntlm_challenge: bool = True,
     ) -> None:
         self.root = Path(root)
         self.https = https
@@ -114,6 +115,9 @@ class WSManServer:
         self.auth = auth
         self.user, self.password = user, password
         self.operation_timeout = operation_timeout
+        self.ntlm_challenge = ntlm_challenge
+        """False: every NTLM attempt gets a 401 without a challenge (an endpoint where NTLM is
+        off, or a proxy that strips the header)."""
         """Seconds a Receive waits for output before the timeout fault (Windows: up to the
         client's OperationTimeout; short here so that tests see the fault quickly)."""
         self.host = SimulatedWindows(self.root, restic=restic)
@@ -475,7 +479,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._answer(401, b"", {"WWW-Authenticate": "Negotiate"})
             return False
         scheme, _, token = authorization.partition(" ")
-        if scheme not in ("Negotiate", "NTLM"):
+        if scheme not in ("Negotiate", "NTLM") or not self.server.wsman.ntlm_challenge:
             self._answer(401, b"", {"WWW-Authenticate": "Negotiate"})
             return False
         if self.ntlm is None or self.ntlm.complete:

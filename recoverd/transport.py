@@ -8,6 +8,7 @@ restic. Engines receive a connected transport and call :meth:`Transport.run` wit
 
 from __future__ import annotations
 
+import contextlib
 import shlex
 import threading
 import weakref
@@ -15,6 +16,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
+
+from recoverd.errors import RecoverdError, TransportError, unexpected
 
 if TYPE_CHECKING:
     from recoverd.policy.model import Machine
@@ -25,6 +28,11 @@ Chunk = Callable[[bytes], None]
 
 COLLECT_LIMIT = 4 * 1024 * 1024
 """Bytes of stdout/stderr kept in a CommandOutcome when no consumer is given (the tail)."""
+
+MAX_RECORD = 256 * 1024
+"""Longest line (or NUL-terminated record) a :class:`RecordSplitter` passes on: a machine that
+prints one endless line must not fill the controller's memory. restic's longest lines (a
+node of ``ls --json`` with a 4 KiB path, escaped) are a few dozen KiB."""
 
 
 @dataclass
@@ -59,6 +67,27 @@ class CommandOutcome:
         return self.exit_status == 0
 
 
+@dataclass(frozen=True)
+class HostKey:
+    """The key a machine offers to prove who it is, and whether the policy trusts it."""
+
+    type: str
+    """``ssh-ed25519``, ``ecdsa-sha2-nistp256``, ..."""
+    base64: str
+    fingerprint: str
+    """``SHA256:...``, as ``ssh-keygen -lf`` prints it."""
+    trust: str
+    """``pinned`` (the policy's ``host_key``), ``known`` (a known_hosts entry), ``unknown`` or
+    ``changed`` (neither matches: the policy or known_hosts names another key)."""
+    expected: str | None = None
+    """For ``changed``: the fingerprint the policy or known_hosts expects."""
+
+    @property
+    def line(self) -> str:
+        """The key as a policy pins it: ``TYPE BASE64``."""
+        return f"{self.type} {self.base64}"
+
+
 class Transport(ABC):
     """A session with one machine, opened once per run and reused for all its commands.
 
@@ -68,6 +97,10 @@ class Transport(ABC):
     name: str = ""
     os_family: str = "posix"
     """``posix`` or ``windows``: tells engines which path and quoting rules apply."""
+    stall_after: float | None = None
+    """Seconds a command may go without progress (a byte of output, a chunk of stdin taken)
+    before the transport stops it and raises Stalled; None: no limit. The action sets it per
+    level (``stall_after``); a transport that cannot stop commands ignores it."""
 
     def __init__(self, machine: Machine, secrets: SecretResolver) -> None:
         self.machine = machine
@@ -97,6 +130,26 @@ class Transport(ABC):
         command runs to its end."""
         return False
 
+    @classmethod
+    def policy_warnings(cls, machine: Machine) -> list[str]:
+        """Return what ``recoverd check`` should point out about ``machine``'s connection
+        settings without connecting (by default: why it is not :meth:`unready`)."""
+        reason = cls.unready(machine)
+        return [reason] if reason else []
+
+    @classmethod
+    def unready(cls, machine: Machine) -> str | None:
+        """Return why no scheduled run should start on ``machine`` yet, without connecting
+        (it was never enrolled: nothing vouches for its host key), or None. The daemon then
+        leaves its levels alone instead of recording runs that are bound to fail."""
+        return None
+
+    def host_key(self) -> HostKey | None:
+        """Return the key the machine offers now and whether it is trusted, without logging in
+        and without trusting it; None if this transport identifies machines otherwise (TLS
+        certificates, or none on the controller itself). Raise Unreachable."""
+        return None
+
     def quote(self, argv: list[str]) -> str:
         """Return ``argv`` as one command line for the machine's shell."""
         return shlex.join(argv)
@@ -105,8 +158,23 @@ class Transport(ABC):
         """Return where this transport goes, for messages (``root@10.1.0.42:22``)."""
         return self.machine.address or self.machine.name
 
+    def open(self) -> None:
+        """Connect as :meth:`connect` does; an exception that is no RecoverdError (a library's
+        own: a server that answers garbage, an HTTP 401 without the expected challenge) closes
+        the session and becomes a TransportError that names the machine and the reason, so that
+        the runs it stops are recorded like any other failure to connect."""
+        try:
+            self.connect()
+        except RecoverdError:
+            raise
+        except Exception as exc:
+            with contextlib.suppress(Exception):
+                self.close()
+            reason = unexpected(exc, f"cannot connect to {self.machine.name} ({self.describe()})")
+            raise TransportError(str(reason)) from exc
+
     def __enter__(self) -> Transport:
-        self.connect()
+        self.open()
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -148,6 +216,62 @@ class OutputBuffer:
 
     def value(self) -> bytes:
         return b"".join(self._parts)[-self.limit :]
+
+
+class RecordSplitter:
+    """Feed byte chunks of a stream; get its complete records (lines by default) passed to
+    ``on_record`` without their separator.
+
+    A record longer than ``limit`` bytes is passed on cut to ``limit`` bytes once, and the rest
+    of it is dropped as it arrives: memory stays bounded whatever the machine prints.
+    ``cut`` counts the records that were cut.
+    """
+
+    def __init__(
+        self,
+        on_record: Callable[[bytes], None],
+        separator: bytes = b"\n",
+        limit: int = MAX_RECORD,
+    ) -> None:
+        self._on_record = on_record
+        self._separator = separator
+        self._limit = limit
+        self._rest = bytearray()
+        self._skipping = False
+        """True while the rest of a cut record is being dropped."""
+        self.cut = 0
+
+    def __call__(self, chunk: bytes) -> None:
+        start = 0
+        while True:
+            end = chunk.find(self._separator, start)
+            if end < 0:
+                self._hold(chunk[start:])
+                return
+            if self._skipping:
+                self._skipping = False
+            else:
+                self._rest += chunk[start:end]
+                record, self._rest = bytes(self._rest[: self._limit]), bytearray()
+                self._on_record(record)
+            start = end + len(self._separator)
+
+    def _hold(self, part: bytes) -> None:
+        if self._skipping:
+            return
+        self._rest += part
+        if len(self._rest) > self._limit:
+            self.cut += 1
+            self._skipping = True
+            record, self._rest = bytes(self._rest[: self._limit]), bytearray()
+            self._on_record(record)
+
+    def flush(self) -> None:
+        """Pass on the last record if the stream did not end with a separator."""
+        if self._rest:
+            record, self._rest = bytes(self._rest), bytearray()
+            self._on_record(record)
+        self._skipping = False
 
 
 def iter_stdin(stdin: bytes | Iterable[bytes] | None, size: int = 64 * 1024) -> Iterator[bytes]:

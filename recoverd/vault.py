@@ -29,7 +29,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from recoverd.errors import SecretError, UsageError
-from recoverd.private_files import write_private
+from recoverd.private_files import key_location, write_private
 from recoverd.secrets import VAULT_NAME
 
 VAULT_FILE = "vault.json"
@@ -43,12 +43,7 @@ _AAD_PREFIX = b"recoverd-vault-secret:"
 
 def key_path(state_dir: Path) -> Path:
     """Return where the vault key is read from (see the module docstring for the order)."""
-    if os.environ.get(KEY_ENV):
-        return Path(os.environ[KEY_ENV])
-    credentials = os.environ.get("CREDENTIALS_DIRECTORY")
-    if credentials and (Path(credentials) / CREDENTIAL_NAME).exists():
-        return Path(credentials) / CREDENTIAL_NAME
-    return state_dir / KEY_FILE
+    return key_location(state_dir, KEY_ENV, CREDENTIAL_NAME, KEY_FILE)
 
 
 def _key_id(key: bytes) -> str:
@@ -106,7 +101,9 @@ class Vault:
 
     # -- the file ---------------------------------------------------------------------------
 
-    def _load(self) -> dict[str, Any]:
+    def _load(self, *, check_entries: bool = True) -> dict[str, Any]:
+        """Return the vault's content. Raise SecretError if it is unreadable, or (with
+        ``check_entries``) if an entry is not what :meth:`set` writes."""
         try:
             raw = json.loads(self.path.read_text(encoding="utf-8"))
         except FileNotFoundError:
@@ -115,6 +112,16 @@ class Vault:
             raise SecretError(f"the vault {self.path} is unreadable: {exc}") from None
         if not isinstance(raw, dict) or not isinstance(raw.get("secrets"), dict):
             raise SecretError(f"the vault {self.path} is not a recoverd vault")
+        for name, item in raw["secrets"].items() if check_entries else ():
+            # An edited file: each entry must be what set() writes, or nothing can trust it.
+            if not (
+                isinstance(item, dict)
+                and all(isinstance(item.get(k), str) for k in ("nonce", "sealed", "key_id"))
+            ):
+                raise SecretError(
+                    f"the vault {self.path} is damaged: entry {name!r} is not a sealed secret "
+                    f"(remove it with `recoverd vault rm {name}` and store it again)"
+                )
         if raw.get("format") != FORMAT:
             raise SecretError(
                 f"the vault {self.path} has format {raw.get('format')!r}; this recoverd reads "
@@ -129,7 +136,7 @@ class Vault:
         fd = os.open(self.state_dir / ".vault.lock", os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
-            content = self._load()
+            content = self._load(check_entries=False)  # a damaged entry can be replaced
             yield content
             text = json.dumps(content, indent=1, sort_keys=True) + "\n"
             write_private(self.path, text.encode(), replace=True)
@@ -173,8 +180,9 @@ class Vault:
     def remove(self, name: str) -> None:
         """Remove the secret ``name``. Raise RecoverdError if there is none."""
         with self._locked() as content:
-            if content["secrets"].pop(name, None) is None:
+            if name not in content["secrets"]:
                 raise UsageError(f"the vault has no secret named {name!r}")
+            del content["secrets"][name]
 
     def get(self, name: str) -> str:
         """Return the secret ``name``. Raise SecretError saying what to fix if it cannot."""
@@ -202,7 +210,10 @@ class Vault:
                 f"vault secret {name!r} does not decrypt: the vault file was edited or the "
                 "entry was copied from another name; store the secret again"
             ) from None
-        return plain.decode("utf-8")
+        try:
+            return plain.decode("utf-8")
+        except UnicodeDecodeError:  # sealed with the key, but not by recoverd
+            raise SecretError(f"vault secret {name!r} is not UTF-8 text; store it again") from None
 
 
 class VaultResolver:

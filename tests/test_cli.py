@@ -63,3 +63,31 @@ def test_a_short_command_imports_no_other_command_module(tmp_path: Path) -> None
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[-1] == "['recoverd.commands.log']"
+
+
+def test_main_output_into_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
+    """`recoverd plan | head -1`: once the reader is gone, no traceback, no message."""
+    (tmp_path / "policies").mkdir()
+    (tmp_path / "policies" / "acme.toml").write_text(
+        '[client]\nname = "Acme"\n[repositories.r]\nurl = "/srv/r"\npassword = "env:P"\n'
+        '[machines.m]\ntransport = "local"\n[[machines.m.levels]]\nname = "often"\n'
+        'kind = "files"\nrepository = "r"\npaths = ["/etc"]\nevery = "30 minutes"\n'
+    )
+    reader = subprocess.Popen(["head", "-n", "1"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert reader.stdin is not None
+    program = "import sys; from recoverd.cli import main; sys.exit(main())"
+    places = ["--policies", str(tmp_path / "policies"), "--state", str(tmp_path / "state")]
+    plan = subprocess.run(
+        [sys.executable, "-c", program, *places, "plan", "--days", "365"],
+        stdout=reader.stdin,
+        stderr=subprocess.PIPE,
+        timeout=60,
+        check=False,
+    )
+    reader.stdin.close()
+    assert reader.stdout is not None
+    first = reader.stdout.read()
+    assert reader.wait(timeout=10) == 0
+    assert first.startswith(b"TIME (LOCAL)")
+    assert plan.stderr == b""
+    assert plan.returncode == 141

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -194,3 +195,22 @@ def test_log_shows_local_times_also_while_a_policy_is_broken(
     lines = capsys.readouterr().out.splitlines()
     assert lines[1].startswith("2026-11-26 20:00 +08  acme")
     assert lines[2].startswith("2026-11-26 12:00 +00  other")  # no policy: UTC
+
+
+def test_log_cuts_long_results_at_a_word_and_wide_shows_them_whole(
+    tmp_path: Path, mlog: MaintenanceLog, capsys: pytest.CaptureFixture[str]
+) -> None:
+    reason = (
+        "open repository nas: Host key verification failed: restic on the machine runs ssh "
+        "to reach the sftp repository, and that ssh does not know the storage server's host key"
+    )
+    mlog.finish(start(mlog), "failed", error=reason)
+    mlog.close()
+    args = ["--policies", str(tmp_path / "none"), "--state", str(tmp_path / "state"), "log"]
+    assert main(args) == 0
+    row = capsys.readouterr().out.splitlines()[1]
+    (shown,) = [cell for cell in re.split(r"\s{2,}", row) if cell.startswith("open repository")]
+    assert shown.endswith("…") and len(shown) <= 80
+    assert reason.startswith(shown[:-1]) and reason[len(shown) - 1] == " "  # a whole word
+    assert main([*args, "--wide"]) == 0
+    assert reason in capsys.readouterr().out

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import shutil
 import sqlite3
 import subprocess
@@ -272,7 +273,9 @@ def test_log_from_before_signing_is_upgraded_and_signed(tmp_path: Path, capsys) 
 def test_accept_appends_entry_and_view_shows_latest(place, capsys) -> None:
     state, ids = place
     assert main(["accept", ids[2], "--by", "Ms. Li", "--note", "retried next night"]) == 0
-    assert "accepted by Ms. Li" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    # In the client's zone, as every other time recoverd prints (not an ISO UTC stamp).
+    assert re.search(r"accepted by Ms\. Li at \d{4}-\d\d-\d\d \d\d:\d\d [+-]\d\d\n", out), out
     assert main(["accept", ids[2], "--by", "Mr. Zhao"]) == 0
     assert "earlier acceptance(s) kept in the log: Ms. Li" in capsys.readouterr().out
     assert main(["log", "--json", "--state", "failed"]) == 0
@@ -303,7 +306,9 @@ def test_log_export_month_in_client_zone_jsonl_and_csv(place, capsys, tmp_path) 
     _, ids = place
     capsys.readouterr()
     assert main(["log", "export", "--client", "acme", "--month", "2026-11"]) == 0
-    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    *records, head = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    # The export ends with the log's signed head (it is an anchor).
+    assert head["log_head"]["seq"] == 8 and head["log_head"]["anchor"].startswith("log head 8:")
     # 31 Oct 15:00 UTC is still October in Shanghai; 1 Dec 01:00 UTC is December there.
     assert [r["id"] for r in records] == ids[1:3]
     assert list(records[0]) == list(VIEW_FIELDS)
@@ -311,8 +316,10 @@ def test_log_export_month_in_client_zone_jsonl_and_csv(place, capsys, tmp_path) 
     out = tmp_path / "acme-2026-11.csv"
     args = ["log", "export", "--client", "acme", "--month", "2026-11", "--format", "csv"]
     assert main([*args, "-o", str(out)]) == 0
-    rows = list(csv.DictReader(io.StringIO(out.read_text())))
+    *rows, head_row = list(csv.DictReader(io.StringIO(out.read_text())))
     assert [r["id"] for r in rows] == ids[1:3]
+    assert head_row["id"] == head["log_head"]["anchor"]
+    assert main(["log", "verify", "--anchor", str(out)]) == 0
     assert json.loads(rows[0]["stats"]) == {"files_new": 1, "files_changed": 0, "bytes_added": 1000}
 
 

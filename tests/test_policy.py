@@ -139,6 +139,85 @@ of = "image"
     assert machine.level("nightly").paths == ("/srv",)  # replaced in place
 
 
+TEMPLATED = """
+[client]
+name = "Example Ltd."
+[repositories.nas]
+url = "/srv/restic"
+password = "file:/etc/recoverd/nas.pass"
+
+[templates.ws]
+[[templates.ws.levels]]
+name = "nightly"
+kind = "files"
+repository = "nas"
+paths = ["/home"]
+exclude = ["*.tmp"]
+every = "day at 01:30"
+keep = { daily = 7 }
+[[templates.ws.levels]]
+name = "image"
+kind = "image"
+repository = "nas"
+device = "/dev/sda"
+every = "sunday at 03:00"
+
+[machines.ws-1]
+template = "ws"
+address = "ws-1.example.lan"
+[[machines.ws-1.levels]]
+name = "drill"
+kind = "verify"
+of = "nightly"
+"""
+
+
+def test_load_policy_file_level_without_kind_amends_the_template_level(tmp_path: Path) -> None:
+    client = load(
+        tmp_path,
+        TEMPLATED
+        + """[[machines.ws-1.levels]]
+name = "nightly"
+paths = ["/srv", "/etc"]
+every = "day at 23:00"
+[[machines.ws-1.levels]]
+name = "image"
+device = "/dev/nvme0n1"
+""",
+    )
+    machine = client.machines["ws-1"]
+    nightly = machine.level("nightly")
+    assert nightly.kind == "files" and nightly.repository == "nas"  # from the template
+    assert nightly.paths == ("/srv", "/etc") and nightly.every == "day at 23:00"  # amended
+    assert nightly.exclude == ("*.tmp",) and nightly.keep == {"daily": 7}  # kept
+    assert machine.level("image").device == "/dev/nvme0n1"
+    # Listed as a reader expects: what is backed up, then the drills of it.
+    assert [lv.name for lv in machine.levels] == ["nightly", "image", "drill"]
+
+
+def test_load_policy_file_amendment_with_a_key_of_another_kind_is_reported(
+    tmp_path: Path,
+) -> None:
+    problems = check(
+        tmp_path, TEMPLATED + '[[machines.ws-1.levels]]\nname = "nightly"\ndevice = "/dev/sdb"\n'
+    )
+    assert problems == [
+        "machines.ws-1.levels[1].device: 'device' is a key of image levels, not of files levels"
+    ]
+
+
+def test_load_policy_file_level_without_kind_naming_no_template_level_is_reported(
+    tmp_path: Path,
+) -> None:
+    problems = check(
+        tmp_path, TEMPLATED + '[[machines.ws-1.levels]]\nname = "nightlly"\npaths = ["/srv"]\n'
+    )
+    assert problems == [
+        "machines.ws-1.levels[1].kind: missing required key (or name a level of the template "
+        "to amend it: nightly, image)"
+    ]
+
+
 def test_load_policy_file_defaults_filled_in(tmp_path: Path) -> None:
     client = load(tmp_path, BASE)
     assert (client.id, client.timezone, client.engineer) == ("example", "UTC", None)

@@ -331,7 +331,7 @@ def test_report_markdown_and_csv_carry_the_figures(env, capsys) -> None:
     capsys.readouterr()
     assert main(["report", "--client", "acme", "--month", "2026-10"]) == 0
     md = capsys.readouterr().out
-    assert "- **Backup coverage:** 85.6 % (83 of 97 scheduled runs succeeded)" in md
+    assert "- **Backup coverage:** 85.6 % (83 of 97 scheduled backups succeeded)" in md
     assert "- **Machines without a passed drill this month:** 2: ws-2, srv-1" in md
     assert "- **Oldest last good backup:** ws-2: 11 d 22 h" in md
     assert "- **Restores and drills within the restore SLA:** 3 of 4 within 4 h 00 min" in md
@@ -340,13 +340,14 @@ def test_report_markdown_and_csv_carry_the_figures(env, capsys) -> None:
         "| deleted project folder | Ms. Li | Wang Lei | succeeded | 1 h 30 min | within SLA |" in md
     )
     assert (
-        "does not boot | Mr. Zhao | Chen Jing | failed: disk not found | 5 h 00 min | OVER SLA"
-        in md
+        "does not boot | Mr. Zhao | Chen Jing | failed: a disk or folder was not found | "
+        "5 h 00 min | OVER SLA" in md
     )
     assert "ws-1          ooooooooo" + "X." + "o" * 20 in md
     assert "Maintenance log verified intact" in md
     assert main(["report", "--client", "acme", "--month", "2026-10", "--format", "csv"]) == 0
-    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    levels_csv, machines_csv, anchor = capsys.readouterr().out.split("\n\n")
+    rows = list(csv.DictReader(io.StringIO(levels_csv)))
     assert [(r["machine"], r["level"], r["scheduled"], r["succeeded"]) for r in rows] == [
         ("ws-1", "nightly", "31", "29"),
         ("ws-1", "drill", "1", "1"),
@@ -355,8 +356,22 @@ def test_report_markdown_and_csv_carry_the_figures(env, capsys) -> None:
         ("srv-1", "weekly-image", "4", "3"),
         ("srv-1", "drill", "1", "0"),
     ]
-    assert rows[2]["last_good_age_h"] == "286.3" and rows[2]["slowest_restore_s"] == "18000.0"
-    assert rows[5]["drills_failed"] == "1" and rows[0]["restore_sla_s"] == "14400"
+    assert rows[5]["drills_failed"] == "1"
+    # Every figure is the level's own: the columns sum to the client's totals.
+    for r in rows:
+        parts = sum(int(r[k]) for k in ("succeeded", "partial", "failed", "missed"))
+        assert int(r["scheduled"]) == parts
+    backup = [r for r in rows if r["kind"] != "verify"]
+    assert sum(int(r["scheduled"]) for r in backup) == 97
+    assert sum(int(r["succeeded"]) for r in backup) == 83
+    assert sum(int(r["restores"]) for r in rows) == 2
+    assert sum(int(r["bytes_added"]) for r in rows) == 80_000 + 40_000_000
+    machines = list(csv.DictReader(io.StringIO(machines_csv)))
+    assert [m["machine"] for m in machines] == ["ws-1", "ws-2", "srv-1"]
+    assert machines[1]["last_good_age_h"] == "286.3"
+    assert machines[1]["slowest_restore_s"] == "18000.0" and machines[0]["restore_sla_s"] == "14400"
+    assert anchor.lstrip('"').startswith("# Maintenance log verified intact")
+    assert "log head " in anchor
 
 
 def test_report_refuses_unknown_client_and_bad_month(env, capsys) -> None:
@@ -437,7 +452,7 @@ def test_report_html_renders_in_headless_chromium(html_report: Path, tmp_path: P
     assert outcome[("ws-1", "2026-10-10")] == "failed"
     assert outcome[("srv-1", "2026-10-25")] == "partial"
     assert outcome[("ws-2", "2026-10-31")] == "none"
-    assert re.search(r'id="coverage">85\.6 % \(83 of 97 scheduled runs succeeded\)', dom)
+    assert re.search(r'id="coverage">85\.6 % \(83 of 97 scheduled backups succeeded\)', dom)
     assert re.search(r'id="no-drill">2: ws-2, srv-1<', dom)
     assert re.search(r'id="sla">3 of 4 within 4 h 00 min<', dom)
     assert re.search(r'id="devices">1 server\(s\), 2 workstation\(s\)<', dom)
@@ -489,7 +504,7 @@ def test_report_integrity_line_names_the_entries_it_checked(own_copy, capsys) ->
     line = integrity(capsys)
     assert line.startswith(
         f"Maintenance log verified intact when this report was made: entries 3..{last}, "
-        "from 2026-10-01 to the end of the log, hash-chained and signed; signed head "
+        "from 2026-10-01 to the end of the log, hash-chained and signed; signed head: log head "
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from collections.abc import Iterator
@@ -78,3 +79,60 @@ def test_copy_with_a_wrong_source_password_says_so(
     request = CopyRequest("acme", engine.transport.machine, OFFSITE, NIGHTLY, wrong, offsite)
     with pytest.raises(WrongPassword, match="wrong repository password"):
         engine.copy(request)
+
+
+def test_backup_of_a_machine_runs_its_copy_level_only_when_due_or_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from recoverd.cli import main
+
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "ledger.csv").write_bytes(os.urandom(3000))
+    (tmp_path / "policies").mkdir()
+    (tmp_path / "policies" / "acme.toml").write_text(
+        f"""[client]
+name = "Acme"
+[repositories.nas]
+url = "{tmp_path / "nas"}"
+password = "env:TEST_NAS"
+[repositories.offsite]
+url = "{tmp_path / "offsite"}"
+password = "env:TEST_OFFSITE"
+[machines.ws-local]
+transport = "local"
+[[machines.ws-local.levels]]
+name = "nightly"
+kind = "files"
+repository = "nas"
+paths = ["{tmp_path / "data"}"]
+every = "day at 01:30"
+[[machines.ws-local.levels]]
+name = "offsite"
+kind = "copy"
+of = "nightly"
+to = "offsite"
+every = "month on day 1 at 05:00"
+"""
+    )
+    monkeypatch.setenv("TEST_NAS", NAS_PASSWORD)
+    monkeypatch.setenv("TEST_OFFSITE", OFFSITE_PASSWORD)
+    monkeypatch.setenv("RECOVERD_POLICIES", str(tmp_path / "policies"))
+    monkeypatch.setenv("RECOVERD_STATE", str(tmp_path / "state"))
+
+    def actions() -> list[str]:
+        assert main(["log", "--json"]) == 0
+        return [json.loads(line)["action"] for line in capsys.readouterr().out.splitlines()]
+
+    # The copy never succeeded: it is due, so the first backup of the machine runs it.
+    assert main(["backup", "ws-local"]) == 0
+    capsys.readouterr()
+    assert actions() == ["backup", "copy"]
+    # The next manual backup leaves the monthly copy alone, and says how to run it.
+    assert main(["backup", "ws-local"]) == 0
+    err = capsys.readouterr().err
+    assert "ws-local offsite copy: not due (next " in err
+    assert "`recoverd backup acme/ws-local --level offsite`" in err
+    assert actions() == ["backup", "copy", "backup"]
+    assert main(["backup", "ws-local", "--level", "offsite"]) == 0
+    capsys.readouterr()
+    assert actions() == ["backup", "copy", "backup", "copy"]

@@ -110,6 +110,7 @@ kind = "files"
 repository = "nas"
 paths = ["/srv"]
 every = "day at 01:30"
+keep = { daily = 7 }
 [[machines.ws-1.levels]]
 name = "hourly"
 kind = "files"
@@ -159,16 +160,16 @@ def test_plan_lists_coming_runs_in_local_time(
     code, rows = cli_json(capsys, "plan", "--days", "2")
     assert code == 0
     assert [(r["at"], r["level"]) for r in rows] == [
-        ("2026-11-27T01:00+08:00", "hourly"),
-        ("2026-11-27T01:30+08:00", "nightly"),
-        ("2026-11-27T07:00+08:00", "hourly"),
-        ("2026-11-27T13:00+08:00", "hourly"),
-        ("2026-11-27T19:00+08:00", "hourly"),
-        ("2026-11-28T01:00+08:00", "hourly"),
-        ("2026-11-28T01:30+08:00", "nightly"),
-        ("2026-11-28T07:00+08:00", "hourly"),
-        ("2026-11-28T13:00+08:00", "hourly"),
-        ("2026-11-28T19:00+08:00", "hourly"),
+        ("2026-11-27T01:00:00+08:00", "hourly"),
+        ("2026-11-27T01:30:00+08:00", "nightly"),
+        ("2026-11-27T07:00:00+08:00", "hourly"),
+        ("2026-11-27T13:00:00+08:00", "hourly"),
+        ("2026-11-27T19:00:00+08:00", "hourly"),
+        ("2026-11-28T01:00:00+08:00", "hourly"),
+        ("2026-11-28T01:30:00+08:00", "nightly"),
+        ("2026-11-28T07:00:00+08:00", "hourly"),
+        ("2026-11-28T13:00:00+08:00", "hourly"),
+        ("2026-11-28T19:00:00+08:00", "hourly"),
     ]
     with use_clock(FakeClock(NOW)):
         assert main(["plan", "--days", "1"]) == 0
@@ -187,7 +188,8 @@ def test_status_flags_overdue_and_failing_levels_and_exits_1(
     assert by_level["nightly"]["flags"] == ["overdue"]
     assert by_level["nightly"]["age_s"] == 3 * 86400
     assert by_level["hourly"]["flags"] == []
-    assert by_level["hourly"]["next_due"] == "2026-11-26T17:00:00+00:00"
+    assert by_level["hourly"]["next_due"] == "2026-11-27T01:00:00+08:00"
+    assert by_level["nightly"]["last_good"] == "2026-11-23T20:00:00+08:00"
 
     record(acme, "nightly", "succeeded", NOW - timedelta(minutes=5))
     assert cli_json(capsys, "status")[0] == 0
@@ -199,7 +201,44 @@ def test_status_flags_overdue_and_failing_levels_and_exits_1(
     with use_clock(FakeClock(NOW)):
         assert main(["status"]) == 1
     out = capsys.readouterr()
-    assert "FAILING" in out.out and "overdue or failing" in out.err
+    assert "FAILING" in out.out and "1 level(s) with problems: failing" in out.err
+
+
+def test_status_exits_1_for_failed_retention_stalled_run_and_unchecked_drill(
+    acme: Controller, capsys: pytest.CaptureFixture[str]
+) -> None:
+    record(acme, "nightly", "succeeded", NOW - timedelta(hours=2))
+    record(acme, "hourly", "succeeded", NOW - timedelta(hours=1))
+    assert cli_json(capsys, "status")[0] == 0
+    # A good backup whose retention failed: the backup is fine, the repository grows.
+    prune = acme.log.start(
+        client="acme", machine="ws-1", level="nightly", kind="files", action="prune", at=NOW
+    )
+    acme.log.finish(prune, "failed", error="restic forget: repository is locked", at=NOW)
+    code, rows = cli_json(capsys, "status")
+    nightly = next(r for r in rows if r["level"] == "nightly")
+    assert code == 1 and nightly["flags"] == ["retention-failed"]
+    assert nightly["retention_error"] == "restic forget: repository is locked"
+    with use_clock(FakeClock(NOW)):
+        assert main(["status"]) == 1
+    out = capsys.readouterr()
+    assert "RETENTION-FAILED" in out.out and "retention failed: restic forget" in out.out
+    assert "1 level(s) with problems: retention-failed" in out.err
+    # A run stopped for making no progress.
+    record(acme, "hourly", "failed", NOW, stalled=True, transient=True)
+    rows = cli_json(capsys, "status")[1]
+    assert next(r for r in rows if r["level"] == "hourly")["flags"] == ["failing", "stalled"]
+
+
+def test_drill_check_missing_for_partial_or_unrun_check() -> None:
+    from recoverd.alerts import drill_check_missing
+
+    drill = {"action": "verify", "state": "succeeded", "stats": {"check": "passed"}}
+    assert not drill_check_missing(drill)
+    locked = {**drill, "stats": {"check": "not run: the repository is locked"}}
+    assert drill_check_missing(locked)
+    assert drill_check_missing({**drill, "state": "partial"})
+    assert not drill_check_missing({**locked, "action": "backup"})
 
 
 def test_backup_refuses_a_machine_another_run_holds(
@@ -269,3 +308,35 @@ def test_latest_and_next_slot_are_those_of_the_whole_search_window(every: str) -
             moment = datetime(2026, 1, 1, tzinfo=UTC) + timedelta(minutes=rng.randrange(525_600))
             assert schedule.latest_slot(moment) == schedule.slots(moment - window, moment)[-1]
             assert schedule.next_slot(moment) == schedule.slots(moment, moment + window)[0]
+
+
+def _run(state: str, started_at: datetime, **stats: object) -> dict[str, object]:
+    at = started_at.isoformat()
+    return {"state": state, "started_at": at, "finished_at": at, "stats": dict(stats)}
+
+
+def test_level_duty_permanent_failure_is_retried_once_after_the_policy_changed() -> None:
+    from recoverd.policy.model import Level, Machine
+
+    level = Level(name="nightly", kind="files", every="day at 01:30")
+    machine = Machine(name="ws-042", client="acme", levels=(level,))
+    schedule = Schedule.of("day at 01:30", "UTC")
+    slot = datetime(2026, 5, 2, 1, 30, tzinfo=UTC)
+    failed = _run("failed", slot + timedelta(minutes=1))  # permanent: no "transient"
+    now = slot + timedelta(hours=3)
+
+    waiting = level_duty(machine, level, schedule, [failed], now)
+    assert waiting.run_at == slot + timedelta(days=1)
+    assert waiting.reason == "failed; next try at the next slot"
+
+    fixed = slot + timedelta(hours=2)  # the engineer pinned the new host key
+    retried = level_duty(machine, level, schedule, [failed], now, changed_at=fixed)
+    assert retried.runnable and retried.reason == "the policy changed after the failure"
+
+    # The retry failed too: it started after the change, so the level waits again.
+    again = _run("failed", fixed + timedelta(minutes=5))
+    assert level_duty(machine, level, schedule, [failed, again], now, fixed).run_at == (
+        slot + timedelta(days=1)
+    )
+    # A change "in the future" of the clock (a test's fake clock in the past) is ignored.
+    assert level_duty(machine, level, schedule, [failed], now, now + timedelta(1)) == waiting

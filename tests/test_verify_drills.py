@@ -131,6 +131,7 @@ class Site:
 
     def __init__(self, root: Path, sshd: ThrowawaySSHD) -> None:
         self.root = root
+        self.sshd = sshd
         self.policies = root / "policies"
         self.state = root / "state"
         self.home = root / "home"
@@ -154,9 +155,11 @@ class Site:
         return code, json.loads(line)
 
 
-def scratch_folders() -> set[str]:
-    """The drill scratch folders that exist now (the machine is this host)."""
-    return {p.name for p in Path(os.environ.get("TMPDIR", "/tmp")).glob("recoverd-drill.*")}
+def scratch_folders(site: Site) -> set[str]:
+    """The drill scratch folders that exist now, on the machine (the sshd's TMPDIR) and on
+    the controller (this module's TMPDIR): this suite's own, whatever else runs."""
+    places = (site.sshd.tmp, Path(os.environ["TMPDIR"]))
+    return {p.name for place in places for p in place.glob("recoverd-drill.*")}
 
 
 @contextmanager
@@ -181,6 +184,8 @@ def site(tmp_path_factory: pytest.TempPathFactory, sshd: ThrowawaySSHD) -> Itera
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("TEST_DRILL_PASSWORD", PASSWORD)
         site = Site(tmp_path_factory.mktemp("drills"), sshd)
+        (site.root / "tmp").mkdir()
+        mp.setenv("TMPDIR", str(site.root / "tmp"))  # the controller's drills scratch here
         for rel, data in HOME_FILES.items():
             (site.home / rel).parent.mkdir(parents=True, exist_ok=True)
             (site.home / rel).write_bytes(data)
@@ -210,7 +215,7 @@ def test_sample_is_reproducible_and_sized_by_the_policy() -> None:
 def test_drill_of_a_healthy_backup_passes_with_rto_evidence(
     site: Site, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    before = scratch_folders()
+    before = scratch_folders(site)
     code, run = site.drill(capsys, "--level", "drill")
     assert code == 0, run["error"]
     stats = run["stats"]
@@ -221,7 +226,7 @@ def test_drill_of_a_healthy_backup_passes_with_rto_evidence(
     assert stats["duration_s"] > 0 and stats["time_to_restore_s"] == stats["duration_s"]
     assert stats["check"] == "passed" and stats["check_subset"].endswith("/12")
     assert isinstance(stats["seed"], int) and stats["of"] == "nightly"
-    assert scratch_folders() == before
+    assert scratch_folders(site) == before
 
 
 def test_drill_on_the_controller_passes_and_prints_its_figures(
@@ -269,7 +274,7 @@ def test_same_seed_draws_the_same_sample(site: Site, capsys: pytest.CaptureFixtu
 def test_damaged_pack_fails_the_drill_and_names_the_file(
     site: Site, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    before = scratch_folders()
+    before = scratch_folders(site)
     with damaged(site.root / "repo"):
         code, run = site.drill(capsys, "--level", "drill")
     assert code == 1 and run["state"] == "failed"
@@ -277,7 +282,7 @@ def test_damaged_pack_fails_the_drill_and_names_the_file(
     assert stats["mismatches"] >= 1 and stats["verification"] == "failed"
     assert any("wang/photo.jpg" in m for m in stats["mismatched"]), stats["mismatched"]
     assert "verification failed" in run["error"] and "photo.jpg" in run["error"]
-    assert scratch_folders() == before  # cleaned up after a failure too
+    assert scratch_folders(site) == before  # cleaned up after a failure too
 
 
 def test_stale_backup_fails_the_drill(site: Site, capsys: pytest.CaptureFixture[str]) -> None:
@@ -292,7 +297,7 @@ def test_stale_backup_fails_the_drill(site: Site, capsys: pytest.CaptureFixture[
 def test_image_drill_passes_and_a_damaged_image_fails(
     site: Site, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    before = scratch_folders()
+    before = scratch_folders(site)
     code, run = site.drill(capsys, "--level", "drill-image")
     assert code == 0, run["error"]
     stats = run["stats"]
@@ -312,7 +317,7 @@ def test_image_drill_passes_and_a_damaged_image_fails(
         code, run = site.drill(capsys, "--level", "drill-image")
     assert code == 1 and run["state"] == "failed"
     assert "restore of image" in run["error"] and "ciphertext" in run["error"]
-    assert scratch_folders() == before
+    assert scratch_folders(site) == before
 
 
 def test_daemon_runs_a_due_drill_and_status_stops_flagging_it(

@@ -14,6 +14,7 @@ from typing import Any
 from recoverd.controller import Controller
 from recoverd.engine import Outcome
 from recoverd.errors import EngineError, UsageError
+from recoverd.people import engineer_of_run, provider_engineers
 from recoverd.policy.model import Level, Machine
 from recoverd.runs import recorded_run
 
@@ -68,7 +69,7 @@ def prepare_bare_metal(
         "kind": "image",
         "action": "restore",
         "trigger": "manual",
-        "engineer": engineer or client.engineer,
+        "engineer": engineer_of_run("manual", engineer, None, provider_engineers(ctl.policies)),
         "reported_by": reported_by,
         "symptom": symptom,
         "repository": level.target or level.repository,
@@ -81,7 +82,7 @@ def prepare_bare_metal(
         )
     with recorded_run(ctl.log, **start) as run:
         try:
-            transport.connect()
+            transport.open()
             engine = ctl.engine(transport, "image")
             if not hasattr(engine, "bare_metal_steps"):
                 raise UsageError(f"the {engine.name} engine cannot prepare a bare-metal restore")

@@ -17,8 +17,11 @@ def policy_warnings(ctl: Controller) -> list[str]:
     for machine in ctl.policies.machines():
         if machine.transport not in transports:
             continue
-        os_family = transports.get(machine.transport).os_family
+        transport = transports.get(machine.transport)
+        os_family = transport.os_family
         source = ctl.policies.clients[machine.client].source
+        for warning in transport.policy_warnings(machine):
+            warnings.append(f"{source}: machines.{machine.name}: {warning}")
         for level in machine.levels:
             engine = next(
                 (e for e in engines if level.kind in e.kinds and os_family in e.os_families),

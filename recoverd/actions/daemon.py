@@ -32,13 +32,17 @@ import schedule
 
 from recoverd import clock
 from recoverd.actions.backup import backup_machine, written_repository
-from recoverd.actions.due import Duty, machine_duties
+from recoverd.actions.due import Duty, machine_duties, policy_changed_at
 from recoverd.actions.verify import run_drill
+from recoverd.alerts import Alerts
 from recoverd.controller import Controller
 from recoverd.errors import MachineBusy, PolicyError, RecoverdError
 from recoverd.log.maintenance import this_process
+from recoverd.metrics import FleetMetrics
+from recoverd.notify import safe_text
 from recoverd.policy import load_policies
 from recoverd.policy.model import Level, Machine
+from recoverd.text import visible
 from recoverd.transport import give_up_all
 
 log = logging.getLogger(__name__)
@@ -58,6 +62,31 @@ STOP_WAIT_S = 30.0
 def run_verify_level(ctl: Controller, machine: Machine, level: Level) -> dict[str, Any]:
     """Run a scheduled restore drill of the verify ``level``; return the run's view."""
     return run_drill(ctl, machine, level, trigger="schedule")
+
+
+def log_run(machine: Machine, view: dict[str, Any]) -> None:
+    """Log how a run ended: a failure at WARNING (it will be retried) or ERROR, with the
+    client, machine, level, run id and reason."""
+    state = view["state"]
+    stats = view.get("stats") or {}
+    if state in ("failed", "interrupted"):
+        level = (
+            logging.WARNING if stats.get("transient") or state == "interrupted" else logging.ERROR
+        )
+        retry = " (transient: retried)" if stats.get("transient") else ""
+    else:
+        level, retry = logging.INFO, ""
+    log.log(
+        level,
+        "%s %s %s run %s %s%s%s",
+        machine.qualified_name,
+        view["level"],
+        view["action"],
+        view["id"],
+        state,
+        retry,
+        f": {safe_text(view['error'], 2000)}" if view.get("error") else "",
+    )
 
 
 class RepositoryGate:
@@ -121,8 +150,16 @@ class Daemon:
         max_parallel: int = DEFAULT_MAX_PARALLEL,
         tick_seconds: float = DEFAULT_TICK,
         verify: Callable[[Controller, Machine, Level], dict[str, Any]] = run_verify_level,
+        alerts: Alerts | None = None,
     ) -> None:
         self.ctl = ctl
+        self.alerts = alerts or Alerts(ctl)
+        try:
+            self.alerts.learn_secrets()  # before any run: a machine's error may repeat one
+        except Exception:
+            log.exception("cannot read the notification routes")
+        self.metrics = FleetMetrics()
+        self._textfile_error: str | None = None
         self.max_parallel = max_parallel
         self.tick_seconds = tick_seconds
         self.verify = verify
@@ -137,6 +174,8 @@ class Daemon:
         one falls due, a run of the machine ends, or the policies change."""
         self._ended: set[str] = set()
         """Machines whose run ended since the last look."""
+        self._unready: set[str] = set()
+        """Machines not enrolled yet, already said in the log."""
         self._held: dict[str, datetime] = {}
         """Machines not to try again before a time: busy elsewhere, or a run that broke
         before the log could say when to retry."""
@@ -155,7 +194,10 @@ class Daemon:
         """Start every runnable level the rules allow; return when to look again."""
         now = clock.now()
         duties = [
-            duty for machine in self.ctl.policies.machines() for duty in self._look(machine, now)
+            duty
+            for machine in self.ctl.policies.machines()
+            if self._ready(machine)
+            for duty in self._look(machine, now)
         ]
         pending = {
             (d.machine.qualified_name, d.level.name) for d in duties if d.runnable or d.running
@@ -169,8 +211,55 @@ class Daemon:
             if self._stop.is_set() or self._full():
                 break  # a fleet queued behind max_parallel waits for the next run to end
             self._dispatch(duty, pending, now)
+        self._watch(duties, now)
         upcoming = [d.run_at for d in duties if d.run_at is not None and d.run_at > now]
-        return min([*upcoming, now + timedelta(seconds=self.tick_seconds)])
+        alert_at = self.alerts.next_wake(duties, now)
+        return min(
+            [
+                *upcoming,
+                *([alert_at] if alert_at else []),
+                now + timedelta(seconds=self.tick_seconds),
+            ]
+        )
+
+    def _watch(self, duties: list[Duty], now: datetime) -> None:
+        """Turn the levels' standing into incident messages and metrics; neither may ever
+        stop the daemon from running levels."""
+        try:
+            self.alerts.observe(duties, now, fleet=True)
+        except Exception:
+            log.exception("looking for incidents failed; trying again at the next look")
+        self.metrics.update(duties, now)
+        self.metrics.count_deliveries(self.alerts.outbox.results)
+        textfile = self.ctl.policies.provider.metrics_textfile
+        if textfile:  # every look, so that its age tells a collector the daemon is alive
+            try:
+                self.metrics.write_textfile(textfile)
+                self._textfile_error = None
+            except OSError as exc:
+                problem = f"cannot write the metrics textfile {textfile}: {exc.strerror or exc}"
+                if problem != self._textfile_error:  # once, not at every look
+                    log.error("%s", problem)
+                self._textfile_error = problem
+
+    def _ready(self, machine: Machine) -> bool:
+        """Whether the machine's scheduled runs may start: a machine not enrolled yet waits
+        (said once in the log), so that no run bound to fail reaches the customer's report."""
+        transports = self.ctl.plugins["transports"]
+        reason = (
+            transports.get(machine.transport).unready(machine)
+            if machine.transport in transports
+            else None
+        )
+        name = machine.qualified_name
+        with self._lock:
+            if reason is None:
+                self._unready.discard(name)
+                return True
+            if name not in self._unready:
+                self._unready.add(name)
+                log.warning("%s waits: %s", name, reason)
+        return False
 
     def _look(self, machine: Machine, now: datetime) -> list[Duty]:
         """Return the machine's duties at ``now``, read from the log only when needed."""
@@ -189,8 +278,10 @@ class Daemon:
             or read_at is None
             or any(d.run_at is None or read_at < d.run_at <= now for d in known)
         ):
-            timezone = self.ctl.policies.clients[machine.client].timezone
-            known = self._known[name] = machine_duties(self.ctl.log, machine, timezone, now)
+            client = self.ctl.policies.clients[machine.client]
+            known = self._known[name] = machine_duties(
+                self.ctl.log, machine, client.timezone, now, policy_changed_at(client.source)
+            )
             self._read_at[name] = now
         return known
 
@@ -233,19 +324,15 @@ class Daemon:
                     self.ctl, machine, [level], trigger="schedule", exclusive=self.gate.exclusive
                 )
             for view in views:
-                log.info(
-                    "%s %s %s: %s %s",
-                    machine.qualified_name,
-                    view["level"],
-                    view["action"],
-                    view["state"],
-                    view["error"] or "",
-                )
+                self.metrics.count_run(view)
+                log_run(machine, view)
         except MachineBusy as exc:  # a manual run holds it: the level stays due
             log.info("%s; trying again in %gs", exc, self.tick_seconds)
             self._hold(machine)
         except RecoverdError as exc:
-            log.error("run of %s %s failed: %s", machine.qualified_name, level.name, exc)
+            log.error(
+                "%s %s: the run did not start: %s", machine.qualified_name, level.name, visible(exc)
+            )
             self._hold(machine)
         except Exception:
             log.exception("run of %s %s failed", machine.qualified_name, level.name)
@@ -289,6 +376,9 @@ class Daemon:
                 len(exc.problems),
                 "\n".join(exc.problems),
             )
+            return False
+        except Exception:  # a loader bug must not end the daemon: it serves the old policies
+            log.exception("policy reload failed, the previous policies stay in force")
             return False
         self.ctl.policies = policies  # replaces the cached_property's value
         self._known.clear()

@@ -16,10 +16,12 @@ from typing import Any
 
 from recoverd.controller import Controller
 from recoverd.engine import Engine, Outcome, ProgressCallback, Snapshot
-from recoverd.errors import EngineError, RecoverdError, TransportError, UsageError
+from recoverd.errors import EngineError, RecoverdError, TransportError, UsageError, unexpected
 from recoverd.locks import machine_lock
+from recoverd.people import engineer_of_run, provider_engineers
 from recoverd.policy.model import Level, Machine
 from recoverd.restore import RestorePlan, RestoreRequest, RestoreTarget, Verification
+from recoverd.restore_points import default_restore_points
 from recoverd.runs import recorded_run
 from recoverd.transport import Transport
 
@@ -104,7 +106,8 @@ def target_class(
             return cls  # type: ignore[no-any-return]
     options = {"device": "--device", "path": "--to", "in-place": "--in-place"}
     raise UsageError(
-        f"no restore target restores {level.kind} snapshots with {options[destination_kind]} "
+        f"no restore target restores {level.kind} snapshots with "
+        f"{options.get(destination_kind, destination_kind + ' drills')} "
         f"on {os_family} machines (see `recoverd plugins`)"
     )
 
@@ -134,18 +137,25 @@ def with_record(snapshot: Snapshot, good: dict[str, dict[str, Any]]) -> Snapshot
     """Given a snapshot and :func:`good_backups`, return the snapshot with the stats the log
     recorded for the backup that made it (``record``: an image's sha256), or for the one it was
     copied from; the snapshot as it is if the log records neither."""
+    view = backup_of(snapshot, good)
+    return replace(snapshot, record=view["stats"] or {}) if view else snapshot
+
+
+def backup_of(snapshot: Snapshot, good: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+    """Given a snapshot and :func:`good_backups`, return the good backup run that made it (or
+    the one it was copied from), None if the log records neither."""
     ids = [snapshot.id, snapshot.short_id]
     if snapshot.original:
         ids += [snapshot.original, snapshot.original[:8]]
-    view = next((good[i] for i in ids if i in good), None)
-    return replace(snapshot, record=view["stats"] or {}) if view else snapshot
+    return next((good[i] for i in ids if i in good), None)
 
 
 def choose_snapshot(
     ctl: Controller, engine: Engine, machine: Machine, level: Level, wanted: str | None
 ) -> Snapshot:
     """Return the snapshot named by ``wanted`` (an id or its prefix), else the newest one that
-    the maintenance log records as a successful backup of the level. A snapshot the log
+    the maintenance log records as a successful backup of the level and that may be a default
+    (never the image of a wiped device: :func:`default_restore_points`). A snapshot the log
     records carries that backup's stats (``record``).
 
     The engine is asked for that one snapshot first (for restic one ``ls``, whose listing the
@@ -155,7 +165,8 @@ def choose_snapshot(
     """
     repository = ctl.policies.repository_for(machine, level)
     good = good_backups(ctl, machine, level)
-    asked = wanted or next(reversed(good), None)  # the newest good backup
+    defaults = {v["snapshot"]: v for v in default_restore_points(list(good.values()))}
+    asked = wanted or next(reversed(defaults), None)  # the newest good backup
     if asked:
         found = engine.snapshot(machine.client, machine, repository, level.name, asked)
         if found is not None:
@@ -171,12 +182,18 @@ def choose_snapshot(
             )
         return with_record(found_all[0], good)
     for snapshot in reversed(snapshots):
-        if snapshot.id in good or snapshot.short_id in good:
+        if snapshot.id in defaults or snapshot.short_id in defaults:
             return with_record(snapshot, good)
     if snapshots:
+        left_out = len(good) - len(defaults)
+        why = (
+            f" ({left_out} good image(s) of a wiped device are never taken by default)"
+            if left_out
+            else ""
+        )
         raise UsageError(
             f"none of the {len(snapshots)} snapshot(s) of level {level.name} is recorded as a "
-            "successful backup in this maintenance log; pick one with --snapshot ID"
+            f"successful backup in this maintenance log{why}; pick one with --snapshot ID"
         )
     raise UsageError(f"level {level.name} of {machine.qualified_name} has no snapshots yet")
 
@@ -219,7 +236,7 @@ class PreparedRestore(AbstractContextManager["PreparedRestore"]):
             )
         self.verify_mode = verify_mode(self.target_cls, order.verify)
         self.transport: Transport = ctl.transport(self.machine)
-        self.transport.connect()
+        self.transport.open()
         try:
             engine = ctl.engine(self.transport, self.level.kind)
             self.target = self.target_cls(engine)
@@ -256,7 +273,9 @@ class PreparedRestore(AbstractContextManager["PreparedRestore"]):
             "kind": self.level.kind,
             "action": "restore",
             "trigger": "manual",
-            "engineer": order.engineer or self.client.engineer,
+            "engineer": engineer_of_run(
+                "manual", order.engineer, None, provider_engineers(self.ctl.policies)
+            ),
             "reported_by": order.reported_by,
             "symptom": order.symptom,
             "repository": self.level.repository,
@@ -281,6 +300,8 @@ class PreparedRestore(AbstractContextManager["PreparedRestore"]):
                 stats.update(self.target.write(self.request, plan, progress))
             except (TransportError, EngineError) as exc:
                 raise self._not_restored(exc) from None
+            except Exception as exc:  # unforeseen: recorded as failed, naming what is not back
+                raise self._not_restored(unexpected(exc, "restore stopped")) from exc
             stats["restore_s"] = round(time.monotonic() - started, 3)
             checked = time.monotonic()
             verification = self.target.verify(self.request, plan, progress)
@@ -298,7 +319,7 @@ class PreparedRestore(AbstractContextManager["PreparedRestore"]):
         """
         try:
             self.transport.close()
-            self.transport.connect()
+            self.transport.open()
             # Compare in full: a file cut short may already have its final size.
             request = replace(self.request, verify="full") if self.verify_mode else self.request
             verification = self.target.verify(request, self.plan, None)

@@ -18,11 +18,15 @@ from __future__ import annotations
 import dataclasses
 import secrets as stdlib_secrets
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 
+from recoverd.actions.backup import after_stale_locks, ask_lock_owners, offline_outcome
 from recoverd.actions.restore import (
     MAX_LISTED,
+    backup_of,
     choose_snapshot,
     good_backups,
     record_verification,
@@ -31,15 +35,18 @@ from recoverd.actions.restore import (
 )
 from recoverd.controller import Controller
 from recoverd.engine import Engine, Outcome, ProgressCallback, Snapshot
-from recoverd.errors import RepositoryLocked, UsageError
-from recoverd.locks import machine_lock
+from recoverd.errors import RepositoryLocked, Unreachable, UsageError
+from recoverd.locks import RepositoryTurns, machine_lock
 from recoverd.log import RunFilter
 from recoverd.log.maintenance import utc_now
+from recoverd.people import engineer_of_run, provider_engineers
 from recoverd.policy.model import Level, Machine, Repository
 from recoverd.policy.schedule import Schedule
 from recoverd.restore import RestoreRequest, RestoreTarget
+from recoverd.restore_points import default_restore_points
 from recoverd.runs import recorded_run
 from recoverd.transport import Transport
+from recoverd.wake import wake_and_connect
 
 CHECK_SUBSETS = 12
 """restic check reads 1/CHECK_SUBSETS of the repository's data per drill, a different part each
@@ -120,14 +127,20 @@ def freshness_limit(of: Level, timezone: str, now: datetime) -> datetime | None:
     return schedule.latest_slot(latest - timedelta(seconds=1))
 
 
-def check_subset(ctl: Controller, machine: Machine, level: Level) -> str:
-    """Return the ``n/N`` subset this drill's restic check reads: the one after the previous
-    drill's, counted from the drills of ``level`` in the maintenance log."""
-    earlier = ctl.log.runs(
-        RunFilter(client=machine.client, machine=machine.name, level=level.name, action="verify")
-    )
-    done = sum(1 for v in earlier if (v["stats"] or {}).get("check_subset"))
-    return f"{done % CHECK_SUBSETS + 1}/{CHECK_SUBSETS}"
+def repository_turns(ctl: Controller, client: str, repository: Repository) -> RepositoryTurns:
+    """Return the turns drills take on ``repository``, with its check rotation: where there
+    is none yet, it goes on from the checks of its drills in the maintenance log."""
+
+    def checks_in_the_log() -> int:
+        earlier = ctl.log.runs(RunFilter(client=client, action="verify"))
+        return sum(
+            1
+            for v in earlier
+            if (v["stats"] or {}).get("check_subset")
+            and (v["stats"] or {}).get("repository") == repository.name
+        )
+
+    return RepositoryTurns(ctl.state_dir, f"{client}/{repository.name}", checks_in_the_log)
 
 
 def _newest_snapshot(
@@ -139,11 +152,19 @@ def _newest_snapshot(
     if source.of.kind != "copy":
         return choose_snapshot(ctl, engine, machine, source.data_level, None)
     found = engine.snapshots(machine.client, machine, source.repository, source.data_level.name)
-    if not found:
+    good = good_backups(ctl, machine, source.data_level)
+    # Never the copy of an image of a wiped device (the copy's record is its original's).
+    defaults = {v["id"] for v in default_restore_points(list(good.values()))}
+    usable = [s for s in found if (view := backup_of(s, good)) is None or view["id"] in defaults]
+    if not usable:
         raise UsageError(
             f"copy level {source.of.name} of {machine.qualified_name} holds no snapshots yet"
+            if not found
+            else f"copy level {source.of.name} of {machine.qualified_name} holds only images of "
+            "a wiped device"
         )
-    return with_record(found[-1], good_backups(ctl, machine, source.data_level))
+    found = usable
+    return with_record(found[-1], good)
 
 
 def _transport(ctl: Controller, machine: Machine, level: Level) -> Transport:
@@ -163,6 +184,7 @@ def run_drill(
     trigger: str = "manual",
     seed: int | None = None,
     progress: ProgressCallback | None = None,
+    engineer: str | None = None,
 ) -> dict[str, Any]:
     """Run one restore drill of the verify ``level`` as a recorded run; return its view.
 
@@ -177,41 +199,79 @@ def run_drill(
         "kind": level.kind,
         "action": "verify",
         "trigger": trigger,
-        "engineer": client.engineer,
+        "engineer": engineer_of_run(
+            trigger, engineer, client.engineer, provider_engineers(ctl.policies)
+        ),
     }
     seed = stdlib_secrets.randbelow(2**32) if seed is None else seed
     with machine_lock(ctl.state_dir, machine), recorded_run(ctl.log, **start) as run:
         source = drill_source(ctl, machine, level)
-        subset = check_subset(ctl, machine, level)
-        with _transport(ctl, machine, level) as transport:
-            engine = ctl.engine(transport, source.data_level.kind)
-            target_cls = target_class(ctl, source.data_level, "scratch", transport.os_family)
-            target = target_cls(engine)
-            snapshot = _newest_snapshot(ctl, engine, machine, source)
-            request = RestoreRequest(
-                client=client.id,
-                machine=machine,
-                level=source.data_level,
-                repository=source.repository,
-                snapshot=snapshot,
-                sample=level.sample if source.data_level.kind == "files" else "all",
-                seed=seed,
-            )
-            run.outcome = _drill(target, request, subset, progress)
-            run.outcome.stats.update(
-                of=source.of.name, where=level.where, repository=source.repository.name
-            )
-            stale = _staleness(source.of, client.timezone, snapshot, run.outcome.stats)
-            if stale:
-                run.outcome.state = "failed"
-                run.outcome.error = "; ".join(filter(None, [stale, run.outcome.error]))
+        turns = repository_turns(ctl, client.id, source.repository)
+        transport = _transport(ctl, machine, level)
+        try:
+            woken = wake_and_connect(ctl, machine, transport) if level.where != "controller" else {}
+        except Unreachable as exc:
+            if machine.offline != "skip" or level.where == "controller":
+                raise
+            run.outcome = offline_outcome(ctl, machine, level, exc)
+            transport = None
+        if transport is not None:
+            with transport:
+                run.outcome = _drill_over(
+                    ctl, machine, level, source, turns, transport, seed, progress
+                )
+                if woken:
+                    run.outcome.stats["wake"] = woken
     return run.view
 
 
-def _drill(
-    target: RestoreTarget, request: RestoreRequest, subset: str, progress: ProgressCallback | None
+def _drill_over(
+    ctl: Controller,
+    machine: Machine,
+    level: Level,
+    source: DrillSource,
+    turns: RepositoryTurns,
+    transport: Transport,
+    seed: int,
+    progress: ProgressCallback | None,
 ) -> Outcome:
-    """Plan, restore, compare and clean up; then check the repository. Return the outcome."""
+    """Run the drill over the connected ``transport``; return its outcome."""
+    client = ctl.policies.clients[machine.client]
+    transport.stall_after = machine.stall_after_for(level)
+    engine = ctl.engine(transport, source.data_level.kind)
+    destination = "boot" if level.boot else "scratch"
+    target_cls = target_class(ctl, source.data_level, destination, transport.os_family)
+    target = target_cls(engine)
+    # Other drills of the repository restore meanwhile; its check runs alone.
+    with turns.turn(alone=False):
+        snapshot = _newest_snapshot(ctl, engine, machine, source)
+        request = RestoreRequest(
+            client=client.id,
+            machine=machine,
+            level=source.data_level,
+            repository=source.repository,
+            snapshot=snapshot,
+            sample=level.sample if source.data_level.kind == "files" else "all",
+            seed=seed,
+            drill=level,
+            evidence_dir=str(ctl.state_dir / "evidence" / client.id / machine.name),
+        )
+        stats = _restore_and_compare(target, request, progress)
+    owners = partial(ask_lock_owners, ctl, machine, source.repository)
+    outcome = _check_in_turn(target, request, turns, stats, owners)
+    outcome.stats.update(of=source.of.name, where=level.where, repository=source.repository.name)
+    stale = _staleness(source.of, client.timezone, snapshot, outcome.stats)
+    if stale:
+        outcome.state = "failed"
+        outcome.error = "; ".join(filter(None, [stale, outcome.error]))
+    return outcome
+
+
+def _restore_and_compare(
+    target: RestoreTarget, request: RestoreRequest, progress: ProgressCallback | None
+) -> dict[str, Any]:
+    """Plan, restore, compare and clean up; return the stats, with ``verification_error``
+    (None when everything matched)."""
     plan = target.plan(request)
     stats: dict[str, Any] = {
         "target": plan.target,
@@ -234,16 +294,39 @@ def _drill(
     for key in ("image_sha256", "stream_sha256", "fs_type", "fs_check"):
         if key in plan.details:
             stats[key] = plan.details[key]
+    stats.update({k: v for k, v in plan.details.items() if k.startswith("boot_")})
+    stats.update({k: v for k, v in plan.details.items() if k.startswith("boot_")})
     if "sampled" in plan.details:  # which files were tested, for the auditor (the first ones)
         stats["sampled_files"] = plan.details["sampled"][:MAX_LISTED]
-    errors = [record_verification(stats, verification, request.snapshot)]
-    try:
-        problems = target.check_repository(request, subset)
-    except RepositoryLocked as exc:
-        # restic check locks the repository exclusively: while a backup writes to it, the
-        # check waits for the next drill, which reads the same subset (it was not counted).
-        stats["check"] = f"not run: {exc}"
-        problems = None
+    stats["verification_error"] = record_verification(stats, verification, request.snapshot)
+    return stats
+
+
+def _check_in_turn(
+    target: RestoreTarget,
+    request: RestoreRequest,
+    turns: RepositoryTurns,
+    stats: dict[str, Any],
+    owners: Callable[[set[str]], list[dict[str, Any]]],
+) -> Outcome:
+    """Check the repository when no other drill uses it: the next ``n/N`` part of its data.
+    Return the drill's outcome: failed if the restore or the check found problems, partial if
+    the check could not run (the repository was locked by a backup, say), else succeeded."""
+    errors = [stats.pop("verification_error")]
+    problems: list[str] | None = None
+    with turns.turn(alone=True):
+        done = turns.checks_done()
+        subset = f"{done % CHECK_SUBSETS + 1}/{CHECK_SUBSETS}"
+        check = partial(target.check_repository, request, subset)
+        try:
+            engine = getattr(target, "engine", None)
+            problems = after_stale_locks(engine, request.repository, check, owners)
+        except RepositoryLocked as exc:
+            # restic check locks the repository exclusively: while a backup writes to it, the
+            # check waits for the next drill, which reads the same subset (it was not counted).
+            stats["check"] = f"not run: {exc}"
+        else:
+            turns.checked(done + 1)
     if problems is not None:
         stats["check_subset"] = subset
         stats["check"] = "passed" if not problems else "failed"
@@ -251,7 +334,13 @@ def _drill(
             stats["check_problems"] = problems[:MAX_LISTED]
             errors.append(f"restic check --read-data-subset {subset}: " + "; ".join(problems[:3]))
     error = "; ".join(e for e in errors if e) or None
-    return Outcome("failed" if error else "succeeded", request.snapshot.short_id, stats, error)
+    if error:
+        state = "failed"
+    elif problems is None:
+        state, error = "partial", f"the repository check did not run ({stats['check']})"
+    else:
+        state = "succeeded"
+    return Outcome(state, request.snapshot.short_id, stats, error)
 
 
 def _staleness(of: Level, timezone: str, snapshot: Snapshot, stats: dict[str, Any]) -> str | None:

@@ -43,6 +43,12 @@ def global_options(*, state: bool) -> argparse.ArgumentParser:
     return options
 
 
+ENGINEER_HELP = (
+    "who does this run, as the record names them (default: your login's name in "
+    "[provider] engineers, else your login)"
+)
+
+
 class AddCommand(Protocol):
     def __call__(
         self, name: str, handler: Handler, help_text: str, *, state_option: bool = True
@@ -50,15 +56,18 @@ class AddCommand(Protocol):
 
 
 MODULES = {
-    "recoverd.commands.inventory": ("check", "machines", "plugins"),
+    "recoverd.commands.inventory": ("check", "machines", "plugins", "schema"),
+    "recoverd.commands.enroll": ("enroll",),
     "recoverd.commands.backup": ("backup", "snapshots"),
     "recoverd.commands.log": ("log",),
     "recoverd.commands.schedule": ("plan", "status", "daemon"),
+    "recoverd.commands.service": ("service",),
     "recoverd.commands.accept": ("accept",),
     "recoverd.commands.report": ("report",),
     "recoverd.commands.restore": ("restore", "card"),
     "recoverd.commands.verify": ("verify",),
     "recoverd.commands.vault": ("vault",),
+    "recoverd.commands.completion": ("completion",),
 }
 """The command modules, in the order their commands appear in ``recoverd --help``, and the
 commands each registers: the CLI imports only the module of the command it runs (the modules

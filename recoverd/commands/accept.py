@@ -6,7 +6,8 @@ import argparse
 
 from recoverd.commands import AddCommand
 from recoverd.controller import Controller
-from recoverd.output import emit_json
+from recoverd.output import emit_json, local_time
+from recoverd.policy.load import client_zones
 
 
 def cmd_accept(ctl: Controller, args: argparse.Namespace) -> int:
@@ -15,12 +16,15 @@ def cmd_accept(ctl: Controller, args: argparse.Namespace) -> int:
     if args.json:
         emit_json(view)
         return 0
+    # Times in the client's zone, as everywhere else (UTC when its policy names none).
+    zone = client_zones(ctl.policy_dir, [view["client"]]).get(view["client"], "UTC")
     print(
         f"run {view['id']} ({view['machine']} {view['action']} {view['level'] or ''}, "
-        f"{view['state']}) accepted by {view['accepted_by']} at {view['accepted_at']}"
+        f"{view['state']}) accepted by {view['accepted_by']} at "
+        f"{local_time(view['accepted_at'], zone)}"
     )
     if earlier:
-        names = ", ".join(f"{e.body.get('by')} ({e.at})" for e in earlier)
+        names = ", ".join(f"{e.body.get('by')} ({local_time(e.at, zone)})" for e in earlier)
         print(f"earlier acceptance(s) kept in the log: {names}")
     return 0
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from recoverd.actions.bare_metal import prepare_bare_metal
 from recoverd.actions.restore import PreparedRestore, RestoreOrder
-from recoverd.commands import AddCommand
+from recoverd.commands import ENGINEER_HELP, AddCommand
 from recoverd.controller import Controller
 from recoverd.errors import RestoreRefused, UsageError
 from recoverd.output import emit_json, format_table, human_bytes, local_time
@@ -17,6 +17,7 @@ from recoverd.policy.model import BACKUP_KINDS, Machine
 from recoverd.progress import ProgressLine
 from recoverd.restore import VERIFY_MODES, RestorePlan
 from recoverd.runs import exit_code
+from recoverd.text import visible
 
 LISTED = 20
 """Replaced (and created) files a plan shows by name; the rest are counted."""
@@ -70,7 +71,7 @@ def format_plan(prepared: PreparedRestore) -> str:
             lines.append(f"  replaces   everything on {plan.destination}")
     else:
         lines.append(f"  replaces   {len(plan.replaced)} existing file(s) that differ")
-        lines += [f"               {path}" for path in plan.replaced[:LISTED]]
+        lines += [f"               {visible(path)}" for path in plan.replaced[:LISTED]]
         if len(plan.replaced) > LISTED:
             lines.append(f"               ... and {len(plan.replaced) - LISTED} more")
         lines.append(f"  creates    {len(plan.created)} file(s) missing now")
@@ -88,7 +89,7 @@ def format_plan(prepared: PreparedRestore) -> str:
             )
             lines += [f"               {link}" for link in links[:LISTED]]
     if plan.refusal:
-        lines.append(f"  REFUSED    {plan.refusal}")
+        lines.append(f"  REFUSED    {visible(plan.refusal)}")
     return "\n".join(lines)
 
 
@@ -161,7 +162,7 @@ def cmd_restore(ctl: Controller, args: argparse.Namespace) -> int:
             f"({how}{stats.get('files_verified', 0)} checked), {written} (run {view['id']})"
         )
         if view.get("error"):
-            print(f"  {view['error']}")
+            print(f"  {visible(view['error'])}")
     return exit_code([view])
 
 
@@ -188,7 +189,7 @@ def restore_bare_metal(ctl: Controller, args: argparse.Namespace) -> int:
         return exit_code([view])
     if not prepared.steps:
         print(f"{machine.name} bare-metal restore: {view['state']} (run {view['id']})")
-        print(f"  {view['error']}")
+        print(f"  {visible(view['error'])}")
         return exit_code([view])
     print(
         f"Bare-metal restore of {machine.qualified_name} from backup version "
@@ -350,6 +351,6 @@ def register(add: AddCommand) -> None:
     p.add_argument("--dry-run", action="store_true", help="show the plan, change nothing")
     p.add_argument("--symptom", help="the fault as reported (service record)")
     p.add_argument("--reported-by", help="who reported it")
-    p.add_argument("--engineer", help="who restores (default: the client's engineer)")
+    p.add_argument("--engineer", help=ENGINEER_HELP)
     p = add("card", cmd_card, "the machine card: identity, restore points, restore command")
     p.add_argument("machine", help="machine name, or client/machine")

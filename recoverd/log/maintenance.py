@@ -12,9 +12,9 @@ import os
 import secrets as stdlib_secrets
 import socket
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,8 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from recoverd import clock
-from recoverd.errors import UsageError
+from recoverd.errors import RecoverdError, UsageError
+from recoverd.log.anchors import Anchor, AnchorCheck, anchor_text, check_anchors
 from recoverd.log.record import (
     STATES,
     Entry,
@@ -31,7 +32,9 @@ from recoverd.log.record import (
     empty_view,
     parse_body,
 )
-from recoverd.log.verify import Verdict, verify_chain
+from recoverd.log.signing import KEY_ENV
+from recoverd.log.verify import Finding, Verdict, verify_chain
+from recoverd.people import operator
 from recoverd.plugins import Kind
 from recoverd.secrets import redact
 
@@ -108,6 +111,10 @@ class MaintenanceLog:
         self.store = sinks.get(STORE)(state_dir)
         self.mirrors = [cls(state_dir) for name, cls in sinks.entries.items() if name != STORE]
         self.notifiers = [cls() for cls in (notifiers.entries.values() if notifiers else [])]
+        self.watchers: list[Any] = []
+        """Told what the log records, each through the methods it has: ``run_started(run_id,
+        body)``, ``run_finished(view)``, ``run_accepted(view)`` (the dead-man pings, the
+        witnesses); like a notifier, a failing watcher is logged and never fails the run."""
         self.reap_orphans()
 
     def _write(self, run_id: str, type_: str, body: dict[str, Any], at: datetime) -> Entry:
@@ -148,9 +155,11 @@ class MaintenanceLog:
             "reported_by": reported_by,
             "symptom": redact(symptom) if symptom else symptom,
             "repository": repository,
+            "operator": operator(trigger),
             "owner": this_process(),
         }
         self._write(run_id, "start", body, at)
+        self._tell(self.watchers, "run_started", run_id, body)
         return run_id
 
     def finish(
@@ -171,15 +180,25 @@ class MaintenanceLog:
             "snapshot": snapshot,
             "stats": stats or {},
             "error": redact(error) if error else None,
+            "operator": operator(),
         }
         self._write(run_id, "end", body, at or utc_now())
         view = self.run(run_id)
-        for notifier in self.notifiers:
-            try:
-                notifier.run_finished(view)
-            except Exception as exc:  # a notifier's failure never fails the run
-                log.warning("notifier %s failed: %s", type(notifier).__name__, exc)
+        self._tell([*self.notifiers, *self.watchers], "run_finished", view)
         return view
+
+    @staticmethod
+    def _tell(listeners: list[Any], event: str, *args: Any) -> None:
+        """Call ``event`` on each listener that has it; a failure is logged, never raised:
+        the run is recorded already."""
+        for listener in listeners:
+            method = getattr(listener, event, None)
+            if method is None:
+                continue
+            try:
+                method(*args)
+            except Exception as exc:
+                log.warning("%s of %s failed: %s", event, type(listener).__name__, exc)
 
     def accept(
         self, run_id: str, by: str, note: str | None = None, *, at: datetime | None = None
@@ -206,9 +225,12 @@ class MaintenanceLog:
                 "machine": view["machine"],
                 "by": by.strip(),
                 "note": redact(note) if note else None,
+                "operator": operator(),
             }
             self._write(run_id, "accept", body, at or utc_now())
-        return self.run(run_id)
+        view = self.run(run_id)
+        self._tell(self.watchers, "run_accepted", view)
+        return view
 
     def acceptances(self, run_id: str) -> list[Entry]:
         """Return the acceptance entries of a run, oldest first."""
@@ -220,33 +242,93 @@ class MaintenanceLog:
         *,
         signatures: bool = False,
         since: datetime | None = None,
+        anchors: Iterable[Anchor] = (),
+        warnings: Iterable[str] = (),
     ) -> Verdict:
         """Check the chain, the signed head and the last signature; return the verdict.
 
         With ``signatures`` every entry's signature is checked too (see
         :mod:`recoverd.log.verify`). With ``since`` only the entries from the first one dated
-        ``since`` or later to the end of the log are checked. Without ``public_key`` the state
-        directory's own key is used. Raise RecoverdError if there is neither a key given nor
-        one in the state directory.
+        ``since`` or later to the end of the log are checked. Each of ``anchors``, and the
+        signing key's record when it keeps one, must still be in the log unchanged (see
+        :mod:`recoverd.log.anchors`); ``warnings`` are passed on into the verdict. Without
+        ``public_key`` the state directory's own key is used. Raise RecoverdError if there
+        is neither a key given nor one where the log's key is kept.
         """
+        anchors = list(anchors)
+        key_file = self.store.key
+        record = key_file.read_record()
+        if record is not None:
+            anchors.append(
+                Anchor(
+                    record.seq,
+                    record.hash,
+                    record.signature,
+                    f"the signing key's record {key_file.record_path}",
+                )
+            )
         with self.store.snapshot() as snapshot:
             last = snapshot.last_seq()
-            if (
-                last is None
-                and snapshot.head is None
-                and not public_key
-                and not self.store.key.exists
-            ):
-                return Verdict(0, 0, None, None, None, None)  # a new, empty log: nothing to check
-            key = public_key or self.store.key.public()
+            if last is None and snapshot.head is None and not public_key and not key_file.exists:
+                if not anchors:  # a new, empty log: nothing to check
+                    return Verdict(0, 0, None, None, None, None, warnings=tuple(warnings))
+                # Wiped together with its key: only the anchors can tell.
+                checks = tuple(
+                    AnchorCheck(
+                        a,
+                        False,
+                        "removed",
+                        f"{a.source} (entry {a.seq}): the log is "
+                        "empty and has no signing key; it was wiped after this anchor",
+                    )
+                    for a in anchors
+                )
+                return Verdict(
+                    0, 0, None, None, None, None, anchors=checks, warnings=tuple(warnings)
+                )
+            if public_key is None and not key_file.exists and last is not None:
+                raise RecoverdError(
+                    f"the log signing key {key_file.path} is missing, but the maintenance log "
+                    f"has {last} entries: restore the key from where you keep it (or point "
+                    f"{KEY_ENV} at it), or check the log with --pubkey FILE"
+                )
+            key = public_key or key_file.public()
             first = 1
             if since is not None and last is not None:
                 # Nothing dated `since` or later: check the last entry, so that the head and
                 # its signature are still checked against the log.
                 first = snapshot.first_seq_since(iso(since)) or last
-            return verify_chain(
+            verdict = verify_chain(
                 snapshot, key, snapshot.head, first_seq=first, signatures=signatures
             )
+            if (
+                last is None
+                and verdict.problem is None
+                and key_file.exists
+                and not key_file.outside
+            ):
+                # The key in the state directory is made with the first entry: a log that has
+                # one but no entry (and no head) had entries that were removed with the head.
+                verdict = replace(
+                    verdict,
+                    problem=Finding(
+                        None,
+                        "removed",
+                        f"the log is empty, but its signing key {key_file.path} exists and is only "
+                        "made when the first entry is written: the log and its head were wiped",
+                    ),
+                )
+            checks = check_anchors(snapshot, key, anchors)
+        return replace(verdict, anchors=tuple(checks), warnings=tuple(warnings))
+
+    def head_anchor(self) -> str | None:
+        """Return the signed head as an anchor line (``log head SEQ:HASH signed SIG``) for
+        messages that leave the controller (the daily digest), or None if there is none."""
+        try:
+            head = self.store.key.read_head()
+        except RecoverdError:
+            return None
+        return anchor_text(head) if head else None
 
     def reap_orphans(self) -> list[str]:
         """Mark runs whose controller process is gone ``interrupted``; return their ids."""
@@ -260,7 +342,13 @@ class MaintenanceLog:
                     f"the controller process (pid {owner.get('pid')} on {owner.get('host')}) "
                     "ended before the run finished"
                 )
-                body = {"state": "interrupted", "error": error, "stats": {}, "snapshot": None}
+                body = {
+                    "state": "interrupted",
+                    "error": error,
+                    "stats": {},
+                    "snapshot": None,
+                    "operator": operator(),
+                }
                 self._write(start.run_id, "end", body, utc_now())
                 reaped.append(start.run_id)
         return reaped
@@ -322,10 +410,16 @@ class MaintenanceLog:
         return [v for v in self.runs(where) if v["snapshot"]]
 
     def last_run(
-        self, client: str, machine: str, level: str, state: str | None = None
+        self,
+        client: str,
+        machine: str,
+        level: str,
+        state: str | tuple[str, ...] | None = None,
+        action: str | None = None,
     ) -> dict[str, Any] | None:
-        """Return the newest run of a machine's level (in ``state`` if given), or None."""
-        run_id = self.store.newest_level_run_id(client, machine, level, state)
+        """Return the newest run of a machine's level (in ``state``, or one of several, and
+        of ``action``, if given), or None."""
+        run_id = self.store.newest_level_run_id(client, machine, level, state, action)
         return self.run(run_id) if run_id else None
 
     def runs_started(self, client: str, since: datetime, until: datetime) -> list[dict[str, Any]]:
@@ -360,6 +454,17 @@ class MaintenanceLog:
         level if ``level`` is None) started before ``before``, or None."""
         run_id = self.store.last_good_backup_id(client, machine, level, iso(before))
         return self.run(run_id) if run_id else None
+
+    def backup_history(
+        self, client: str, boundaries: list[datetime]
+    ) -> list[tuple[str | None, int, str | None, int, int]]:
+        """Return the client's backup runs before the last of ``boundaries`` (month starts),
+        per repository, month bucket (-1: before the first) and state: runs and bytes added."""
+        return self.store.backup_history(client, [iso(b) for b in boundaries])
+
+    def first_run_at(self, client: str, machine: str) -> str | None:
+        """Return when the machine's first recorded run started (ISO 8601), or None."""
+        return self.store.first_start_at(client, machine)
 
     def bytes_added(self, client: str, before: datetime) -> dict[str | None, int]:
         """Return, per repository, the bytes added by the client's backup runs started before

@@ -8,12 +8,19 @@ key. A signature over an entry does not show that nothing *followed* it, so afte
 the store also replaces a small signed *head* file naming the last entry (seq and hash):
 removing entries from the end of the log leaves the head pointing past the end.
 
-The private key is created on first use in the state directory (``log-signing.key``, PKCS#8
-PEM, mode 0600); auditors get the public key with ``recoverd log pubkey``.
+The private key is read from ``RECOVERD_LOG_KEY_FILE`` if set, else from the systemd credential
+``recoverd-log.key`` (``$CREDENTIALS_DIRECTORY``) when it is there, else from ``log-signing.key``
+in the state directory, where it is created on first use (PKCS#8 PEM, mode 0600). Auditors get
+the public key with ``recoverd log pubkey``.
+
+A key kept outside the state directory also keeps a *record* beside it where it can write
+(``<key file>.head``: a copy of the signed head): a log that was wiped or rolled back with the
+state directory alone is then shorter than its key's record says.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,9 +30,11 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from recoverd.errors import RecoverdError
-from recoverd.private_files import write_private
+from recoverd.private_files import key_location, write_private
 
 KEY_FILE = "log-signing.key"
+KEY_ENV = "RECOVERD_LOG_KEY_FILE"
+CREDENTIAL_NAME = "recoverd-log.key"
 HEAD_FILE = "log-head.json"
 
 # Distinct prefixes so that no entry signature can pass for a head signature or vice versa.
@@ -84,18 +93,44 @@ class Head:
         return verify_signature(key, self.signature, head_message(self.seq, self.hash))
 
 
+def parse_head(raw: object) -> Head:
+    """Given a head as JSON data, return it. Raise ValueError if it is not one."""
+    try:
+        return Head(int(raw["seq"]), str(raw["hash"]), str(raw["signature"]))  # type: ignore[index]
+    except (KeyError, TypeError) as exc:
+        raise ValueError(f"not a signed head: {exc!r}") from None
+
+
+def key_fingerprint(key: Ed25519PublicKey) -> str:
+    """Return a short fingerprint of a public key (SHA-256 of its raw bytes, 16 hex digits)."""
+    raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return "ed25519:" + hashlib.sha256(raw).hexdigest()[:16]
+
+
 class LogKey:
     """The signing key of one state directory, created on first use."""
 
     def __init__(self, state_dir: Path) -> None:
         self.state_dir = state_dir
-        self.path = state_dir / KEY_FILE
+        self.path = key_location(state_dir, KEY_ENV, CREDENTIAL_NAME, KEY_FILE)
         self.head_path = state_dir / HEAD_FILE
         self._private: Ed25519PrivateKey | None = None
+        self._record_failed = False
 
     @property
     def exists(self) -> bool:
         return self.path.exists()
+
+    @property
+    def outside(self) -> bool:
+        """True if the key lives outside the state directory (its record is kept beside it)."""
+        return self.path.parent.resolve() != self.state_dir.resolve()
+
+    @property
+    def record_path(self) -> Path | None:
+        """The key's record of the signed head (None for a key in the state directory, where
+        the record would share the fate of the log)."""
+        return self.path.with_name(self.path.name + ".head") if self.outside else None
 
     def private(self) -> Ed25519PrivateKey:
         """Return the private key, creating it (0600, atomically) if there is none yet.
@@ -104,6 +139,7 @@ class LogKey:
         """
         if self._private is None:
             if not self.path.exists():
+                self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
                 pem = Ed25519PrivateKey.generate().private_bytes(
                     serialization.Encoding.PEM,
                     serialization.PrivateFormat.PKCS8,
@@ -126,8 +162,9 @@ class LogKey:
         """
         if not self.path.exists():
             raise RecoverdError(
-                f"no log signing key in {self.state_dir}: nothing has been written to this "
-                "maintenance log yet (check --state / RECOVERD_STATE)"
+                f"no log signing key at {self.path}: either nothing has been written to this "
+                f"maintenance log yet (check --state / RECOVERD_STATE), or the key was lost "
+                f"(restore it, or point {KEY_ENV} at it)"
             )
         return self.private().public_key()
 
@@ -140,16 +177,35 @@ class LogKey:
         signature = self.private().sign(head_message(seq, digest)).hex()
         data = json.dumps({"seq": seq, "hash": digest, "signature": signature}).encode()
         write_private(self.head_path, data, replace=True)
+        record = self.record_path
+        if record is not None and not self._record_failed:
+            try:
+                write_private(record, data, replace=True)
+            except OSError:
+                # A read-only credential directory keeps no record: anchors and witnesses
+                # still do. Tried once per process, not before every entry.
+                self._record_failed = True
 
     def read_head(self) -> Head | None:
         """Return the head file's content, or None if there is none.
 
         Raise RecoverdError if it exists but is not a head file.
         """
-        try:
-            raw = json.loads(self.head_path.read_text(encoding="utf-8"))
-            return Head(int(raw["seq"]), str(raw["hash"]), str(raw["signature"]))
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise RecoverdError(f"the log head {self.head_path} is unreadable: {exc}") from None
+        return _read_head_file(self.head_path, "the log head")
+
+    def read_record(self) -> Head | None:
+        """Return the key's record of the head, or None if it keeps none.
+
+        Raise RecoverdError if it exists but is not a head file.
+        """
+        record = self.record_path
+        return _read_head_file(record, "the signing key's record") if record else None
+
+
+def _read_head_file(path: Path, what: str) -> Head | None:
+    try:
+        return parse_head(json.loads(path.read_text(encoding="utf-8")))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise RecoverdError(f"{what} {path} is unreadable: {exc}") from None

@@ -31,6 +31,7 @@ from typing import Protocol
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from recoverd.log.anchors import AnchorCheck
 from recoverd.log.record import GENESIS, Entry, entry_hash, parse_body
 from recoverd.log.signing import Head, entry_message, verify_signature
 
@@ -82,10 +83,18 @@ class Verdict:
     problem: Finding | None
     every_signature: bool = False
     """True if every entry's signature was checked, not only the last one's."""
+    anchors: tuple[AnchorCheck, ...] = ()
+    """The anchors checked (given, the key's record, the witnesses' heads)."""
+    warnings: tuple[str, ...] = ()
+    """What could not be checked (a witness that could not be reached)."""
 
     @property
     def intact(self) -> bool:
-        return self.problem is None
+        return self.problem is None and all(check.ok for check in self.anchors)
+
+    @property
+    def failed_anchors(self) -> list[AnchorCheck]:
+        return [check for check in self.anchors if not check.ok]
 
 
 def _entry(row: Row) -> Entry:

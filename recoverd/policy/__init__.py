@@ -5,7 +5,15 @@
 
 from recoverd.policy.every import Every, parse_every
 from recoverd.policy.load import SECRET_SCHEMES, load_policies, load_policy_file
-from recoverd.policy.model import Client, Level, Machine, PolicySet, Repository
+from recoverd.policy.model import (
+    Client,
+    Level,
+    Machine,
+    NotifyRoute,
+    PolicySet,
+    Provider,
+    Repository,
+)
 
 __all__ = [
     "SECRET_SCHEMES",
@@ -13,7 +21,9 @@ __all__ = [
     "Every",
     "Level",
     "Machine",
+    "NotifyRoute",
     "PolicySet",
+    "Provider",
     "Repository",
     "load_policies",
     "load_policy_file",

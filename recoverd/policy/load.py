@@ -26,6 +26,11 @@ from recoverd.errors import PolicyError
 from recoverd.policy.every import parse_every
 from recoverd.policy.model import (
     BACKUP_KINDS,
+    DEFAULT_ALERT_AFTER,
+    DEFAULT_ANOMALY_SHARE,
+    DEFAULT_STALL_AFTER,
+    DEFAULT_WAKE_TO,
+    DEFAULT_WAKE_WAIT,
     KEEP_KEYS,
     LEVEL_KINDS,
     TRANSPORTS,
@@ -33,6 +38,7 @@ from recoverd.policy.model import (
     Level,
     Machine,
     PolicySet,
+    Provider,
     Repository,
 )
 from recoverd.secrets import VAULT_NAME
@@ -40,8 +46,10 @@ from recoverd.secrets import VAULT_NAME
 SECRET_SCHEMES = ("env", "file", "command", "vault")
 ROLES = ("workstation", "server")
 RESTORE_MODES = ("files-in-place", "image")
+OFFLINE_MODES = ("skip", "fail")
 IMAGE_VIA = ("machine", "controller")
 VERIFY_WHERE = ("machine", "controller")
+BOOT_KEYS = ("boot_timeout", "expect", "probe")
 SNAPSHOT_METHODS = ("lvm",)
 WINRM_AUTHS = ("ntlm", "kerberos", "credssp", "certificate", "basic")
 ENCRYPTING_AUTHS = ("ntlm", "kerberos", "credssp")
@@ -62,13 +70,13 @@ CLIENT_ID = re.compile(r"[a-z0-9][a-z0-9._-]*")
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 """Machine and level names: safe on a command line and in file names."""
 
-_TOP_KEYS = ("client", "repositories", "templates", "machines")
-_LEVEL_COMMON_KEYS = ("name", "kind", "every", "keep")
+_TOP_KEYS = ("client", "repositories", "templates", "machines", "notify")
+_LEVEL_COMMON_KEYS = ("name", "kind", "every", "keep", "healthchecks", "grace", "stall_after")
 _LEVEL_KIND_KEYS = {
-    "files": ("repository", "paths", "exclude", "vss"),
+    "files": ("repository", "paths", "exclude", "vss", "anomaly_changed", "anomaly_shrink"),
     "image": ("repository", "device", "via", "snapshot", "allow_mounted", "target"),
     "copy": ("of", "to"),
-    "verify": ("of", "sample", "where"),
+    "verify": ("of", "sample", "where", "boot", "boot_timeout", "expect", "probe"),
 }
 _LEVEL_REQUIRED = {
     "files": ("repository", "paths"),
@@ -92,8 +100,22 @@ _TRANSPORT_KEYS = {
     "cert": ("winrm",),
     "cert_key": ("winrm",),
 }
-_DURATION = re.compile(r"(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?")
-_RESTIC_DURATION = re.compile(r"(?:\d+[ymdh])+")
+_DURATION = re.compile(r"(?:([0-9]+)d)?(?:([0-9]+)h)?(?:([0-9]+)m)?")
+_RESTIC_DURATION = re.compile(r"(?:[0-9]+[ymdh])+")
+_RESTIC_UNIT_DAYS = {"y": 366, "m": 31, "d": 1, "h": 1 / 24}
+MAX_SLA_DAYS = 366
+"""The longest ``restore_sla``: a contract measures restores in hours or days."""
+MAX_KEEP_DAYS = 100 * 366
+"""The longest ``keep.within`` (restic cannot count far beyond it either)."""
+MAX_KEEP = 1_000_000
+"""The largest ``keep`` count: hourly snapshots for a century are fewer."""
+MAX_SAMPLE = 1_000_000_000
+"""The largest number of files a drill may sample."""
+MAX_CONNECT_TIMEOUT = 3600.0
+"""The longest ``connect_timeout`` in seconds."""
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+_SECONDS = re.compile(r"(?:([0-9]+)d)?(?:([0-9]+)h)?(?:([0-9]+)m)?(?:([0-9]+)s)?")
+_WAKE_TO = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[^\s:\[\]]+):([0-9]+)")
 _MAC = re.compile(r"[0-9a-f]{2}(?::[0-9a-f]{2}){5}")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
@@ -109,8 +131,15 @@ def load_policies(directory: Path, secret_schemes: Iterable[str] = SECRET_SCHEME
     """
     directory = Path(directory)
     schemes = tuple(secret_schemes)
+    # provider.toml holds the provider's settings, not a client; it is checked after the clients.
+    from recoverd.policy.provider import PROVIDER_FILE, check_provider
+
     files = (
-        sorted(p for p in directory.glob("*.toml") if not p.name.startswith("."))
+        sorted(
+            p
+            for p in directory.glob("*.toml")
+            if not p.name.startswith(".") and p.name != PROVIDER_FILE
+        )
         if directory.is_dir()
         else []
     )
@@ -138,9 +167,16 @@ def load_policies(directory: Path, secret_schemes: Iterable[str] = SECRET_SCHEME
         owners[result.client_id] = str(path)
         if result.client is not None:
             clients[result.client_id] = result.client
+    provider = Provider()
+    if (directory / PROVIDER_FILE).is_file():
+        # Names of clients are checked only against a complete set of clients.
+        provider, found = check_provider(
+            directory / PROVIDER_FILE, schemes, {} if problems else clients
+        )
+        problems.extend(found)
     if problems:
         raise PolicyError(problems)
-    return PolicySet(clients=clients)
+    return PolicySet(clients=clients, provider=provider)
 
 
 def client_zones(directory: Path, client_ids: Iterable[str]) -> dict[str, str]:
@@ -164,7 +200,7 @@ def client_zones(directory: Path, client_ids: Iterable[str]) -> dict[str, str]:
             break
         try:
             client = _client_table(path.read_bytes().decode("utf-8-sig"))
-        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, _TooDeep):
             continue
         if not isinstance(client, dict):
             continue
@@ -184,18 +220,18 @@ def _client_table(text: str) -> Any:
     alone, which is quick for a policy of hundreds of machines. A header-like line inside a
     string or an array leaves that part unterminated, so a part that parses is exactly the
     start of the document; when it does not parse or holds no client, the whole text is.
-    Raise TOMLDecodeError if the text is no TOML.
+    Raise TOMLDecodeError if the text is no TOML, _TooDeep if it nests too deeply.
     """
     for header in _TABLE_HEADER.finditer(text):
         if header.group(0).lstrip() != "[client]":
             try:
-                client = tomllib.loads(text[: header.start()]).get("client")
-            except tomllib.TOMLDecodeError:
+                client = _parse_toml(text[: header.start()]).get("client")
+            except (tomllib.TOMLDecodeError, _TooDeep):
                 break
             if client is not None:
                 return client
             break
-    return tomllib.loads(text).get("client")
+    return _parse_toml(text).get("client")
 
 
 def load_policy_file(
@@ -234,6 +270,8 @@ class _Table:
 
     values: dict[str, Any] = field(default_factory=dict)
     paths: dict[str, str] = field(default_factory=dict)
+    amends: bool = False
+    """A machine's level that amends its template's level of the same name (no ``kind``)."""
 
     def get(self, key: str, default: Any = None) -> Any:
         return self.values.get(key, default)
@@ -307,6 +345,9 @@ class _PolicyFile:
         names = set(_keys(raw.get("repositories")))
         templates = self._templates(raw.get("templates", {}), names)
         machines = self._machines(raw.get("machines", {}), client_id or "", names, templates)
+        from recoverd.policy.provider import check_routes  # it builds on this module
+
+        routes = check_routes(self, raw.get("notify", {}), client_id=client_id or "?")
         if self._problems or client is None or client_id is None:
             return _Result(None, client_id, self.problems)
         return _Result(
@@ -319,6 +360,7 @@ class _PolicyFile:
                 restore_sla=client.get("restore_sla"),
                 repositories=repositories,
                 machines=machines,
+                routes=routes,
             ),
             client_id,
             self.problems,
@@ -329,14 +371,7 @@ class _PolicyFile:
         if raw is None:
             self.problem("client", "missing required table [client]")
             return None, None
-        checks = {
-            "id": _string,
-            "name": _string,
-            "engineer": _string,
-            "timezone": _timezone,
-            "restore_sla": _sla,
-        }
-        table = self.table(raw, "client", checks, required=["name"])
+        table = self.table(raw, "client", self._client_checks(), required=["name"])
         if table is None:
             return None, None
         if "id" not in table.paths:
@@ -358,13 +393,25 @@ class _PolicyFile:
             return table, None
         return table, client_id
 
-    def _repositories(self, raw: Any) -> dict[str, Repository]:
-        repositories: dict[str, Repository] = {}
-        checks = {
+    def _client_checks(self) -> dict[str, _Check]:
+        return {
+            "id": _string,
+            "name": _string,
+            "engineer": _string,
+            "timezone": _timezone,
+            "restore_sla": _sla,
+        }
+
+    def _repository_checks(self) -> dict[str, _Check]:
+        return {
             "url": _repository_url,
             "password": partial(_secret, schemes=self.schemes),
             "max_parallel": _positive_int,
         }
+
+    def _repositories(self, raw: Any) -> dict[str, Repository]:
+        repositories: dict[str, Repository] = {}
+        checks = self._repository_checks()
         for name, value in self._named_tables(raw, "repositories").items():
             table = self.table(
                 value, _join("repositories", name), checks, required=["url", "password"]
@@ -398,8 +445,18 @@ class _PolicyFile:
             "restic": _string,
             "role": partial(_choice, choices=ROLES),
             "asset_tag": _string,
+            "since": _since,
             "mac": _mac,
             "restore": partial(_choice, choices=RESTORE_MODES),
+            "offline": partial(_choice, choices=OFFLINE_MODES),
+            "alert_after": _seconds,
+            "wake": _boolean,
+            "wake_via": _name,
+            "wake_wait": _seconds,
+            "wake_to": _wake_to,
+            "stall_after": _seconds,
+            "anomaly_changed": _share,
+            "anomaly_shrink": _share,
             "password": partial(_secret, schemes=self.schemes),
             "https": _boolean,
             "auth": partial(_choice, choices=WINRM_AUTHS),
@@ -444,20 +501,35 @@ class _PolicyFile:
             own = self.table(value, where, checks)
             if own is None:
                 continue
-            levels = self._levels(own.get("levels", []), _join(where, "levels"), repositories)
-            table, levels = _merge(templates.get(own.get("template", "")), own, levels)
+            template = templates.get(own.get("template", ""))
+            amendable = {d.values["name"]: d for d in template[1]} if template else {}
+            levels = self._levels(
+                own.get("levels", []), _join(where, "levels"), repositories, amendable
+            )
+            table, levels = _merge(template, own, levels)
+            for level in levels:
+                if level.amends:
+                    at = level.paths["name"].rpartition(".")[0]
+                    self._kind_keys(level, at, level.values["kind"])
             machine = self._machine(name, where, client_id, table, levels)
             if machine is not None:
                 machines[name] = machine
+        for machine in machines.values():
+            # Another machine of this client sends the wake-up packet on the sleeper's LAN.
+            if machine.wake_via is not None and (
+                machine.wake_via == machine.name or machine.wake_via not in machines
+            ):
+                others = sorted(set(machines) - {machine.name})
+                self.problem(
+                    _join(_join("machines", machine.name), "wake_via"),
+                    f"no other machine {machine.wake_via!r} in this file"
+                    + (_hint(machine.wake_via, others) or f"; machines: {', '.join(others)}"),
+                )
         return machines
 
-    def _levels(self, raw: Any, where: str, repositories: set[str]) -> list[_Table]:
-        """Check a ``levels`` list; return the levels that have a valid, unique name."""
-        if not isinstance(raw, list):
-            self.problem(where, _expected("a list of tables ([[...levels]])", raw))
-            return []
+    def _level_checks(self, repositories: set[str]) -> dict[str, _Check]:
         defined = partial(_defined, names=repositories, what="repository")
-        checks: dict[str, _Check] = {
+        return {
             "name": _name,
             "kind": partial(_choice, choices=LEVEL_KINDS),
             "every": _every,
@@ -475,17 +547,59 @@ class _PolicyFile:
             "to": defined,
             "sample": _sample,
             "where": partial(_choice, choices=VERIFY_WHERE),
+            "healthchecks": partial(_secret, schemes=self.schemes),
+            "grace": _sla,
+            "stall_after": _seconds,
+            "anomaly_changed": _share,
+            "anomaly_shrink": _share,
+            "boot": _boolean,
+            "boot_timeout": _boot_timeout,
+            "expect": _expect,
+            "probe": _probes,
         }
+
+    def _levels(
+        self,
+        raw: Any,
+        where: str,
+        repositories: set[str],
+        amendable: dict[str, _Table] | None = None,
+    ) -> list[_Table]:
+        """Check a ``levels`` list; return the levels that have a valid, unique name.
+
+        A machine's level without ``kind`` that names one of its template's levels
+        (``amendable``) amends that level: its keys are checked against the template level's
+        kind after the merge.
+        """
+        if not isinstance(raw, list):
+            self.problem(where, _expected("a list of tables ([[...levels]])", raw))
+            return []
+        checks = self._level_checks(repositories)
         levels: list[_Table] = []
         first_index: dict[str, int] = {}
         for index, value in enumerate(raw):
             at = f"{where}[{index}]"
-            table = self.table(value, at, checks, required=["name", "kind"])
+            table = self.table(value, at, checks, required=["name"])
             if table is None:
                 continue
             kind = table.get("kind")
             if kind in _LEVEL_KIND_KEYS:
                 self._kind_keys(table, at, kind)
+            elif "kind" not in table.paths:
+                name = table.get("name")
+                if amendable and name in amendable:
+                    table.amends = True
+                else:
+                    self.problem(
+                        _join(at, "kind"),
+                        "missing required key"
+                        + (
+                            f" (or name a level of the template to amend it: "
+                            f"{', '.join(amendable)})"
+                            if amendable
+                            else ""
+                        ),
+                    )
             name = table.get("name")
             if name in first_index:
                 self.problem(
@@ -535,6 +649,11 @@ class _PolicyFile:
         self._image_targets(transport, levels)
         if table.get("restore") == "image" and not any(d.get("kind") == "image" for d in levels):
             self.problem(table.paths["restore"], "'image' needs an image level on this machine")
+        if table.get("wake") and "mac" not in table.paths:
+            self.problem(
+                _join(where, "mac"), "missing; wake = true sends its Wake-on-LAN packet to it"
+            )
+        role = table.get("role", "workstation")
         if self._problems:
             return None
         return Machine(
@@ -549,10 +668,20 @@ class _PolicyFile:
             known_hosts=table.get("known_hosts"),
             connect_timeout=table.get("connect_timeout", 10.0),
             restic=table.get("restic", "restic"),
-            role=table.get("role", "workstation"),
+            role=role,
             asset_tag=table.get("asset_tag"),
+            since=table.get("since"),
             mac=table.get("mac"),
             restore=table.get("restore", "files-in-place"),
+            offline=table.get("offline", "fail" if role == "server" else "skip"),
+            alert_after=table.get("alert_after", DEFAULT_ALERT_AFTER),
+            wake=table.get("wake", False),
+            wake_via=table.get("wake_via"),
+            wake_wait=table.get("wake_wait", DEFAULT_WAKE_WAIT),
+            wake_to=table.get("wake_to", DEFAULT_WAKE_TO),
+            stall_after=table.get("stall_after", DEFAULT_STALL_AFTER),
+            anomaly_changed=table.get("anomaly_changed", DEFAULT_ANOMALY_SHARE),
+            anomaly_shrink=table.get("anomaly_shrink", DEFAULT_ANOMALY_SHARE),
             password=table.get("password"),
             https=https,
             auth=auth,
@@ -658,20 +787,118 @@ class _PolicyFile:
                     draft.paths["to"],
                     f"{of!r} already writes to {draft.values['to']!r}; copy to another repository",
                 )
+            elif draft.get("kind") == "verify":
+                self._boot_keys(draft, target, by_name)
+
+    def _boot_keys(self, draft: _Table, target: _Table, by_name: dict[str, _Table]) -> None:
+        """Boot drills: of an image of a whole disk (or a copy of one), run on the controller;
+        their keys mean nothing without ``boot = true``."""
+        if not draft.get("boot"):
+            for key in BOOT_KEYS:
+                if key in draft.paths:
+                    self.problem(draft.paths[key], f"{key!r} needs boot = true on this level")
+            return
+        data = by_name.get(target.get("of")) if target.get("kind") == "copy" else target
+        if data is not None and data.get("kind") != "image":
+            self.problem(
+                draft.paths["boot"],
+                f"boot drills boot disk images; {draft.values['of']!r} is a "
+                f"{data.values.get('kind')} level",
+            )
+        if draft.get("where") == "machine":
+            self.problem(
+                draft.paths["where"],
+                'boot drills run where qemu runs, on the controller: use where = "controller" '
+                "(the default for boot drills)",
+            )
+        if "sample" in draft.paths:
+            self.problem(draft.paths["sample"], "'sample' is for drills of files levels")
 
 
 def _check_file(path: Path, schemes: tuple[str, ...]) -> _Result:
     """Given a policy file, return its client (if valid), its client id and its problems."""
     try:
         # utf-8-sig: Windows editors may save a byte-order mark the TOML parser rejects.
-        raw = tomllib.loads(path.read_bytes().decode("utf-8-sig"))
+        raw = _parse_toml(path.read_bytes().decode("utf-8-sig"))
     except OSError as exc:
         return _Result(None, None, [f"{path}: cannot read: {exc.strerror or exc}"])
     except UnicodeDecodeError as exc:
         return _Result(None, None, [f"{path}: not UTF-8 text (byte {exc.start})"])
     except tomllib.TOMLDecodeError as exc:
         return _Result(None, None, [f"{path}: {_toml_error(str(exc))}"])
+    except _TooDeep as exc:
+        return _Result(None, None, [f"{path}: {exc}"])
     return _PolicyFile(path, schemes).check(raw)
+
+
+MAX_DEPTH = 16
+"""The deepest nesting a policy may have (tables, arrays and inline tables; the schema needs
+5, as in ``machines.NAME.levels[0].keep.daily``). Deeper input is refused before it is parsed
+or walked: the TOML parser and the checks recurse, and a document nested hundreds of levels
+deep would end them with a RecursionError."""
+
+
+class _TooDeep(Exception):
+    """The document nests deeper than MAX_DEPTH; the message says where."""
+
+
+def _parse_toml(text: str) -> dict[str, Any]:
+    """Return the parsed TOML ``text``. Raise TOMLDecodeError if it is no TOML, _TooDeep if
+    it nests deeper than :data:`MAX_DEPTH`."""
+    line = _deep_brackets(text)
+    if line is not None:
+        raise _TooDeep(
+            f"line {line}: arrays and inline tables nested more than {MAX_DEPTH} levels deep; "
+            "a policy needs at most 3"
+        )
+    try:
+        document = tomllib.loads(text)
+    except RecursionError:  # the scan above was fooled: still a clean error
+        raise _TooDeep(f"nested too deeply to read (more than {MAX_DEPTH} levels)") from None
+    where = _deep_key(document)
+    if where is not None:
+        raise _TooDeep(f"{where}...: nested more than {MAX_DEPTH} levels deep (tables, arrays)")
+    return document
+
+
+_NESTING_TOKEN = re.compile(
+    r"""
+    \"\"\"(?:[^\\]|\\.)*?\"\"\" | \'\'\'.*?\'\'\'       # multi-line strings
+    | "(?:[^"\\\n]|\\.)*" | '[^'\n]*' | \#[^\n]*   # one-line strings, comments
+    | (?P<open>[\[{]) | [\]}]
+    """,
+    re.S | re.X,
+)
+
+
+def _deep_brackets(text: str) -> int | None:
+    """Return the line where brackets ``[ {`` outside strings and comments first nest deeper
+    than MAX_DEPTH, or None. A quick scan, not a parser: tomllib judges the syntax."""
+    depth = 0
+    for token in _NESTING_TOKEN.finditer(text):
+        if token["open"]:
+            depth += 1
+            if depth > MAX_DEPTH:
+                return text.count("\n", 0, token.start()) + 1
+        elif token[0] in "]}":
+            depth = max(0, depth - 1)
+    return None
+
+
+def _deep_key(document: dict[str, Any]) -> str | None:
+    """Return the key path (its start) where ``document`` nests deeper than MAX_DEPTH (dotted
+    keys nest without brackets), or None. Iterative: the walk itself must not recurse."""
+    stack: list[tuple[Any, str, int]] = [(document, "", 0)]
+    while stack:
+        node, where, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            return where
+        items = node.items() if isinstance(node, dict) else enumerate(node)
+        for key, value in items:
+            if isinstance(value, dict | list):
+                path = f"{where}[{key}]" if isinstance(key, int) else _join(where, key)
+                stack.append((value, path if depth < 4 else where, depth + 1))
+    return None
 
 
 def _toml_error(message: str) -> str:
@@ -692,23 +919,41 @@ def _merge(
 ) -> tuple[_Table, list[_Table]]:
     """Return a machine's table and levels with its template's under them.
 
-    The machine's keys override the template's; its levels add to the template's, and one
-    with a template level's name replaces it in place.
+    The machine's keys override the template's; its levels add to the template's. One with a
+    template level's name replaces it, or, without a ``kind``, amends it: its keys override
+    the template level's. Levels are listed by kind (files, image, copy, verify: what is
+    backed up before its copies and drills), in policy order within a kind.
     """
     if template is None:
-        return own, own_levels
+        return own, _by_kind(own_levels)
     base, base_levels = template
     merged = _Table({**base.values, **own.values}, {**base.paths, **own.paths})
     mine = {d.values["name"]: d for d in own_levels}
-    levels = [mine.pop(d.values["name"], d) for d in base_levels]
-    return merged, levels + list(mine.values())
+    levels = []
+    for level in base_levels:
+        change = mine.pop(level.values["name"], None)
+        if change is None:
+            levels.append(level)
+        elif change.amends:
+            values = {**level.values, **change.values}
+            levels.append(_Table(values, {**level.paths, **change.paths}, amends=True))
+        else:
+            levels.append(change)
+    return merged, _by_kind(levels + list(mine.values()))
+
+
+def _by_kind(levels: list[_Table]) -> list[_Table]:
+    order = {kind: index for index, kind in enumerate(LEVEL_KINDS)}
+    return sorted(levels, key=lambda d: order.get(d.get("kind"), len(order)))
 
 
 def _level(table: _Table) -> Level:
     values = dict(table.values)
-    for key in ("paths", "exclude"):
+    for key in ("paths", "exclude", "probe"):
         if key in values:
             values[key] = tuple(values[key])
+    if values.get("boot") and "where" not in values:
+        values["where"] = "controller"  # boot drills run where qemu runs
     return Level(**values)
 
 
@@ -781,6 +1026,10 @@ def _string(value: Any) -> str:
         _fail(_expected("a string", value))
     if not value.strip():
         _fail("must not be empty")
+    # A NUL cannot be in a command line; an escape or a line break has no place in a name,
+    # a path or an address, and would reach terminals, logs and reports.
+    if control := _CONTROL.search(value):
+        _fail(f"contains the control character {control[0]!r}; remove it")
     return value
 
 
@@ -804,6 +1053,8 @@ def _positive_number(value: Any) -> float:
         _fail(_expected("a number of seconds", value))
     if not (math.isfinite(value) and value > 0):
         _fail(f"must be a positive number of seconds, not {value}")
+    if value > MAX_CONNECT_TIMEOUT:
+        _fail(f"{value} s is too long; at most {MAX_CONNECT_TIMEOUT:g} s")
     return float(value)
 
 
@@ -841,6 +1092,11 @@ def _strings(value: Any, nonempty: bool = False) -> list[str]:
         (f"[{i}]", _expected("a string", item) if not isinstance(item, str) else "empty string")
         for i, item in enumerate(value)
         if not isinstance(item, str) or not item
+    ]
+    problems += [
+        (f"[{i}]", f"contains the control character {control[0]!r}; remove it")
+        for i, item in enumerate(value)
+        if isinstance(item, str) and (control := _CONTROL.search(item))
     ]
     if problems:
         raise _Invalid(problems)
@@ -920,6 +1176,8 @@ def _secret(value: Any, schemes: tuple[str, ...]) -> str:
         _fail("env: needs an environment variable name (letters, digits and '_')")
     if scheme == "file" and not rest.startswith("/"):
         _fail("file: needs an absolute path (file:/path)")
+    if "\x00" in value or (scheme == "file" and _CONTROL.search(rest)):
+        _fail(f"{scheme}: contains a control character (the value is not shown); remove it")
     if scheme == "vault" and not VAULT_NAME.fullmatch(rest):
         _fail("vault: needs a secret name (letters, digits, '.', '_', '-', '/')")
     if not rest.strip():
@@ -957,11 +1215,33 @@ def _zones() -> frozenset[str]:
     return frozenset(zoneinfo.available_timezones())
 
 
+def _since(value: Any) -> date:
+    """A machine's onboarding date: a TOML date (``since = 2026-03-01``) or ``"2026-03-01"``."""
+    if isinstance(value, datetime):
+        return value.date()
+    if isinstance(value, date):
+        return value
+    if isinstance(value, str):
+        try:
+            return date.fromisoformat(value)
+        except ValueError:
+            pass
+    _fail(_expected("a date (2026-03-01)", value))
+
+
 def _sla(value: Any) -> str:
     text = _string(value)
     match = _DURATION.fullmatch(text)
-    if not match or not any(int(n or 0) for n in match.groups()):
+    # The numbers are compared as text first: int() refuses thousands of digits.
+    numbers = [(n or "0").lstrip("0") or "0" for n in match.groups()] if match else []
+    if not match or all(n == "0" for n in numbers):
         _fail(f"{text!r} is not a duration like '4h', '30m', '1d' or '1d12h'")
+    too_long = f"{text!r} is longer than {MAX_SLA_DAYS} days; a restore SLA is hours or days"
+    if any(len(n) > 6 for n in numbers):
+        _fail(too_long)
+    days, hours, minutes = (int(n) for n in numbers)
+    if days + hours / 24 + minutes / 1440 > MAX_SLA_DAYS:
+        _fail(too_long)
     return text
 
 
@@ -993,23 +1273,90 @@ def _keep_problem(key: str, amount: Any) -> str | None:
         return "unknown key" + (_hint(key, KEEP_KEYS) or _listing(KEEP_KEYS))
     if key == "within":
         # restic rejects a duration that adds up to nothing ("0d").
-        if (
+        if not (
             isinstance(amount, str)
             and _RESTIC_DURATION.fullmatch(amount)
             and re.search("[1-9]", amount)
         ):
-            return None
-        return f"expected a restic duration like '30d' or '1y2m', found {_describe(amount)}"
+            return f"expected a restic duration like '30d' or '1y2m', found {_describe(amount)}"
+        parts = re.findall(r"([0-9]+)([ymdh])", amount)
+        if any(len(n.lstrip("0")) > 6 for n, _ in parts) or (
+            sum(int(n) * _RESTIC_UNIT_DAYS[unit] for n, unit in parts) > MAX_KEEP_DAYS
+        ):
+            return f"{amount!r} is longer than 100 years; keep less"
+        return None
     if not isinstance(amount, int) or isinstance(amount, bool) or amount < 1:
         return f"expected a positive integer, found {_describe(amount)}"
+    if amount > MAX_KEEP:
+        return f"{amount} is too many; at most {MAX_KEEP}"
     return None
+
+
+def _boot_timeout(value: Any) -> str:
+    text = _string(value)
+    match = re.fullmatch(r"(?:([0-9]+)h)?(?:([0-9]+)m)?(?:([0-9]+)s)?", text)
+    if not text or not match or not any(int(n or 0) for n in match.groups()):
+        _fail(f"{text!r} is not a duration like '3m', '90s' or '1m30s'")
+    hours, minutes, seconds = (int(n or 0) for n in match.groups())
+    if (hours * 60 + minutes) * 60 + seconds > 86400:
+        _fail(f"{text!r} is too long for a boot: at most 24h")
+    return text
+
+
+def _expect(value: Any) -> str:
+    text = _string(value)
+    if not text.strip() or not text.isprintable():
+        _fail("expected console text like 'login:' (printable, not empty)")
+    return text
+
+
+def _probes(value: Any) -> list[str]:
+    probes = _strings(value)
+    for probe in probes:
+        port = re.fullmatch(r"tcp:([0-9]{1,5})", probe)
+        if probe != "ssh" and not (port and 0 < int(port[1]) < 65536):
+            _fail(f"{probe!r} is not a probe: use 'ssh' or 'tcp:PORT' (like 'tcp:3389')")
+    if len(set(probes)) != len(probes):
+        _fail("a probe is listed twice")
+    return probes
 
 
 def _sample(value: Any) -> str:
     text = _string(value)
-    percent = re.fullmatch(r"(\d+)%", text)
+    percent = re.fullmatch(r"([0-9]{1,3})%", text)
     if text == "all" or (percent and 1 <= int(percent[1]) <= 100):
         return text
-    if re.fullmatch(r"\d+", text) and int(text) > 0:
+    if re.fullmatch(r"[0-9]{1,10}", text) and 0 < int(text) <= MAX_SAMPLE:
         return text
     _fail(f"{text!r} is not a sample: use 'N%' (1..100), a number of files like '200', or 'all'")
+
+
+def _seconds(value: Any) -> float:
+    """Check a duration like ``'30m'``, ``'3d'``, ``'1h30m'`` or ``'90s'``; return seconds."""
+    text = _string(value)
+    match = _SECONDS.fullmatch(text)
+    if not match or not any(int(n or 0) for n in match.groups()):
+        _fail(f"{text!r} is not a duration like '30m', '3d', '1h30m' or '90s'")
+    days, hours, minutes, seconds = (int(n or 0) for n in match.groups())
+    total = float(((days * 24 + hours) * 60 + minutes) * 60 + seconds)
+    if total > MAX_SLA_DAYS * 86400:
+        _fail(f"{text!r} is too long: at most {MAX_SLA_DAYS} days")
+    return total
+
+
+def _share(value: Any) -> float:
+    """Check a share like ``'50%'`` (1..100); return it as a fraction (0.5)."""
+    text = _string(value)
+    percent = re.fullmatch(r"([0-9]{1,3})%", text)
+    if not percent or not 1 <= int(percent[1]) <= 100:
+        _fail(f"{text!r} is not a share: use 'N%' (1..100), e.g. '50%'")
+    return int(percent[1]) / 100
+
+
+def _wake_to(value: Any) -> str:
+    """Check where a controller sends Wake-on-LAN: ``'ADDRESS:PORT'`` (a LAN's broadcast)."""
+    text = _string(value)
+    match = _WAKE_TO.fullmatch(text)
+    if not match or not 1 <= int(match[2]) <= 65535:
+        _fail(f"{text!r} is not 'ADDRESS:PORT', e.g. '192.168.1.255:9'")
+    return text

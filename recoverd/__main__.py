@@ -1,0 +1,7 @@
+"""``python -m recoverd``: the command line, for wherever the package is installed."""
+
+import sys
+
+from recoverd.cli import main
+
+sys.exit(main())
