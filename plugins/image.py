@@ -129,6 +129,7 @@ elif [ -e "$d" ]; then echo kind=other
 else echo kind=missing; fi
 [ -e "$d" ] && echo "fstype=$(blkid -o value -s TYPE "$d" 2>/dev/null)"
 real=$(readlink -f "$d")
+printf 'real=%s\n' "$real"
 loops=
 [ -f "$d" ] && command -v losetup >/dev/null 2>&1 && \
   loops=$(losetup -n -O NAME -j "$real" 2>/dev/null)
@@ -213,6 +214,8 @@ class DeviceInfo:
     mounts: tuple[tuple[str, str], ...]
     """(``rw`` or ``ro``, mount point) for every mount of the device."""
     parent_exists: bool
+    real: str | None = None
+    """``path`` with every symbolic link resolved (``readlink -f``)."""
     signature: dict[str, str] = dataclasses.field(default_factory=dict, compare=False)
     """What :data:`SIGNATURE` printed (``uuid``, ``label``, ``used``, ``sampled``, ...), when
     asked for."""
@@ -672,6 +675,7 @@ class ImageEngine(Engine):
             fstype=facts.get("fstype") or None,
             mounts=tuple(mounts),
             parent_exists=facts.get("parent") == "yes",
+            real=facts.get("real") or None,
             signature={k: facts[k] for k in SIGNATURE_KEYS if facts.get(k)},
         )
 
@@ -1208,8 +1212,11 @@ class _ImageTarget(RestoreTarget):
         """Return the plan: which image goes to which device or file, how big it is, and a
         refusal if the destination is mounted or too small."""
         facts = image_facts(request.snapshot)
-        destination = self._destination(request)
-        info = self.engine.probe(destination)
+        given = self._destination(request)
+        info = self.engine.probe(given)
+        # A link (/dev/disk/by-id/..., a file's folder) is resolved once, here: the plan shows
+        # the real device and the restore writes exactly that one.
+        destination = info.real or given
         # partclone needs room for the whole file system; a raw image for all its bytes.
         needed = facts["device_size"] or facts["size"]
         mounted = next((point for _, point in info.mounts), None)
@@ -1238,6 +1245,7 @@ class _ImageTarget(RestoreTarget):
                 "fs_type": facts["fstype"],
                 "needed_bytes": needed,
                 "destination_bytes": info.size,
+                **({"destination_given": given} if destination != given else {}),
             },
         )
 
@@ -1286,6 +1294,10 @@ class ImageToDevice(_ImageTarget):
     destinations = ("device", "in-place")
 
     def _destination(self, request: RestoreRequest) -> str:
+        if request.destination is not None and not request.destination.startswith("/"):
+            raise UsageError(
+                f"--device needs a device path like /dev/sdb (got {request.destination!r})"
+            )
         destination = request.destination or request.level.device
         if not destination:
             raise UsageError(f"level {request.level.name} has no device; say --device DEV")

@@ -32,6 +32,7 @@ from recoverd.errors import (
     EngineError,
     Interrupted,
     RepositoryLocked,
+    RestoreRefused,
     ToolMissing,
     UsageError,
     WrongPassword,
@@ -310,6 +311,64 @@ RESTORE_AND_STAT = (
 """``restic restore ARGS``, then the size of every path on stdin that exists now (``SIZE<tab>
 PATH<NUL>``); the exit status is restic's."""
 
+PATH_FACTS = (
+    'xargs -0 -r sh -c \'exec find "$@" -maxdepth 0 -printf '
+    '"%y\\\\t%s\\\\t%T@\\\\t%m\\\\t%U\\\\t%G\\\\t%p\\\\0%l\\\\0"\' recoverd-facts'
+)
+"""Shell: for every absolute path on stdin (NUL-separated) that exists, two NUL-terminated
+fields: ``TYPE<tab>SIZE<tab>MTIME<tab>MODE<tab>UID<tab>GID<tab>PATH`` (find's ``%y %s %T@ %m
+%U %G %p``, the path's own facts: a symlink is not followed) and the link target (empty for
+anything but a symlink). Every component but the last is resolved, as any write would."""
+
+RESTORE_SELECTED = (
+    "t=$(mktemp -d) || exit 97\n"
+    "trap 'rm -rf \"$t\"' EXIT\n"
+    'cat > "$t/list"\n'
+    'sel() { sed -z -n "s/^$1//p" "$t/list"; }\n'
+    # Nothing that the plan found a folder, or missing, may have become a symlink since.
+    'sel C | xargs -0 -r sh -c \'exec find "$@" -maxdepth 0 -type l -printf "%p\\\\0"\' x '
+    '>"$t/links" 2>/dev/null\n'
+    'if [ -s "$t/links" ]; then cat "$t/links"; exit 98; fi\n'
+    # What is replaced goes first; rm without -r never removes a folder.
+    "sel R | xargs -0 -r rm -f -- >&2 || exit 99\n"
+    "mode=$1; shift\n"
+    "status=0\n"
+    'if [ "$mode" = all ]; then restic_ "$@" </dev/null >&2; status=$?\n'
+    'elif [ "$mode" = some ]; then\n'
+    "  export p r t\n"
+    # xargs splits the patterns over as few restic commands as the argv limit allows.
+    "  sel I | xargs -0 -r sh -c '\n"
+    "    prog=$1; k=$2; shift 2; i=0\n"
+    '    for a; do i=$((i+1)); if [ $i -le $k ]; then set -- "$@" "$a"; '
+    'else set -- "$@" --include "$a"; fi; done\n'
+    "    shift $i\n"
+    '    RESTIC_PASSWORD=$p RESTIC_REPOSITORY=$r RESTIC_PROGRESS_FPS=1 "$prog" "$@" '
+    '</dev/null >&2 || { echo $? >"$t/status"; exit 255; }\n'
+    '  \' recoverd-restore "$0" $# "$@"\n'
+    '  [ -s "$t/status" ] && status=$(cat "$t/status")\n'
+    "fi\n"
+    "sel F | " + PATH_FACTS + " 2>/dev/null\n"
+    'exit "$status"\n'
+)
+"""Restore part of a snapshot safely; stdin holds NUL-terminated records, each tagged by its
+first character: ``C`` a path that must not be a symlink now (else: print those that are,
+exit 98, nothing written), ``R`` a path to remove first (a file or symlink being replaced),
+``I`` a restic ``--include`` pattern, ``F`` a path whose facts (:data:`PATH_FACTS`) are printed
+afterwards. ``$1`` is ``all`` (restore the whole snapshot: ``restic_ $2...``), ``some`` (only
+the ``I`` patterns) or ``none``; the exit status is restic's."""
+OVERWRITE_VERSION = (0, 17, 0)
+"""From this version restic overwrites an existing file only where its content differs from
+the snapshot (it reads the file to tell), and ``--verify`` checks only what it wrote."""
+LINKS_APPEARED = 98
+"""RESTORE_SELECTED's exit status when a path that must not be a symlink now is one."""
+
+
+def include_pattern(path: str) -> str:
+    """Return a restic ``--include`` pattern that matches ``path`` (and what is below it)
+    only: glob characters and backslashes in a name are escaped with a backslash (restic
+    matches each name with Go's ``filepath.Match``)."""
+    return re.sub(r"([*?\[\\])", r"\\\1", path)
+
 
 @dataclass
 class RestoreReport:
@@ -325,6 +384,11 @@ class RestoreReport:
     sizes: dict[str, int] | None = None
     """Size of every path asked about that exists after the restore (``sizes_of``); None when
     not asked."""
+    version: tuple[int, int, int] | None = None
+    """The version of the restic that restored (:meth:`ResticEngine.restore_selected`)."""
+    facts: bytes | None = None
+    """:data:`PATH_FACTS` output for the paths asked about after the restore
+    (:meth:`ResticEngine.restore_selected`); None when not asked."""
 
     def raise_for_failed(self, snapshot: str) -> None:
         """Raise EngineError naming the items restic could not restore, if there are any."""
@@ -351,6 +415,7 @@ class RestoreOutput:
         """The first MAX_ERRORS items (``error_count``: all of them)."""
         self.error_count = 0
         self.other: deque[str] = deque(maxlen=MAX_MESSAGES)
+        self.version_text: str | None = None
         self._verifying = False
 
     def line(self, line: str) -> None:
@@ -360,18 +425,24 @@ class RestoreOutput:
             self.error_count += 1
             if len(self.errors) < MAX_ERRORS:
                 self.errors.append((redact(item[1]), redact(item[2])))
+        elif line.startswith(VERSION_MARKER):
+            self.version_text = line[len(VERSION_MARKER) :]
         elif line.startswith("verifying files in "):
             self._verifying = True
         elif finished:
-            self.report.verified = int(finished[1])
-        elif line.strip() and not line.startswith("restoring <Snapshot"):
+            self.report.verified = (self.report.verified or 0) + int(finished[1])
+        elif line.startswith(("restoring <Snapshot", "restoring snapshot")):
+            self._settle()  # one more restic restore of the same run (a batch of includes)
+        elif line.strip():
             self.other.append(line)
 
+    def _settle(self) -> None:
+        """File the errors seen so far: verification's if it had started, else the restore's."""
+        (self.report.mismatches if self._verifying else self.report.failed).extend(self.errors)
+        self.errors, self._verifying = [], False
+
     def finish(self) -> RestoreReport:
-        if self._verifying:
-            self.report.mismatches = self.errors
-        else:
-            self.report.failed = self.errors
+        self._settle()
         return self.report
 
 
@@ -782,6 +853,71 @@ class ResticEngine(Engine):
             raise classify_failure(outcome, f"restore of {snapshot}", self.program)
         return report
 
+    def restore_selected(
+        self,
+        repository: Repository,
+        snapshot: str,
+        target: str,
+        *,
+        includes: list[str] | None,
+        remove: list[str],
+        no_links: list[str],
+        facts_of: list[str],
+        verify: bool = False,
+    ) -> RestoreReport:
+        """In one command on the machine: make sure none of ``no_links`` is a symlink now,
+        remove ``remove`` (files and symlinks being replaced; never a folder), restore
+        ``snapshot`` below ``target`` (only the ``includes`` patterns, split over as few restic
+        commands as the argv limit allows; None: all of it; empty: nothing), then read the
+        facts of ``facts_of`` (:data:`PATH_FACTS`, in the report's ``facts``).
+
+        Raise RestoreRefused naming the paths of ``no_links`` that are symlinks now (nothing
+        was written), EngineError (or a more precise subclass) if restic failed for a reason
+        other than damaged items or verification differences, which are in the report.
+        """
+        args = ["restore", snapshot, "--target", target, *(["--verify"] if verify else [])]
+        mode = "all" if includes is None else "some" if includes else "none"
+        records = [("C", no_links), ("R", remove), ("I", includes or []), ("F", facts_of)]
+        data = b"".join(
+            tag.encode() + path.encode("utf-8", "surrogateescape") + b"\0"
+            for tag, paths in records
+            for path in paths
+        )
+        output = RestoreOutput()
+        err = LineSplitter(output.line)
+        stdout: list[bytes] = []
+        outcome = self.run_script(
+            repository,
+            RESTORE_SELECTED,
+            [mode, *args],
+            on_stdout=stdout.append,
+            on_stderr=err,
+            data=data,
+            check_version=not self.knows_version,
+        )
+        err.flush()
+        if not self.knows_version:
+            self.take_reported_version(output.version_text, outcome)
+        if outcome.exit_status == LINKS_APPEARED:
+            links = [p.decode("utf-8", "surrogateescape") for p in b"".join(stdout).split(b"\0")]
+            links = [link for link in links if link]
+            shown = ", ".join(links[:5]) + (" ..." if len(links) > 5 else "")
+            raise RestoreRefused(
+                f"{len(links)} path(s) became symbolic link(s) after the plan was made: {shown}; "
+                "nothing was written. Look at who changes them, then plan again"
+            )
+        if outcome.exit_status == 99:
+            raise EngineError(
+                f"cannot remove the files the restore replaces on {self.transport.machine.name}: "
+                f"{redact(' '.join(output.other))[-300:]}"
+            )
+        report = output.finish()
+        report.facts, report.version = b"".join(stdout), self._version
+        if not outcome.ok and not (report.failed or report.mismatches):
+            outcome.stderr = "\n".join(output.other).encode()
+            raise classify_failure(outcome, f"restore of {snapshot}", self.program)
+        return report
+
     def check(self, repository: Repository, subset: str) -> list[str]:
         """Run ``restic check --read-data-subset SUBSET`` (``n/N``): the repository's
         structure and the data of one N-th of its pack files. Return the problems restic
@@ -911,6 +1047,36 @@ class ResticEngine(Engine):
         if not outcome.ok:
             raise classify_failure(outcome, f"list snapshot {snapshot}", self.program)
         return found[0], nodes
+
+    def link_targets(
+        self, repository: Repository, snapshot: str, paths: list[str]
+    ) -> dict[str, str]:
+        """Return the target of the symlinks at ``paths`` in ``snapshot``, by path (``ls
+        --json`` does not show them; ``ls -l`` prints ``PATH -> TARGET``). A target with a line
+        break is left out. Raise EngineError if restic fails."""
+        wanted, found = set(paths), {}
+        batch: list[str] = []
+        size = 0
+        for path in [*paths, None]:
+            # A remote command line is one argument of the shell: stay far below its limit.
+            if path is None or size + len(path) > 60_000:
+                if batch:
+                    outcome = self.restic(repository, ["ls", "-l", snapshot, *batch])
+                    if not outcome.ok:
+                        raise classify_failure(outcome, f"list links of {snapshot}", self.program)
+                    for line in outcome.stdout.decode("utf-8", "surrogateescape").splitlines():
+                        # MODE UID GID SIZE DATE TIME PATH -> TARGET
+                        listed = re.match(r"^l\S+\s+\d+\s+\d+\s+\d+\s+\S+\s+\S+ (/.*)$", line, re.I)
+                        rest = listed[1] if listed else ""
+                        for arrow in re.finditer(" -> ", rest):
+                            if rest[: arrow.start()] in wanted:
+                                found[rest[: arrow.start()]] = rest[arrow.end() :]
+                                break
+                batch, size = [], 0
+            if path is not None:
+                batch.append(path)
+                size += len(path) + 3
+        return found
 
     def dump(
         self,

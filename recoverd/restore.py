@@ -55,6 +55,10 @@ class RestoreRequest:
     """``--item``: what to recover from a Windows system image (files, folders or volumes)."""
     verify: str = "restic"
     """Files restores: one of :data:`VERIFY_MODES` (``--verify``)."""
+    replace_links: bool = False
+    """Files restores: replace a symbolic link found where the snapshot has a folder (or above
+    the ``--to`` destination) with that folder (``--replace-links``); without it the plan is
+    refused."""
     drill: Level | None = None
     """Drills: the verify level itself, for its own keys (``boot_timeout``, ``expect``, ...)."""
     evidence_dir: str | None = None
@@ -74,9 +78,9 @@ class RestorePlan:
     created: list[str] = field(default_factory=list)
     """Files that do not exist at the destination now."""
     replaced: list[str] = field(default_factory=list)
-    """Existing files that will be overwritten and differ (size or time) from the snapshot."""
+    """Existing files that will be overwritten: they differ from the snapshot."""
     unchanged: int = 0
-    """Existing files that look identical already (they are rewritten all the same)."""
+    """Existing files that match the snapshot already (files targets leave them alone)."""
     refusal: str | None = None
     """Why this restore must not run; set by ``plan``, nothing has been written."""
     details: dict[str, Any] = field(default_factory=dict)
@@ -112,6 +116,9 @@ class RestoreTarget(ABC):
     takes_items = False
     """Whether this target restores parts of a snapshot named by ``--item``
     (:attr:`RestoreRequest.items`) rather than the whole snapshot."""
+    leaves_unchanged = False
+    """Whether existing files that match the snapshot are left alone (else they are written
+    all the same, and the plan says so)."""
     verify_modes: tuple[str, ...] = ()
     """Which of :data:`VERIFY_MODES` this target offers, the default first; empty: it has one
     way of its own (an image's sha256) and ``--verify`` does not apply."""

@@ -462,7 +462,7 @@ def test_restore_plan_opens_the_repository_once_and_names_bad_snapshot_ids(
     capsys.readouterr()
     assert main(["restore", "ws-042", "--to", str(target), "--dry-run", "--json"]) == 0
     plan = json.loads(capsys.readouterr().out)["plan"]
-    assert plan["snapshot"] == second["snapshot"] and plan["created"] == 1
+    assert plan["snapshot"] == second["snapshot"] and plan["created_count"] == 1
     # The newest vouched snapshot and its files come from one restic command.
     assert calls.read_text().splitlines() == [f"ls --json {second['snapshot']}"]
     assert main(["restore", "ws-042", "--to", str(target), "--snapshot", first["snapshot"][:5],

@@ -260,6 +260,24 @@ def test_restore_raw_image_onto_another_device_gives_identical_bytes(
     assert other.read_bytes()[: site.raw.stat().st_size] == site.raw.read_bytes()
 
 
+def test_restore_image_onto_a_symlink_shows_and_writes_the_real_device(
+    site: Site, capsys: pytest.CaptureFixture[str]
+) -> None:
+    other = site.root / "other-device.raw"
+    other.write_bytes(bytes(4 * 1024 * 1024))
+    link = site.root / "by-id-disk"
+    link.symlink_to(other)
+    capsys.readouterr()
+    args = ("restore", "ws-042", "--level", "raw-image", "--device", str(link))
+    assert site.recoverd(*args, "--dry-run") == 0
+    out = capsys.readouterr().out
+    assert f"to         {other}  [image-to-device]" in out and f"given as {link}" in out
+    assert site.recoverd(*args, "--yes") == 0
+    assert (
+        link.is_symlink() and other.read_bytes()[: site.raw.stat().st_size] == site.raw.read_bytes()
+    )
+
+
 def test_restore_image_to_too_small_device_refuses_before_writing(
     site: Site, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -45,13 +45,16 @@ class RestoreOrder:
     engineer: str | None = None
     verify: str | None = None
     """``--verify``: how a files restore is checked (None: the target's default)."""
+    replace_links: bool = False
+    """``--replace-links``: replace symbolic links where the snapshot has folders."""
 
     @property
     def destination_kind(self) -> str:
         """``device``, ``path`` or ``in-place``."""
-        if self.device:
+        # An empty --to or --device is a destination too (refused as such), never "in place".
+        if self.device is not None:
             return "device"
-        if self.to:
+        if self.to is not None:
             return "path"
         return "in-place"
 
@@ -73,7 +76,7 @@ def restore_level(machine: Machine, order: RestoreOrder) -> Level:
         if order.items and level.kind != "image":
             raise UsageError(f"--item recovers from a system image; {level.name} is a files level")
         return level
-    if order.device or order.items:
+    if order.device is not None or order.items:
         kind = "image"
     elif order.in_place:
         kind = "files"
@@ -244,8 +247,9 @@ class PreparedRestore(AbstractContextManager["PreparedRestore"]):
                 level=self.level,
                 repository=ctl.policies.repository_for(self.machine, self.level),
                 snapshot=snapshot,
-                destination=order.device or order.to,
+                destination=order.device if order.device is not None else order.to,
                 items=order.items,
+                replace_links=order.replace_links,
                 **({"verify": self.verify_mode} if self.verify_mode else {}),
             )
             self.plan: RestorePlan = self.target.plan(self.request)

@@ -20,7 +20,7 @@ from recoverd.runs import exit_code
 from recoverd.text import visible
 
 LISTED = 20
-"""Replaced files a plan shows by name; the rest are counted."""
+"""Replaced (and created) files a plan shows by name; the rest are counted."""
 
 
 def plan_record(prepared: PreparedRestore) -> dict[str, Any]:
@@ -38,9 +38,12 @@ def plan_record(prepared: PreparedRestore) -> dict[str, Any]:
         "destination": plan.destination,
         "bytes": plan.bytes_total,
         "files": plan.files_total,
-        "replaced": plan.replaced,
-        "created": len(plan.created),
+        "replaced": plan.replaced[:LISTED],
+        "replaced_count": len(plan.replaced),
+        "created": plan.created[:LISTED],
+        "created_count": len(plan.created),
         "unchanged": plan.unchanged,
+        "links_found": plan.details.get("links_found", []),
         "refusal": plan.refusal,
     }
 
@@ -58,6 +61,10 @@ def format_plan(prepared: PreparedRestore) -> str:
         + ("" if plan.bytes_total is None else f", {human_bytes(plan.bytes_total)}"),
         f"  to         {plan.destination}  [{plan.target}]",
     ]
+    if plan.details.get("destination_given"):
+        lines.append(
+            f"             (given as {plan.details['destination_given']}: a symbolic link)"
+        )
     # A whole image replaces its destination; a recovery of some files names them.
     if prepared.level.kind == "image" and plan.replaced in ([], [plan.destination]):
         if plan.replaced:
@@ -68,7 +75,19 @@ def format_plan(prepared: PreparedRestore) -> str:
         if len(plan.replaced) > LISTED:
             lines.append(f"               ... and {len(plan.replaced) - LISTED} more")
         lines.append(f"  creates    {len(plan.created)} file(s) missing now")
-        lines.append(f"  rewrites   {plan.unchanged} file(s) that look unchanged")
+        lines += [f"               {path}" for path in plan.created[:LISTED]]
+        if len(plan.created) > LISTED:
+            lines.append(f"               ... and {len(plan.created) - LISTED} more")
+        if prepared.target_cls.leaves_unchanged:
+            lines.append(f"  leaves     {plan.unchanged} file(s) that match the snapshot")
+        else:
+            lines.append(f"  rewrites   {plan.unchanged} file(s) that look unchanged")
+        links = plan.details.get("links_found", [])
+        if links:
+            lines.append(
+                f"  links      {len(links)} symbolic link(s) where the snapshot has a folder"
+            )
+            lines += [f"               {link}" for link in links[:LISTED]]
     if plan.refusal:
         lines.append(f"  REFUSED    {visible(plan.refusal)}")
     return "\n".join(lines)
@@ -98,6 +117,7 @@ def cmd_restore(ctl: Controller, args: argparse.Namespace) -> int:
         reported_by=args.reported_by,
         engineer=args.engineer,
         verify=args.verify,
+        replace_links=args.replace_links,
     )
     with PreparedRestore(ctl, order) as prepared:
         if args.json:
@@ -131,11 +151,15 @@ def cmd_restore(ctl: Controller, args: argparse.Namespace) -> int:
         stats = view["stats"] or {}
         verdict = stats.get("verification", "not verified")
         how = f"{stats['verify']}, " if stats.get("verify") else ""
+        took = stats.get("time_to_restore_s")
+        written = (
+            f"{human_bytes(stats.get('bytes_restored'))} in {took} s"
+            if took is not None
+            else "not restored"
+        )
         print(
             f"{view['machine']} restore: {view['state']}, verification {verdict} "
-            f"({how}{stats.get('files_verified', 0)} checked), "
-            f"{human_bytes(stats.get('bytes_restored'))} in {stats.get('time_to_restore_s')} s "
-            f"(run {view['id']})"
+            f"({how}{stats.get('files_verified', 0)} checked), {written} (run {view['id']})"
         )
         if view.get("error"):
             print(f"  {visible(view['error'])}")
@@ -316,6 +340,12 @@ def register(add: AddCommand) -> None:
         help="files: 'restic' (default) has restic read every restored file back against the "
         "snapshot and checks every file's size; 'full' also reads the snapshot again from the "
         "repository and compares a sha256 of every file (slower, independent of restic restore)",
+    )
+    p.add_argument(
+        "--replace-links",
+        action="store_true",
+        help="files: replace symbolic links found where the snapshot has folders with those "
+        "folders (without it such a restore is refused: it would write through them)",
     )
     p.add_argument("--yes", action="store_true", help="do not ask (for scripts)")
     p.add_argument("--dry-run", action="store_true", help="show the plan, change nothing")
