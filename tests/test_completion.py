@@ -50,7 +50,7 @@ def test_completion_bash_completes_commands_and_their_options() -> None:
     assert complete("ba") == ["backup"]
     assert complete("restore", "ws-042", "--dr") == ["--dry-run"]
     assert set(complete("restore", "ws-042", "--")) >= {"--level", "--to", "--dry-run", "--yes"}
-    assert complete("log", "") == ["verify", "pubkey", "export"]
+    assert complete("log", "") == ["verify", "head", "pubkey", "export"]
 
 
 def test_completion_bash_completes_machine_and_level_names_from_the_policies() -> None:
