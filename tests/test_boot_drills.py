@@ -66,7 +66,7 @@ device = "{good}"
 name = "old-disk"
 kind = "image"
 repository = "images"
-device = "{zeroed}"
+device = "{broken}"
 
 [[machines.ws-042.levels]]
 name = "boot-drill"
@@ -315,7 +315,7 @@ class Site:
         self.policies.mkdir()
         (self.policies / "acme.toml").write_text(
             POLICY.format(
-                root=root, ssh=sshd.policy_lines, good=disks["good"], zeroed=disks["zeroed"]
+                root=root, ssh=sshd.policy_lines, good=disks["good"], broken=disks["no-kernel"]
             )
         )
 
@@ -375,8 +375,8 @@ def test_daemon_runs_a_due_boot_drill_and_the_log_names_the_failure(site: Site) 
         daemon.shutdown(5)
     (run,) = [r for r in ctl.log.runs() if r["trigger"] == "schedule"]
     assert (run["level"], run["state"]) == ("boot-drill-old", "failed")
-    assert run["stats"]["boot_result"] == "not-bootable"
-    assert "boot: not-bootable" in run["error"] and "No bootable device" in run["error"]
+    assert run["stats"]["boot_result"] == "kernel-missing"
+    assert "boot: kernel-missing" in run["error"] and "Loading vmlinuz" in run["error"]
     assert Path(run["stats"]["boot_screenshot"]).read_bytes()[:8] == PNG
 
 
@@ -391,10 +391,10 @@ def test_monthly_report_shows_each_boot_drill_with_its_screenshot(
     (machine,) = report["machines"]
     boots = {d["level"]: d for d in machine["boot_drills"]}
     assert boots["boot-drill"]["boot_result"] == "booted" and boots["boot-drill"]["within_sla"]
-    assert boots["boot-drill-old"]["boot_result"] == "not-bootable"
+    assert boots["boot-drill-old"]["boot_result"] == "kernel-missing"
     assert site.recoverd("report", "--client", "acme", "--month", month, "--format", "html") == 0
     html = capsys.readouterr().out
-    assert "data:image/png;base64," in html and "not-bootable" in html and "booted" in html
+    assert "data:image/png;base64," in html and "kernel-missing" in html and "booted" in html
 
 
 def test_kvm_is_used_only_when_a_probe_boot_shows_it_works(
