@@ -996,8 +996,9 @@ class ResticEngine(Engine):
         created = self.ensure_repository(request.target)
         tags = tag_filter(request.client, request.machine.name, request.of.name)
         started = time.monotonic()
+        # --verbose: restic 0.17+ names the snapshots it skips ("was already copied") only then.
         outcome = self.restic(
-            request.target, ["copy", "--tag", tags], from_repository=request.source
+            request.target, ["copy", "--verbose", "--tag", tags], from_repository=request.source
         )
         if not outcome.ok:
             raise classify_failure(

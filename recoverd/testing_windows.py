@@ -55,6 +55,32 @@ Program = Callable[[Invocation], int]
 """A simulated program: given its invocation, write its output and return its exit code."""
 
 
+def restic_version(program: str = "restic") -> tuple[int, int, int]:
+    """Return the version of the restic that ``program`` names (the one behind ``restic.exe``)."""
+    out = subprocess.run([program, "version"], capture_output=True, text=True, check=True).stdout
+    found = re.match(r"restic (\d+)\.(\d+)\.(\d+)", out)
+    if not found:
+        raise ValueError(f"{program} version printed {out!r}")
+    return int(found[1]), int(found[2]), int(found[3])
+
+
+def reporting_version(program: Program, version: str) -> Program:
+    """Return a stand-in for ``program`` that says it is restic ``version`` when asked
+    (``restic.exe version``) and runs ``program`` for everything else.
+
+    For the behaviour a test relies on to match, ``version`` should be one whose behaviour the
+    real restic behind ``program`` shares (see :func:`restic_version`).
+    """
+
+    def stand_in(inv: Invocation) -> int:
+        if inv.argv[1:] == ["version"]:
+            inv.stdout(f"restic {version} compiled with go1.21.6 on windows/amd64\r\n".encode())
+            return 0
+        return program(inv)
+
+    return stand_in
+
+
 def split_command_line(line: str, *, program: bool = True) -> list[str]:
     """Given a Windows command line, return the argv that CommandLineToArgvW makes of it.
 

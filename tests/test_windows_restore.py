@@ -1,5 +1,5 @@
 """``recoverd restore`` on Windows machines, end to end through the CLI, the real pywinrm client,
-the WS-Management test server and the simulated Windows host (the real restic 0.14 behind
+the WS-Management test server and the simulated Windows host (the real restic behind
 ``restic.exe``; wbadmin imaging the simulated volumes).
 """
 
@@ -15,7 +15,12 @@ import pytest
 
 from recoverd import powershell
 from recoverd.cli import main
-from recoverd.testing_windows import Invocation, split_command_line
+from recoverd.testing_windows import (
+    Invocation,
+    reporting_version,
+    restic_version,
+    split_command_line,
+)
 from recoverd.testing_wsman import WSManServer
 
 REPO_PASSWORD = "Repo-s3cret-windows-restore"
@@ -171,6 +176,9 @@ def test_windows_restore_in_place_on_restic_0_14_shows_plan_and_refuses(
     office.local(corrupted).write_bytes(b"ransomware was here")
     office.local(deleted).unlink()
     runs, mark = len(office.log(capsys)), len(office.server.host.command_lines)
+    host = office.server.host
+    restic = host.programs["restic.exe"]
+    host.programs["restic.exe"] = reporting_version(restic, "0.14.0")
     try:
         assert office.run("restore", "fin-pc", "--in-place", "--yes") == 1
         captured = capsys.readouterr()
@@ -187,19 +195,23 @@ def test_windows_restore_in_place_on_restic_0_14_shows_plan_and_refuses(
         assert office.restic_restores_since(mark) == []
         assert len(office.log(capsys)) == runs  # a refused plan records nothing
     finally:
+        host.programs["restic.exe"] = restic
         for path, stat in times.items():
             office.local(path).write_bytes(office.originals[path])
             os.utime(office.local(path), ns=(stat.st_atime_ns, stat.st_mtime_ns))
 
 
-def test_windows_restore_in_place_on_restic_0_16_puts_deleted_and_corrupted_files_back(
+def test_windows_restore_in_place_on_restic_0_16_or_later_puts_deleted_and_corrupted_files_back(
     office: Office, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    # restic 0.16 is not installed here; its one new feature used, SNAPSHOT:/C restored into C:\,
-    # is restic 0.14 restoring SNAPSHOT below the folder that holds the drive folders, with the
-    # includes put under /C. That is what this stand-in for restic.exe 0.16.4 runs.
+    # The feature used, SNAPSHOT:/C restored into C:\, is restic restoring SNAPSHOT below the
+    # folder that holds the drive folders with the includes put under /C: what this stand-in
+    # runs. It says it is the restic behind it, or 0.16.4 when that is 0.14 (0.16 restores and
+    # verifies every file as 0.14 does; 0.17+ leaves files that are right already).
     host = office.server.host
     restic = host.programs["restic.exe"]
+    real = restic_version()
+    reported = ".".join(map(str, real)) if real >= (0, 16, 0) else "0.16.4"
 
     received: list[list[str]] = []
 
@@ -207,7 +219,7 @@ def test_windows_restore_in_place_on_restic_0_16_puts_deleted_and_corrupted_file
         args = inv.argv[1:]
         received.append(list(args))
         if args == ["version"]:
-            inv.stdout(b"restic 0.16.4 compiled with go1.21.6 on windows/amd64\r\n")
+            inv.stdout(f"restic {reported} compiled with go1.21.6 on windows/amd64\r\n".encode())
             return 0
         if args[:1] == ["restore"] and ":/" in args[1]:
             verify = [a for a in args if a == "--verify"]

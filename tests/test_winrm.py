@@ -31,7 +31,7 @@ from recoverd.errors import (
 )
 from recoverd.policy.model import Machine, Repository
 from recoverd.secrets import SecretResolver
-from recoverd.testing_windows import Invocation
+from recoverd.testing_windows import Invocation, reporting_version
 from recoverd.testing_wsman import WSManServer
 from recoverd.transport import CommandRequest
 from recoverd_plugins.restic import ResticEngine, windows_in_place_args
@@ -458,7 +458,12 @@ def test_windows_in_place_restore_needs_restic_0_16(
     server: WSManServer, secrets: SecretResolver
 ) -> None:
     repository = Repository("nas", "D:\\Backups\\restic", "env:TEST_REPO_PASSWORD")
-    with WinRMTransport(windows_machine(server), secrets) as transport:
-        engine = ResticEngine(transport, secrets)
-        with pytest.raises(ToolMissing, match=r"needs restic 0\.16 or later .* has 0\.14"):
-            engine.restore_windows_in_place(repository, "latest", ["C:\\Users"])
+    restic = server.host.programs["restic.exe"]
+    server.host.programs["restic.exe"] = reporting_version(restic, "0.14.0")
+    try:
+        with WinRMTransport(windows_machine(server), secrets) as transport:
+            engine = ResticEngine(transport, secrets)
+            with pytest.raises(ToolMissing, match=r"needs restic 0\.16 or later .* has 0\.14"):
+                engine.restore_windows_in_place(repository, "latest", ["C:\\Users"])
+    finally:
+        server.host.programs["restic.exe"] = restic
