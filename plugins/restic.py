@@ -256,9 +256,13 @@ def _snapshot(item: dict[str, Any]) -> Snapshot:
 def repository_missing(exit_status: int | None, stderr: str) -> bool:
     """Given how a restic command ended, return True if it found no repository at all."""
     text = stderr.lower()
-    # 0.17+ says so with exit 10; 0.14 only with its text ("unable to open config file:
-    # stat .../config: no such file or directory").
-    return exit_status == 10 or ("unable to open config file" in text and "no such file" in text)
+    # 0.17+ says so with exit 10; 0.14 only with its text: "unable to open config file:
+    # stat .../config: no such file or directory" for a local repository, "unable to open
+    # config file: Lstat: file does not exist" for an sftp one.
+    return exit_status == 10 or (
+        "unable to open config file" in text
+        and ("no such file" in text or "file does not exist" in text)
+    )
 
 
 def classify_failure(outcome: CommandOutcome, what: str, program: str) -> Exception:
