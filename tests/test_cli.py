@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from recoverd.cli import build_parser, command_in
+from recoverd.cli import build_parser, command_in, main
 from recoverd.commands import MODULES
 
 
@@ -91,3 +91,16 @@ def test_main_output_into_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
     assert first.startswith(b"TIME (LOCAL)")
     assert plan.stderr == b""
     assert plan.returncode == 141
+
+
+def test_log_actions_take_the_state_directory_after_the_action(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``recoverd log head --state DIR`` reads DIR, as ``backup ... --state DIR`` does; before
+    the action ``--state`` filters runs by their state."""
+    state, policies = tmp_path / "state", tmp_path / "policies"
+    policies.mkdir()
+    assert main(["log", "head", "--policies", str(policies), "--state", str(state)]) == 1
+    assert f"the maintenance log in {state} has no signed head" in capsys.readouterr().err
+    assert main(["--state", str(state), "log", "--state", "failed", "--json"]) == 0
+    assert capsys.readouterr().out == ""

@@ -324,9 +324,10 @@ def register(add: AddCommand) -> None:
     actions = p.add_subparsers(dest="log_action", metavar="ACTION")
 
     def action(name: str, handler: Any, help_text: str) -> argparse.ArgumentParser:
-        # The global options are also accepted after the action, as after any command.
+        # The global options are also accepted after the action, as after any command; there
+        # --state is the state directory again (before the action it filters runs by state).
         sub = actions.add_parser(
-            name, parents=[global_options(state=False)], help=help_text, description=help_text
+            name, parents=[global_options(state=True)], help=help_text, description=help_text
         )
         sub.set_defaults(handler=handler)
         return sub
