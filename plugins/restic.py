@@ -169,6 +169,11 @@ MAX_ERRORS = 10_000
 """Items restic could not read or restore kept in memory (their count stays exact)."""
 
 
+RETRY_NOTICE = re.compile(r"\) returned error, retrying after ")
+"""What restic prints while it retries an operation on the repository (``Save(<data/1f..>)
+returned error, retrying after 1.5s: ...``): not progress."""
+
+
 class BackupOutput:
     """Parse ``restic backup --json``: progress lines, the summary, errors and warnings."""
 
@@ -182,9 +187,27 @@ class BackupOutput:
         self.messages: deque[str] = deque(maxlen=MAX_MESSAGES)
         self.version_text: str | None = None
         """``restic version`` as the wrapper reported it (:func:`version_check`), if it did."""
+        self.moved_at = time.monotonic()
+        """When restic last moved on: its status counters changed, or it printed anything but
+        a status line or a retry notice (:meth:`moved`)."""
+        self._counters: tuple[Any, ...] | None = None
+
+    def moved(self) -> float:
+        """Return when restic last moved on (``time.monotonic()``), for stall detection: a
+        restic retrying a full or unreachable repository for minutes repeats its status."""
+        return self.moved_at
 
     def stdout_line(self, line: str) -> None:
         message = _json(line)
+        if message is not None and message.get("message_type") == "status":
+            counters = tuple(
+                message.get(key)
+                for key in ("files_done", "bytes_done", "total_files", "total_bytes")
+            )
+            if counters != self._counters:
+                self._counters, self.moved_at = counters, time.monotonic()
+        elif line.strip():
+            self.moved_at = time.monotonic()
         if message is None:
             return
         if message.get("message_type") == "summary":
@@ -205,6 +228,8 @@ class BackupOutput:
         if line.startswith(VERSION_MARKER):
             self.version_text = line[len(VERSION_MARKER) :]
             return
+        if line.strip() and not RETRY_NOTICE.search(line):
+            self.moved_at = time.monotonic()
         message = _json(line)
         if message and message.get("message_type") == "error":
             self.unreadable_count += 1
@@ -504,12 +529,14 @@ class ResticEngine(Engine):
         from_repository: Repository | None = None,
         data: Iterable[bytes] | None = None,
         check_version: bool = False,
+        moved: Callable[[], float] | None = None,
     ) -> CommandOutcome:
         """Run ``restic ARGS`` against ``repository`` on the machine and return how it ended.
 
         ``from_repository`` is the source of a ``restic copy``; its credentials travel on
         stdin too. ``data`` (byte chunks) follows the credentials on restic's stdin: the stream
-        of ``backup --stdin``. ``check_version``: see :meth:`command`.
+        of ``backup --stdin``. ``check_version``: see :meth:`command`. ``moved``: see
+        :attr:`CommandRequest.moved`.
         """
         variables, credentials = CREDENTIAL_VARIABLES, self._credentials(repository)
         if from_repository is not None:
@@ -523,6 +550,7 @@ class ResticEngine(Engine):
                 on_stdout=on_stdout,
                 on_stderr=on_stderr,
                 timeout=timeout,
+                moved=moved,
             )
         )
 
@@ -720,7 +748,9 @@ class ResticEngine(Engine):
         out, err = LineSplitter(parsed.stdout_line), LineSplitter(parsed.stderr_line)
         check = not self.knows_version and self.reports_version
         started = time.monotonic()
-        outcome = self.restic(repository, args, on_stdout=out, on_stderr=err, check_version=check)
+        outcome = self.restic(
+            repository, args, on_stdout=out, on_stderr=err, check_version=check, moved=parsed.moved
+        )
         out.flush()
         err.flush()
         if check:

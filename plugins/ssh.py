@@ -592,7 +592,8 @@ class SSHTransport(Transport):
                     except channel_errors() as exc:
                         raise self._lost(request, str(exc) or type(exc).__name__) from None
                     if chunk:
-                        watch.progressed()
+                        if request.moved is None:
+                            watch.progressed()
                         sink(chunk)
                     else:
                         streams.remove(stream)
@@ -639,10 +640,12 @@ class SSHTransport(Transport):
             )
         if silent > PROBE_AFTER_S:
             watch.probe(self._heard)
-        if watch.stall_after is not None and now - watch.progress > watch.stall_after:
+        last = watch.progress if request.moved is None else max(watch.progress, request.moved())
+        if watch.stall_after is not None and now - last > watch.stall_after:
+            measure = "no output" if request.moved is None else "its own progress report unchanged"
             raise Stalled(
                 f"stalled: {_summary(request.argv)} on {self.machine.name} made no progress "
-                f"for {watch.stall_after:g}s (stall_after: no output, no input taken)"
+                f"for {watch.stall_after:g}s (stall_after: {measure}, no input taken)"
             )
         if deadline is None:
             return POLL_S

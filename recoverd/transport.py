@@ -51,6 +51,11 @@ class CommandRequest:
     on_stdout: Chunk | None = None
     on_stderr: Chunk | None = None
     timeout: float | None = None
+    moved: Callable[[], float] | None = None
+    """When the command last moved on by its own account (a ``time.monotonic()``), for the
+    transport's ``stall_after``: then output alone is not progress (restic retrying a full or
+    unreachable repository prints the same status every second). None: every byte of output
+    is progress. Stdin taken is progress either way."""
 
 
 @dataclass

@@ -23,6 +23,7 @@ from test_backup_e2e import POLICY, Workplace
 from test_ssh_transport import NO_SECRETS, live_processes_with
 
 from recoverd.actions.daemon import Daemon
+from recoverd.cli import main
 from recoverd.controller import Controller
 from recoverd.errors import ConnectionLost, Stalled
 from recoverd.policy.model import Machine
@@ -155,6 +156,67 @@ def test_daemon_stalled_backup_is_recorded_failed_transient_and_frees_its_slot(
     assert "stopped on the machine" in run["error"]
     assert live_processes_with(tag) == []
     daemon.shutdown(0)
+
+
+RETRYING_RESTIC = """#!/bin/sh
+# A restic that cannot write to its repository and retries: the same status every 0.2 s, and
+# retry notices, for ever ({moving}: or its counters move, and it ends after 3 s).
+if [ "$1" = version ]; then echo "restic 0.18.0 compiled with go1.24.4 on linux/amd64"; exit 0; fi
+cat >/dev/null  # the credentials
+i=0
+while :; do
+  i=$((i + 1))
+  if [ {moving} = yes ]; then done=$i; else done=7; fi
+  echo '{{"message_type":"status","percent_done":0.5,"total_files":9,'\\
+'"files_done":'$done',"total_bytes":900,"bytes_done":'$done'00}}'
+  echo 'Save(<data/1f2e3d4c5b>) returned error, retrying after 1.2s: no space left on device' >&2
+  if [ {moving} = yes ] && [ $i -ge 15 ]; then
+    echo '{{"message_type":"summary","files_new":9,"files_changed":0,'\\
+'"files_unmodified":0,"dirs_new":1,"dirs_changed":0,"dirs_unmodified":0,"data_added":900,'\\
+'"total_files_processed":9,"total_bytes_processed":900,"snapshot_id":"{tag_hex}"}}'
+    exit 0
+  fi
+  sleep 0.2
+done
+"""
+
+
+@pytest.mark.parametrize("moving", ["no", "yes"])
+def test_a_restic_that_repeats_its_status_while_retrying_is_stalled(
+    tmp_path: Path, sshd: ThrowawaySSHD, monkeypatch: pytest.MonkeyPatch, moving: str
+) -> None:
+    """Output alone is no progress for a backup: restic retrying a full or unreachable
+    repository repeats the same status line for up to 15 minutes (0.17+). A backup whose
+    counters move is left alone, however many retry notices it prints."""
+    place = Workplace(tmp_path, sshd, monkeypatch)
+    fake = tmp_path / "restic"
+    fake.write_text(RETRYING_RESTIC.format(moving=moving, tag_hex="ab" * 32))
+    fake.chmod(0o755)
+    extra = f'host_key = "{sshd.host_key_line}"\nrestic = "{fake}"\nstall_after = "2s"'
+    (place.policies / "acme.toml").write_text(
+        POLICY.format(
+            repo=place.repo,
+            port=sshd.port,
+            identity=sshd.client_key,
+            host_key_line=extra,
+            timeout=5,
+            paths=json.dumps(str(tmp_path)),
+        )
+    )
+    ctl = Controller(place.policies, place.state)
+    started = time.monotonic()
+    main(["backup", "ws-042", "--level", "nightly", "--policies", str(place.policies),
+          "--state", str(place.state)])  # fmt: skip
+    took = time.monotonic() - started
+    (run,) = [r for r in ctl.log.runs() if r["action"] == "backup"]
+    if moving == "yes":
+        assert run["state"] == "succeeded", run["error"]
+    else:
+        assert run["state"] == "failed" and run["stats"]["stalled"] is True
+        assert "made no progress for 2s" in run["error"]
+        assert "its own progress report unchanged" in run["error"]
+        assert took < 15
+    assert live_processes_with(str(fake)) == []
 
 
 HOSTILE_RESTIC = """#!/bin/sh
